@@ -1,0 +1,371 @@
+package atomspherecors
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/idna"
+)
+
+// Rule allows one origin to call an account's API with some methods.
+type Rule struct {
+	// The origin allowed to call the account's API from a browser:
+	// scheme (http or https), host and optional port, such as
+	// "https://mydomain.com" or "http://localhost:8080". No path,
+	// query, fragment, user info, wildcard or "null". Scheme and host
+	// are compared case-insensitively, an international host matches
+	// its punycode form, and an explicit default port (:443 for https,
+	// :80 for http) is the same as none.
+	Origin string `json:"origin"`
+
+	// The HTTP methods this origin may use, upper-cased on load.
+	// Default: GET, POST and DELETE. OPTIONS, CONNECT, TRACE and "*"
+	// are refused. A request for HEAD is allowed where GET is.
+	Methods []string `json:"methods,omitempty"`
+}
+
+// defaultMethods is the method set of the source document, used by a
+// rule that lists none.
+var defaultMethods = []string{"GET", "POST", "DELETE"}
+
+// defaultPathPrefixes are the AtomSphere API and Partner API roots.
+var defaultPathPrefixes = []string{"/api/rest/v1/", "/partner/api/rest/v1/"}
+
+// defaultAllowHeaders is the Access-Control-Allow-Headers list of the
+// source document, in its order.
+var defaultAllowHeaders = []string{
+	"cache-control", "content-type", "expires", "last-modified",
+	"accept", "content-language", "authorization", "pragma",
+}
+
+const (
+	defaultPreflightStatus = 204
+	defaultMaxAgeSeconds   = 3600
+	maxHostLen             = 253
+)
+
+// origin is a parsed, normalised web origin: the tuple a browser
+// compares (Fetch standard, "same origin").
+type origin struct {
+	scheme string // "http" or "https"
+	host   string // lower-case ASCII; an IPv6 literal keeps its brackets
+	port   int    // 0 when absent or the scheme's default
+}
+
+// String serialises o the way a browser serialises an origin.
+func (o origin) String() string {
+	if o.port == 0 {
+		return o.scheme + "://" + o.host
+	}
+	return o.scheme + "://" + o.host + ":" + strconv.Itoa(o.port)
+}
+
+// parseOrigin parses and normalises an origin as written in a rule or
+// sent in an Origin header. It refuses anything that is not exactly
+// scheme://host[:port] with an http or https scheme.
+func parseOrigin(s string) (origin, error) {
+	var o origin
+	switch {
+	case s == "":
+		return o, errors.New("origin is empty")
+	case s == "null":
+		return o, errors.New(`the "null" origin cannot be allowed`)
+	case strings.Contains(s, "*"):
+		return o, errors.New("wildcard origins are not supported; list each origin")
+	}
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return o, errors.New("origin must have the form scheme://host[:port]")
+	}
+	switch strings.ToLower(s[:i]) {
+	case "http":
+		o.scheme = "http"
+	case "https":
+		o.scheme = "https"
+	default:
+		return o, fmt.Errorf("scheme %q is not http or https", s[:i])
+	}
+	rest := s[i+3:]
+	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+		switch rest[j] {
+		case '/':
+			return o, errors.New("origin must not have a path")
+		case '?':
+			return o, errors.New("origin must not have a query")
+		default:
+			return o, errors.New("origin must not have a fragment")
+		}
+	}
+	if strings.Contains(rest, "@") {
+		return o, errors.New("origin must not have user info")
+	}
+	if rest == "" {
+		return o, errors.New("origin has no host")
+	}
+
+	var hostPart, portPart string
+	var hasPort bool
+	var err error
+	if rest[0] == '[' {
+		end := strings.IndexByte(rest, ']')
+		if end < 0 {
+			return o, errors.New("IPv6 address has no closing bracket")
+		}
+		hostPart, rest = rest[1:end], rest[end+1:]
+		if rest != "" {
+			if rest[0] != ':' {
+				return o, errors.New("unexpected text after IPv6 address")
+			}
+			portPart, hasPort = rest[1:], true
+		}
+		if o.host, err = normaliseIPv6(hostPart); err != nil {
+			return o, err
+		}
+	} else {
+		hostPart = rest
+		if k := strings.LastIndexByte(rest, ':'); k >= 0 {
+			hostPart, portPart, hasPort = rest[:k], rest[k+1:], true
+		}
+		if o.host, err = normaliseHost(hostPart); err != nil {
+			return o, err
+		}
+	}
+	if hasPort {
+		if o.port, err = parsePort(portPart); err != nil {
+			return o, err
+		}
+		if (o.scheme == "https" && o.port == 443) || (o.scheme == "http" && o.port == 80) {
+			o.port = 0
+		}
+	}
+	return o, nil
+}
+
+// parsePort accepts a decimal port 1-65535 without sign or leading zero,
+// as a browser serialises it.
+func parsePort(s string) (int, error) {
+	if s == "" {
+		return 0, errors.New("port is empty")
+	}
+	if len(s) > 5 || s[0] == '0' {
+		return 0, fmt.Errorf("port %q is outside 1-65535", s)
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("port %q is not a number", s)
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n > 65535 {
+		return 0, fmt.Errorf("port %q is outside 1-65535", s)
+	}
+	return n, nil
+}
+
+// normaliseIPv6 checks an IPv6 literal (without brackets) and returns it
+// bracketed in the URL standard's serialisation: lower-case hex, the
+// first longest run of two or more zero groups compressed, no zone.
+func normaliseIPv6(s string) (string, error) {
+	addr, err := netip.ParseAddr(s)
+	if err != nil || !addr.Is6() || addr.Zone() != "" {
+		return "", fmt.Errorf("%q is not an IPv6 address", s)
+	}
+	b := addr.As16()
+	var groups [8]uint16
+	for i := range groups {
+		groups[i] = uint16(b[2*i])<<8 | uint16(b[2*i+1])
+	}
+	bestStart, bestLen := -1, 1
+	for i := 0; i < 8; {
+		if groups[i] != 0 {
+			i++
+			continue
+		}
+		j := i
+		for j < 8 && groups[j] == 0 {
+			j++
+		}
+		if j-i > bestLen {
+			bestStart, bestLen = i, j-i
+		}
+		i = j
+	}
+	var sb strings.Builder
+	sb.WriteByte('[')
+	for i := 0; i < 8; i++ {
+		if i == bestStart {
+			sb.WriteString("::")
+			i += bestLen - 1
+			continue
+		}
+		if i > 0 && i != bestStart+bestLen {
+			sb.WriteByte(':')
+		}
+		sb.WriteString(strconv.FormatUint(uint64(groups[i]), 16))
+	}
+	sb.WriteByte(']')
+	return sb.String(), nil
+}
+
+// normaliseHost lower-cases a domain name or IPv4 address and converts
+// an international name to its ASCII (punycode) form, refusing what a
+// browser could never send as an origin's host.
+func normaliseHost(s string) (string, error) {
+	if s == "" {
+		return "", errors.New("origin has no host")
+	}
+	if strings.HasSuffix(s, ".") {
+		return "", fmt.Errorf("host %q must not end with a dot", s)
+	}
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			ascii = false
+			break
+		}
+	}
+	var h string
+	if ascii {
+		h = strings.ToLower(s)
+		if strings.Contains(h, "xn--") {
+			// A punycode label must decode to a valid international name.
+			if _, err := idna.Lookup.ToUnicode(h); err != nil {
+				return "", fmt.Errorf("host %q is not a valid international name: %v", s, err)
+			}
+		}
+	} else {
+		var err error
+		if h, err = idna.Lookup.ToASCII(s); err != nil {
+			return "", fmt.Errorf("host %q is not a valid international name: %v", s, err)
+		}
+	}
+	if len(h) > maxHostLen {
+		return "", fmt.Errorf("host %q is longer than %d characters", s, maxHostLen)
+	}
+	prev := byte('.')
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		switch {
+		case c == '.':
+			if prev == '.' {
+				return "", fmt.Errorf("host %q has an empty label", s)
+			}
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return "", fmt.Errorf("host %q has the invalid character %q", s, c)
+		}
+		prev = c
+	}
+	return h, nil
+}
+
+// forbiddenMethods can never be allowed: OPTIONS is the preflight itself,
+// CONNECT and TRACE are forbidden methods in the Fetch standard.
+var forbiddenMethods = map[string]bool{"OPTIONS": true, "CONNECT": true, "TRACE": true}
+
+// knownMethods is the IANA HTTP Method Registry, less forbiddenMethods.
+var knownMethods = map[string]bool{
+	"ACL": true, "BASELINE-CONTROL": true, "BIND": true, "CHECKIN": true, "CHECKOUT": true,
+	"COPY": true, "DELETE": true, "GET": true, "HEAD": true, "LABEL": true, "LINK": true,
+	"LOCK": true, "MERGE": true, "MKACTIVITY": true, "MKCALENDAR": true, "MKCOL": true,
+	"MKREDIRECTREF": true, "MKWORKSPACE": true, "MOVE": true, "ORDERPATCH": true,
+	"PATCH": true, "POST": true, "PRI": true, "PROPFIND": true, "PROPPATCH": true, "PUT": true,
+	"QUERY": true, "REBIND": true, "REPORT": true, "SEARCH": true, "UNBIND": true,
+	"UNCHECKOUT": true, "UNLINK": true, "UNLOCK": true, "UPDATE": true,
+	"UPDATEREDIRECTREF": true, "VERSION-CONTROL": true,
+}
+
+// parseMethods upper-cases and checks a rule's methods, dropping
+// repeats; an empty list means the default GET, POST, DELETE.
+func parseMethods(ms []string) ([]string, []error) {
+	if len(ms) == 0 {
+		return defaultMethods, nil
+	}
+	out := make([]string, 0, len(ms))
+	var errs []error
+	for _, m := range ms {
+		u := strings.ToUpper(m)
+		switch {
+		case m == "*":
+			errs = append(errs, errors.New(`the wildcard method "*" is not supported; list each method`))
+		case forbiddenMethods[u]:
+			errs = append(errs, fmt.Errorf("method %q cannot be allowed", m))
+		case !knownMethods[u]:
+			errs = append(errs, fmt.Errorf("method %q is not a known HTTP method", m))
+		case !contains(out, u):
+			out = append(out, u)
+		}
+	}
+	return out, errs
+}
+
+// checkPathPrefix refuses a prefix that a cleaned request path could
+// never start with as intended.
+func checkPathPrefix(p string) error {
+	switch {
+	case !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/"):
+		return fmt.Errorf("path prefix %q must start and end with /", p)
+	case needsCleaning(p):
+		return fmt.Errorf("path prefix %q must be a clean path (no //, . or .. segments)", p)
+	}
+	return nil
+}
+
+// checkAccountID refuses an account ID that could never be a single
+// segment of a cleaned request path.
+func checkAccountID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("account ID is empty")
+	case strings.Contains(id, "/"):
+		return fmt.Errorf("account %q: account ID must not contain /", id)
+	case id == "." || id == "..":
+		return fmt.Errorf("account %q: account ID must not be a dot segment", id)
+	}
+	return nil
+}
+
+// checkHeaderNames lower-cases and checks a list of header names for
+// allow_headers or expose_headers, dropping repeats.
+func checkHeaderNames(field string, names []string) ([]string, []error) {
+	out := make([]string, 0, len(names))
+	var errs []error
+	for _, n := range names {
+		l := strings.ToLower(n)
+		switch {
+		case n == "*":
+			errs = append(errs, fmt.Errorf(`%s: "*" is not a wildcard when credentials are allowed; list each header`, field))
+		case !httpguts.ValidHeaderFieldName(n):
+			errs = append(errs, fmt.Errorf("%s: %q is not a valid header name", field, n))
+		case !contains(out, l):
+			out = append(out, l)
+		}
+	}
+	return out, errs
+}
+
+func checkPreflightStatus(s int) error {
+	if s < 200 || s > 299 {
+		return fmt.Errorf("preflight_status %d is outside 200-299", s)
+	}
+	return nil
+}
+
+func ruleErr(account string, i int, o string, err error) error {
+	return fmt.Errorf("account %q, rule %d (origin %q): %w", account, i, o, err)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
