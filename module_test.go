@@ -1,0 +1,1069 @@
+package atomspherecors
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// provisionJSON decodes a handler's JSON config and provisions it as
+// Caddy does. The handler's logger is replaced by a no-op one.
+func provisionJSON(t testing.TB, cfg string) (*Handler, error) {
+	t.Helper()
+	var h Handler
+	dec := json.NewDecoder(strings.NewReader(cfg))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&h); err != nil {
+		t.Fatalf("decoding config %s: %v", cfg, err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	err := h.Provision(ctx)
+	if err == nil {
+		err = h.Validate()
+	}
+	h.logger = zap.NewNop()
+	return &h, err
+}
+
+func mustProvision(t testing.TB, cfg string) *Handler {
+	t.Helper()
+	h, err := provisionJSON(t, cfg)
+	if err != nil {
+		t.Fatalf("provisioning %s: %v", cfg, err)
+	}
+	return h
+}
+
+// nextHandler is a caddyhttp.Handler made of a function, as in
+// caddyserver/caddy modules/caddyhttp/headers/headers_test.go.
+type nextHandler func(http.ResponseWriter, *http.Request) error
+
+func (f nextHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
+
+// Next behaviours: what the handler after atomsphere_cors does.
+var (
+	// nextOK is a plain API: 200 and a body.
+	nextOK = func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextNotFound answers 404 itself.
+	nextNotFound = func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextUpstreamCORS is a proxied upstream with its own CORS policy.
+	nextUpstreamCORS = func(w http.ResponseWriter, r *http.Request) error {
+		setUpstreamCORS(w)
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextAuthError is basic_auth refusing: a Caddy error, nothing written.
+	nextAuthError = func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Www-Authenticate", `Basic realm="restricted"`)
+		return caddyhttp.Error(http.StatusUnauthorized, errors.New("not authenticated"))
+	}
+	// nextUpstreamCORSThenError sets upstream headers, then fails
+	// without writing (the error path of contract §5 and §6).
+	nextUpstreamCORSThenError = func(w http.ResponseWriter, r *http.Request) error {
+		setUpstreamCORS(w)
+		return caddyhttp.Error(http.StatusBadGateway, errors.New("upstream failed"))
+	}
+	// nextUpstreamWriteOnly writes the body without WriteHeader.
+	nextUpstreamWriteOnly = func(w http.ResponseWriter, r *http.Request) error {
+		setUpstreamCORS(w)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextUpstreamReadFrom copies the body with io.Copy (ReaderFrom).
+	nextUpstreamReadFrom = func(w http.ResponseWriter, r *http.Request) error {
+		setUpstreamCORS(w)
+		_, err := io.Copy(w, io.LimitReader(strings.NewReader("next"), 4))
+		return err
+	}
+	// nextUpstreamFlush flushes before writing anything else.
+	nextUpstreamFlush = func(w http.ResponseWriter, r *http.Request) error {
+		setUpstreamCORS(w)
+		if err := http.NewResponseController(w).Flush(); err != nil {
+			return err
+		}
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextUpstreamLowerCase puts a non-canonical key in the header map.
+	nextUpstreamLowerCase = func(w http.ResponseWriter, r *http.Request) error {
+		w.Header()["access-control-allow-origin"] = []string{"*"}
+		w.Header()["ACCESS-CONTROL-ALLOW-CREDENTIALS"] = []string{"true"}
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextSetsOurHeader replaces our headers with Set.
+	nextSetsOurHeader = func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Access-Control-Allow-Origin", "https://evil.example")
+		w.Header().Set("Access-Control-Allow-Credentials", "false")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+	// nextUpstreamVaryOrigin sends its own Vary: Origin.
+	nextUpstreamVaryOrigin = func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Add("Vary", "Origin, Accept-Encoding")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "next")
+		return nil
+	}
+)
+
+// setUpstreamCORS writes the CORS headers of an upstream with a policy
+// of its own, and its Vary.
+func setUpstreamCORS(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Credentials", "false")
+	h.Set("Access-Control-Allow-Methods", "PUT, PATCH")
+	h.Set("Access-Control-Allow-Headers", "x-upstream")
+	h.Set("Access-Control-Expose-Headers", "x-secret")
+	h.Set("Access-Control-Max-Age", "86400")
+	h.Add("Vary", "Accept-Encoding")
+}
+
+// behaviourCase is one request through ServeHTTP, in the shape of
+// jub0bs/cors MiddlewareTestCase.
+type behaviourCase struct {
+	desc       string
+	method     string
+	path       string // request target, as a client sends it
+	reqHeaders http.Header
+	respBefore http.Header // response headers set by handlers before this one
+	next       func(http.ResponseWriter, *http.Request) error
+
+	wantStatus     int
+	wantErr        bool // ServeHTTP returns a caddyhttp.HandlerError of wantStatus
+	wantHeaders    http.Header
+	wantBody       string
+	wantNextCalled bool
+}
+
+const (
+	pathA       = "/api/rest/v1/account-123456/Atom/3456"
+	mydomain    = "https://mydomain.com"
+	varyPre     = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+	defaultACAH = "cache-control,content-type,expires,last-modified,accept,content-language,authorization,pragma"
+)
+
+// preflightHdr is the request header of a preflight.
+func preflightHdr(origin, method string) http.Header {
+	return http.Header{"Origin": {origin}, "Access-Control-Request-Method": {method}}
+}
+
+func originHdr(origin string) http.Header { return http.Header{"Origin": {origin}} }
+
+// wantPreflightOK is the exact CORS header set of an allowed preflight
+// with the default allow_headers and max_age.
+func wantPreflightOK(origin, methods string) http.Header {
+	return http.Header{
+		"Access-Control-Allow-Origin":      {origin},
+		"Access-Control-Allow-Credentials": {"true"},
+		"Access-Control-Allow-Methods":     {methods},
+		"Access-Control-Allow-Headers":     {defaultACAH},
+		"Access-Control-Max-Age":           {"3600"},
+		"Vary":                             {varyPre},
+	}
+}
+
+var wantPreflightDenied = http.Header{"Vary": {varyPre}}
+
+func wantNormalOK(origin string) http.Header {
+	return http.Header{
+		"Access-Control-Allow-Origin":      {origin},
+		"Access-Control-Allow-Credentials": {"true"},
+		"Vary":                             {"Origin"},
+	}
+}
+
+var wantNormalDenied = http.Header{"Vary": {"Origin"}}
+
+// behaviourConfig is the contract §2 example plus accounts for merging,
+// IDN, IPv6, default methods and empty rules.
+const behaviourConfig = `{
+	"accounts": {
+		"account-123456": [
+			{"origin": "https://mydomain.com", "methods": ["GET", "POST", "DELETE"]},
+			{"origin": "http://localhost:8080", "methods": ["GET"]}
+		],
+		"account-987654": [{"origin": "https://app.example.org:8443"}],
+		"account-merge": [
+			{"origin": "https://mydomain.com", "methods": ["get"]},
+			{"origin": "https://other.example", "methods": ["POST"]},
+			{"origin": "HTTPS://MyDomain.com:443", "methods": ["PUT", "GET"]}
+		],
+		"account-idn": [
+			{"origin": "https://bücher.example"},
+			{"origin": "http://[2001:DB8:0:0:0:0:0:1]:8080", "methods": ["GET"]}
+		],
+		"account-post": [{"origin": "https://mydomain.com", "methods": ["POST"]}],
+		"account-empty": []
+	}
+}`
+
+func TestServeHTTP(t *testing.T) {
+	groups := []struct {
+		name   string
+		config string
+		cases  []behaviourCase
+	}{
+		{name: "defaults", config: behaviourConfig, cases: defaultCases()},
+		{name: "custom", config: `{
+			"path_prefixes": ["/custom/", "/Other/Prefix/"],
+			"allow_headers": ["X-Custom", "Content-Type"],
+			"expose_headers": ["X-Request-Id", "x-total-count"],
+			"max_age": "90s",
+			"preflight_status": 200,
+			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
+		}`, cases: []behaviourCase{
+			{desc: "§2 custom prefix, allow_headers, max_age, preflight_status: allowed preflight is 200 with them",
+				method: "OPTIONS", path: "/custom/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
+				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Allow-Methods":     {"GET"},
+					"Access-Control-Allow-Headers":     {"x-custom,content-type"},
+					"Access-Control-Max-Age":           {"90"},
+					"Vary":                             {varyPre},
+				}},
+			{desc: "§2 custom prefix: denied preflight is still a 401 error",
+				method: "OPTIONS", path: "/custom/acct/x", reqHeaders: preflightHdr(mydomain, "POST"),
+				next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+			{desc: "§3 custom prefix given in upper case matches case-insensitively",
+				method: "OPTIONS", path: "/other/PREFIX/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
+				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Allow-Methods":     {"GET"},
+					"Access-Control-Allow-Headers":     {"x-custom,content-type"},
+					"Access-Control-Max-Age":           {"90"},
+					"Vary":                             {varyPre},
+				}},
+			{desc: "§3 with custom prefixes the default prefix is no account path: untouched",
+				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
+				next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+			{desc: "§5 expose_headers configured: allowed normal response lists them, lower-cased",
+				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
+				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Expose-Headers":    {"x-request-id,x-total-count"},
+					"Vary":                             {"Origin"},
+				}, wantBody: "next", wantNextCalled: true},
+			{desc: "§6 expose_headers configured: the upstream's Expose-Headers is replaced by ours",
+				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
+				next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Expose-Headers":    {"x-request-id,x-total-count"},
+					"Vary":                             {"Accept-Encoding", "Origin"},
+				}, wantBody: "next", wantNextCalled: true},
+			{desc: "§5 expose_headers configured, origin not allowed: no Expose-Headers, only Vary: Origin",
+				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr("https://evil.example"),
+				next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		}},
+		{name: "empty allow_headers, sub-second max_age", config: `{
+			"allow_headers": [],
+			"max_age": "1500ms",
+			"accounts": {"acct": [{"origin": "https://mydomain.com"}]}
+		}`, cases: []behaviourCase{
+			{desc: "§2 allow_headers empty: no Allow-Headers; max_age sent in whole seconds, rounded down",
+				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "POST"),
+				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Allow-Methods":     {"GET, POST, DELETE"},
+					"Access-Control-Max-Age":           {"1"},
+					"Vary":                             {varyPre},
+				}},
+		}},
+		{name: "max_age in integer nanoseconds, zero", config: `{
+			"max_age": 0,
+			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
+		}`, cases: []behaviourCase{
+			{desc: "§2 max_age 0 is sent as 0, not replaced by the default",
+				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
+				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Allow-Methods":     {"GET"},
+					"Access-Control-Allow-Headers":     {defaultACAH},
+					"Access-Control-Max-Age":           {"0"},
+					"Vary":                             {varyPre},
+				}},
+		}},
+		{name: "max_age 2m in integer nanoseconds", config: `{
+			"max_age": 120000000000,
+			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
+		}`, cases: []behaviourCase{
+			{desc: "§2 max_age as integer nanoseconds is sent in seconds",
+				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
+				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
+					"Access-Control-Allow-Origin":      {mydomain},
+					"Access-Control-Allow-Credentials": {"true"},
+					"Access-Control-Allow-Methods":     {"GET"},
+					"Access-Control-Allow-Headers":     {defaultACAH},
+					"Access-Control-Max-Age":           {"120"},
+					"Vary":                             {varyPre},
+				}},
+		}},
+	}
+	for _, g := range groups {
+		h := mustProvision(t, g.config)
+		for _, tc := range g.cases {
+			t.Run(g.name+"/"+tc.desc, func(t *testing.T) { runBehaviourCase(t, h, tc) })
+		}
+	}
+}
+
+func defaultCases() []behaviourCase {
+	allOK := wantPreflightOK(mydomain, "GET, POST, DELETE")
+	return []behaviourCase{
+		// §3: which requests it acts on.
+		{desc: "§3 path outside every prefix: untouched, next runs, no CORS headers, no Vary",
+			method: "OPTIONS", path: "/other/account-123456/x", reqHeaders: preflightHdr(mydomain, "DELETE"),
+			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 path outside every prefix: a later handler's CORS headers are left alone",
+			method: "GET", path: "/other/x", reqHeaders: originHdr(mydomain),
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {"*"},
+				"Access-Control-Allow-Credentials": {"false"},
+				"Access-Control-Allow-Methods":     {"PUT, PATCH"},
+				"Access-Control-Allow-Headers":     {"x-upstream"},
+				"Access-Control-Expose-Headers":    {"x-secret"},
+				"Access-Control-Max-Age":           {"86400"},
+				"Vary":                             {"Accept-Encoding"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
+			method: "OPTIONS", path: "/api/rest/v1", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 empty account segment (/api/rest/v1/): untouched",
+			method: "OPTIONS", path: "/api/rest/v1/", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 empty account segment after merging slashes (/api/rest/v1//): untouched",
+			method: "GET", path: "/api/rest/v1//", reqHeaders: originHdr(mydomain),
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {"*"},
+				"Access-Control-Allow-Credentials": {"false"},
+				"Access-Control-Allow-Methods":     {"PUT, PATCH"},
+				"Access-Control-Allow-Headers":     {"x-upstream"},
+				"Access-Control-Expose-Headers":    {"x-secret"},
+				"Access-Control-Max-Age":           {"86400"},
+				"Vary":                             {"Accept-Encoding"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
+			method: "OPTIONS", path: "/api/rest/v1/account-123456/../", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
+			method: "OPTIONS", path: "/api/rest/v1/../account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 first default prefix: account is the next segment",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 second default prefix /partner/api/rest/v1/: account is the next segment",
+			method: "OPTIONS", path: "/partner/api/rest/v1/account-123456/Atom/1", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 account path with nothing after the account ID",
+			method: "OPTIONS", path: "/api/rest/v1/account-123456", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 prefix in another case matches, as Caddy path matchers do",
+			method: "OPTIONS", path: "/API/Rest/V1/account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 account IDs are exact: ACCOUNT-123456 is an unknown account, preflight 401",
+			method: "OPTIONS", path: "/api/rest/v1/ACCOUNT-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
+			method: "OPTIONS", path: "/api/rest/v1/account-987654/../account-123456/Atom", reqHeaders: preflightHdr(mydomain, "DELETE"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 dot-segments resolved: account-123456/../account-987654 belongs to account-987654, which denies the origin",
+			method: "OPTIONS", path: "/api/rest/v1/account-123456/../account-987654/Atom", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 single-dot segment resolved: /api/rest/v1/./account-123456/x",
+			method: "OPTIONS", path: "/api/rest/v1/./account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 repeated slashes merged: /api/rest/v1//account-123456//x",
+			method: "OPTIONS", path: "//api//rest/v1//account-123456//x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 percent-encoded account segment read decoded: account%2D123456 is account-123456",
+			method: "OPTIONS", path: "/api/rest/v1/account%2D123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 %2F and %2E decoded before cleaning: account-987654%2F%2E%2E%2Faccount-123456 belongs to account-123456",
+			method: "OPTIONS", path: "/api/rest/v1/account-987654%2F%2E%2E%2Faccount-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§3 %2F decoded: account-123456%2F..%2Faccount-987654 belongs to account-987654",
+			method: "GET", path: "/api/rest/v1/account-123456%2F..%2Faccount-987654/x", reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+
+		// §3: the Origin header.
+		{desc: "§3 Origin in upper case matches after normalisation; ACAO echoes it byte for byte",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("HTTPS://MyDomain.COM", "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("HTTPS://MyDomain.COM", "GET, POST, DELETE")},
+		{desc: "§3 Origin with the explicit default port :443 matches the rule without port",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://mydomain.com:443"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("https://mydomain.com:443"), wantBody: "next", wantNextCalled: true},
+		{desc: "§3 http://localhost:80 is http://localhost, not the allowed http://localhost:8080: denied",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://localhost:80", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 http origin with port: GET only for http://localhost:8080",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://localhost:8080", "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("http://localhost:8080", "GET")},
+		{desc: "§3 IDN rule matches the punycode Origin a browser sends",
+			method: "OPTIONS", path: "/api/rest/v1/account-idn/x", reqHeaders: preflightHdr("https://xn--bcher-kva.example", "DELETE"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("https://xn--bcher-kva.example", "GET, POST, DELETE")},
+		{desc: "§3 IDN rule matches a Unicode Origin, normalised to punycode",
+			method: "GET", path: "/api/rest/v1/account-idn/x", reqHeaders: originHdr("https://BÜCHER.example"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("https://BÜCHER.example"), wantBody: "next", wantNextCalled: true},
+		{desc: "§3 IPv6 rule in long form matches the compressed Origin",
+			method: "OPTIONS", path: "/api/rest/v1/account-idn/x", reqHeaders: preflightHdr("http://[2001:db8::1]:8080", "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("http://[2001:db8::1]:8080", "GET")},
+		{desc: "§3 IPv6 Origin in another spelling is normalised",
+			method: "GET", path: "/api/rest/v1/account-idn/x", reqHeaders: originHdr("http://[2001:DB8:0::0:1]:8080"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("http://[2001:DB8:0::0:1]:8080"), wantBody: "next", wantNextCalled: true},
+		{desc: "§3 IPv6 Origin on another port is denied",
+			method: "OPTIONS", path: "/api/rest/v1/account-idn/x", reqHeaders: preflightHdr("http://[2001:db8::1]:8081", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 repeated Origin header lines match no rule, even when both are allowed",
+			method: "OPTIONS", path: pathA, reqHeaders: http.Header{"Origin": {mydomain, mydomain}, "Access-Control-Request-Method": {"GET"}},
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 repeated Origin on a normal request: next runs, only Vary: Origin",
+			method: "GET", path: pathA, reqHeaders: http.Header{"Origin": {mydomain, "https://evil.example"}},
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 Origin: null matches no rule",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("null", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 malformed Origin (no scheme) matches no rule",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("mydomain.com", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 malformed Origin (with a path) matches no rule",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://mydomain.com/"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 two origins in one Origin line match no rule",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://mydomain.com, https://mydomain.com", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 http:// downgrade of an https origin is denied",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://mydomain.com", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 allowed host on another port is denied",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://mydomain.com:8443", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 suffix attack https://mydomain.com.evil.com is denied",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://mydomain.com.evil.com", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§3 prefix attack https://evilmydomain.com is denied",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evilmydomain.com"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§3 rule with a port: that port is allowed, with the default methods",
+			method: "OPTIONS", path: "/api/rest/v1/account-987654/x", reqHeaders: preflightHdr("https://app.example.org:8443", "DELETE"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("https://app.example.org:8443", "GET, POST, DELETE")},
+		{desc: "§3 rule with a port: the same host without the port is denied",
+			method: "OPTIONS", path: "/api/rest/v1/account-987654/x", reqHeaders: preflightHdr("https://app.example.org", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+
+		// §4: preflights.
+		{desc: "§4 preflight, origin allowed, DELETE: 204 with all methods for the origin",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "DELETE"),
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§4 preflight, origin allowed, method not allowed (PUT): 401, no Access-Control-*, same Vary, empty body",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "PUT"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight, origin not allowed: 401",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://evil.example", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight for an unknown account: 401",
+			method: "OPTIONS", path: "/api/rest/v1/account-000000/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight for an account with no rules: 401",
+			method: "OPTIONS", path: "/api/rest/v1/account-empty/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight, HEAD treated as GET: allowed where GET is",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://localhost:8080", "HEAD"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("http://localhost:8080", "GET")},
+		{desc: "§4 preflight, HEAD where only POST is allowed: 401",
+			method: "OPTIONS", path: "/api/rest/v1/account-post/x", reqHeaders: preflightHdr(mydomain, "HEAD"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight, method compared case-sensitively as in Fetch: delete is not DELETE",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "delete"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight, requested headers do not decide the outcome: 204 with the configured Allow-Headers",
+			method: "OPTIONS", path: pathA, reqHeaders: http.Header{
+				"Origin": {mydomain}, "Access-Control-Request-Method": {"POST"},
+				"Access-Control-Request-Headers": {"x-not-allowed,x-evil"}},
+			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§4 preflight with two Access-Control-Request-Method lines: 401",
+			method: "OPTIONS", path: pathA, reqHeaders: http.Header{"Origin": {mydomain}, "Access-Control-Request-Method": {"GET", "POST"}},
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 preflight never reaches next: upstream CORS headers absent, ours exact",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "POST"),
+			next: nextUpstreamCORS, wantStatus: 204, wantHeaders: allOK},
+		{desc: "§4 denied preflight never reaches next",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "PATCH"),
+			next: nextUpstreamCORS, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 allowed preflight extends an existing Vary, never replaces it",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "GET"),
+			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
+			next:       nextOK, wantStatus: 204, wantHeaders: func() http.Header {
+				h := wantPreflightOK(mydomain, "GET, POST, DELETE")
+				h["Vary"] = []string{"Accept-Encoding", varyPre}
+				return h
+			}()},
+		{desc: "§4 denied preflight extends an existing Vary, never replaces it",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://evil.example", "GET"),
+			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
+			next:       nextOK, wantStatus: 401, wantErr: true, wantHeaders: http.Header{"Vary": {"Accept-Encoding", varyPre}}},
+		{desc: "§4 same-origin rules merged: methods united in the order written (GET, PUT)",
+			method: "OPTIONS", path: "/api/rest/v1/account-merge/x", reqHeaders: preflightHdr(mydomain, "PUT"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK(mydomain, "GET, PUT")},
+		{desc: "§4 merged account: another origin keeps its own methods (POST only)",
+			method: "OPTIONS", path: "/api/rest/v1/account-merge/x", reqHeaders: preflightHdr("https://other.example", "POST"),
+			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("https://other.example", "POST")},
+		{desc: "§4 merged account: another origin is not given the merged methods",
+			method: "OPTIONS", path: "/api/rest/v1/account-merge/x", reqHeaders: preflightHdr("https://other.example", "GET"),
+			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		{desc: "§4 OPTIONS without Access-Control-Request-Method is a normal request: next runs, Vary: Origin",
+			method: "OPTIONS", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§4 OPTIONS with an empty Access-Control-Request-Method is a normal request",
+			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, ""),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§4 OPTIONS with Access-Control-Request-Method but no Origin is a normal request",
+			method: "OPTIONS", path: pathA, reqHeaders: http.Header{"Access-Control-Request-Method": {"GET"}},
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+
+		// §5: normal requests.
+		{desc: "§5 normal GET, origin allowed: next runs, ACAO and ACAC, Vary: Origin",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK(mydomain), wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal POST, origin allowed",
+			method: "POST", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK(mydomain), wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal GET, origin not allowed: next's status stands, only Vary: Origin",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			next: nextNotFound, wantStatus: 404, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal PUT, method not allowed for the origin: next runs, only Vary: Origin",
+			method: "PUT", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal DELETE from an origin allowed GET only: only Vary: Origin",
+			method: "DELETE", path: pathA, reqHeaders: originHdr("http://localhost:8080"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal request without Origin: next runs, only Vary: Origin",
+			method: "GET", path: pathA,
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal HEAD treated as GET: allowed where GET is",
+			method: "HEAD", path: pathA, reqHeaders: originHdr("http://localhost:8080"),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("http://localhost:8080"), wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal HEAD where only POST is allowed: only Vary: Origin",
+			method: "HEAD", path: "/api/rest/v1/account-post/x", reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal request for an unknown account: next runs, only Vary: Origin",
+			method: "GET", path: "/api/rest/v1/account-000000/x", reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 normal request for an account with no rules: only Vary: Origin",
+			method: "GET", path: "/api/rest/v1/account-empty/x", reqHeaders: originHdr(mydomain),
+			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 allowed, a later handler fails (basic_auth 401): error passes through with ACAO and ACAC",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextAuthError, wantStatus: 401, wantErr: true, wantHeaders: wantNormalOK(mydomain), wantNextCalled: true},
+		{desc: "§5 not allowed, a later handler fails (basic_auth 401): only Vary: Origin",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			next: nextAuthError, wantStatus: 401, wantErr: true, wantHeaders: wantNormalDenied, wantNextCalled: true},
+		{desc: "§5 allowed normal request extends an existing Vary, never replaces it",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
+			next:       nextOK, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Accept-Encoding", "Origin"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§5 denied normal request extends an existing Vary; Origin already there is not repeated",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			respBefore: http.Header{"Vary": {"Accept-Encoding, origin"}},
+			next:       nextOK, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "origin"}},
+			wantBody: "next", wantNextCalled: true},
+
+		// §6: the module is the only CORS policy.
+		{desc: "§6 allowed: upstream ACAO * and other Access-Control-* removed, ours only, upstream Vary kept and extended",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Accept-Encoding", "Origin"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§6 denied: upstream Access-Control-* removed, Vary kept and extended",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
+			wantBody: "next", wantNextCalled: true},
+		{desc: "§6 no Origin: upstream Access-Control-* removed",
+			method: "GET", path: pathA,
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
+			wantBody: "next", wantNextCalled: true},
+		{desc: "§6 existing Vary before and upstream Vary after are both kept, Origin added once",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			respBefore: http.Header{"Vary": {"Cookie"}},
+			next:       nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Cookie", "Accept-Encoding", "Origin"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§6 upstream's own Vary: Origin is not repeated",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextUpstreamVaryOrigin, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Origin", "Accept-Encoding"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§6 allowed, error path: upstream headers set, then an error without writing: ours only",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Accept-Encoding", "Origin"},
+			}, wantNextCalled: true},
+		{desc: "§6 denied, error path: upstream ACAO * removed",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true,
+			wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}}, wantNextCalled: true},
+		{desc: "§6 upstream writes the body without WriteHeader: headers still ours only",
+			method: "POST", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextUpstreamWriteOnly, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Accept-Encoding", "Origin"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§6 upstream copies the body with io.Copy (ReadFrom): headers still ours only",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			next: nextUpstreamReadFrom, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
+			wantBody: "next", wantNextCalled: true},
+		{desc: "§6 upstream flushes before writing: headers still ours only",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextUpstreamFlush, wantStatus: 200, wantHeaders: http.Header{
+				"Access-Control-Allow-Origin":      {mydomain},
+				"Access-Control-Allow-Credentials": {"true"},
+				"Vary":                             {"Accept-Encoding", "Origin"},
+			}, wantBody: "next", wantNextCalled: true},
+		{desc: "§6 upstream header keys in non-canonical case are removed too",
+			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
+			next: nextUpstreamLowerCase, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		{desc: "§6 upstream Set of our own header is replaced by our value",
+			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
+			next: nextSetsOurHeader, wantStatus: 200, wantHeaders: wantNormalOK(mydomain), wantBody: "next", wantNextCalled: true},
+	}
+}
+
+// runBehaviourCase drives ServeHTTP with one case and checks the
+// status, the exact Access-Control-* and Vary headers, the body and
+// whether next ran.
+func runBehaviourCase(t *testing.T, h *Handler, tc behaviourCase) {
+	t.Helper()
+	req := httptest.NewRequest(tc.method, "http://api.example"+tc.path, nil)
+	for k, vs := range tc.reqHeaders {
+		req.Header[k] = append([]string(nil), vs...)
+	}
+	repl := caddy.NewReplacer()
+	req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl))
+	rec := httptest.NewRecorder()
+	for k, vs := range tc.respBefore {
+		rec.Header()[k] = append([]string(nil), vs...)
+	}
+
+	nextCalled := false
+	next := nextHandler(func(w http.ResponseWriter, r *http.Request) error {
+		nextCalled = true
+		return tc.next(w, r)
+	})
+	err := h.ServeHTTP(rec, req, next)
+
+	res := rec.Result()
+	status := res.StatusCode
+	if tc.wantErr {
+		var he caddyhttp.HandlerError
+		if !errors.As(err, &he) {
+			t.Fatalf("ServeHTTP returned %v, want a caddyhttp.HandlerError with status %d", err, tc.wantStatus)
+		}
+		if rec.Flushed || rec.Body.Len() > 0 {
+			t.Errorf("response was written on the error path: body %q", rec.Body.String())
+		}
+		status = he.StatusCode
+		// On the error path Caddy writes the header map as it stands.
+		res.Header = rec.Header()
+	} else if err != nil {
+		t.Fatalf("ServeHTTP returned %v, want nil", err)
+	}
+	if status != tc.wantStatus {
+		t.Errorf("status %d, want %d", status, tc.wantStatus)
+	}
+	assertCORSHeaders(t, res.Header, tc.wantHeaders)
+	if body := rec.Body.String(); body != tc.wantBody {
+		t.Errorf("body %q, want %q", body, tc.wantBody)
+	}
+	if nextCalled != tc.wantNextCalled {
+		t.Errorf("next called: %v, want %v", nextCalled, tc.wantNextCalled)
+	}
+}
+
+// assertCORSHeaders compares the Access-Control-* and Vary headers of
+// got with want exactly: missing, wrong and unexpected values all fail.
+// Access-Control-* values are compared line for line; Vary is compared
+// as its list of tokens, in order, so "A, B" and "A" + "B" are equal.
+func assertCORSHeaders(t testing.TB, got, want http.Header) {
+	t.Helper()
+	g, w := corsHeaders(got), corsHeaders(want)
+	g["Vary"], w["Vary"] = varyTokens(g["Vary"]), varyTokens(w["Vary"])
+	for _, hdr := range []http.Header{g, w} {
+		if len(hdr["Vary"]) == 0 {
+			delete(hdr, "Vary")
+		}
+	}
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("CORS headers:\n got  %v\n want %v", g, w)
+	}
+}
+
+func varyTokens(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		for v := range strings.SplitSeq(l, ",") {
+			if v = strings.TrimSpace(v); v != "" {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+// TestServeHTTPSharedValues checks that a later writer appending to a
+// header value of one response cannot change another response.
+func TestServeHTTPSharedValues(t *testing.T) {
+	h := mustProvision(t, behaviourConfig)
+	for range 2 {
+		req := httptest.NewRequest("OPTIONS", pathA, nil)
+		req.Header = preflightHdr(mydomain, "GET")
+		rec := httptest.NewRecorder()
+		if err := h.ServeHTTP(rec, req, nextHandler(nextOK)); err != nil {
+			t.Fatal(err)
+		}
+		assertCORSHeaders(t, rec.Header(), wantPreflightOK(mydomain, "GET, POST, DELETE"))
+		// A careless later handler appending to our slices.
+		for k := range rec.Header() {
+			rec.Header()[k] = append(rec.Header()[k], "tampered")
+		}
+	}
+}
+
+// TestDecisionLog checks contract §7: each decision is logged at debug
+// level with account, origin, method, outcome and reason; nothing is
+// logged at info level.
+func TestDecisionLog(t *testing.T) {
+	h := mustProvision(t, behaviourConfig)
+	send := func(method string, hdr http.Header) {
+		req := httptest.NewRequest(method, pathA, nil)
+		req.Header = hdr
+		_ = h.ServeHTTP(httptest.NewRecorder(), req, nextHandler(nextOK))
+	}
+
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	send("OPTIONS", preflightHdr("https://evil.example", "GET"))
+	send("OPTIONS", preflightHdr(mydomain, "PUT"))
+	send("GET", originHdr(mydomain))
+	want := []struct {
+		msg    string
+		fields map[string]any
+	}{
+		{"preflight", map[string]any{"account": "account-123456", "origin": []any{"https://evil.example"},
+			"method": "GET", "outcome": "denied", "reason": "origin not allowed"}},
+		{"preflight", map[string]any{"account": "account-123456", "origin": []any{mydomain},
+			"method": "PUT", "outcome": "denied", "reason": "method not allowed"}},
+		{"request", map[string]any{"account": "account-123456", "origin": []any{mydomain},
+			"method": "GET", "outcome": "allowed"}},
+	}
+	entries := logs.All()
+	if len(entries) != len(want) {
+		t.Fatalf("got %d debug entries, want %d: %v", len(entries), len(want), entries)
+	}
+	for i, e := range entries {
+		if e.Level != zapcore.DebugLevel || e.Message != want[i].msg {
+			t.Errorf("entry %d: %s %q, want debug %q", i, e.Level, e.Message, want[i].msg)
+		}
+		fields := e.ContextMap()
+		// zap.Strings gives []interface{} through ContextMap.
+		if !reflect.DeepEqual(normaliseFields(fields), want[i].fields) {
+			t.Errorf("entry %d fields %v, want %v", i, fields, want[i].fields)
+		}
+	}
+
+	core, logs = observer.New(zapcore.InfoLevel)
+	h.logger = zap.New(core)
+	send("OPTIONS", preflightHdr("https://evil.example", "GET"))
+	send("OPTIONS", preflightHdr(mydomain, "GET"))
+	send("GET", originHdr(mydomain))
+	send("GET", originHdr("https://evil.example"))
+	if n := logs.Len(); n != 0 {
+		t.Errorf("at info level %d entries were logged, want none: %v", n, logs.All())
+	}
+}
+
+// normaliseFields turns the []string of zap.Strings into []any, as
+// JSON decoding would give.
+func normaliseFields(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if ss, ok := v.([]string); ok {
+			a := make([]any, len(ss))
+			for i, s := range ss {
+				a[i] = s
+			}
+			v = a
+		} else if aa, ok := v.([]any); ok {
+			v = slices.Clone(aa)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// TestProvisionValidation: every refusal of contract §2 is an error
+// naming the account and the rule (0-based index, origin as written).
+func TestProvisionValidation(t *testing.T) {
+	// rule2 puts a bad rule at index 2 of account-123456.
+	rule2 := func(rule string) string {
+		return `{"accounts": {"account-123456": [
+			{"origin": "https://ok.example"},
+			{"origin": "https://ok2.example", "methods": ["GET"]},
+			` + rule + `]}}`
+	}
+	okAccounts := `"accounts": {"account-123456": [{"origin": "https://mydomain.com"}]}`
+	const at = `account "account-123456", rule 2 `
+	cases := []struct {
+		desc    string
+		config  string
+		wantErr []string
+	}{
+		{"scheme ftp", rule2(`{"origin": "ftp://mydomain.com"}`),
+			[]string{at + `(origin "ftp://mydomain.com"): scheme "ftp" is not http or https`}},
+		{"scheme ws", rule2(`{"origin": "ws://mydomain.com"}`),
+			[]string{at + `(origin "ws://mydomain.com"): scheme "ws" is not http or https`}},
+		{"no scheme", rule2(`{"origin": "mydomain.com"}`),
+			[]string{at + `(origin "mydomain.com"): origin must have the form scheme://host[:port]`}},
+		{"lone / path", rule2(`{"origin": "https://mydomain.com/"}`),
+			[]string{at + `(origin "https://mydomain.com/"): origin must not have a path`}},
+		{"path", rule2(`{"origin": "https://mydomain.com/app"}`),
+			[]string{at + `(origin "https://mydomain.com/app"): origin must not have a path`}},
+		{"query", rule2(`{"origin": "https://mydomain.com?x=1"}`),
+			[]string{at + `(origin "https://mydomain.com?x=1"): origin must not have a query`}},
+		{"fragment", rule2(`{"origin": "https://mydomain.com#top"}`),
+			[]string{at + `(origin "https://mydomain.com#top"): origin must not have a fragment`}},
+		{"user info", rule2(`{"origin": "https://user:pw@mydomain.com"}`),
+			[]string{at + `(origin "https://user:pw@mydomain.com"): origin must not have user info`}},
+		{"wildcard *", rule2(`{"origin": "*"}`),
+			[]string{at + `(origin "*"): wildcard origins are not supported`}},
+		{"wildcard subdomain", rule2(`{"origin": "https://*.mydomain.com"}`),
+			[]string{at + `(origin "https://*.mydomain.com"): wildcard origins are not supported`}},
+		{"null", rule2(`{"origin": "null"}`),
+			[]string{at + `(origin "null"): the "null" origin cannot be allowed`}},
+		{"empty origin", rule2(`{"origin": ""}`),
+			[]string{at + `(origin ""): origin is empty`}},
+		{"missing host", rule2(`{"origin": "https://"}`),
+			[]string{at + `(origin "https://"): origin has no host`}},
+		{"missing host with port", rule2(`{"origin": "https://:8443"}`),
+			[]string{at + `(origin "https://:8443"): origin has no host`}},
+		{"port 0", rule2(`{"origin": "https://mydomain.com:0"}`),
+			[]string{at + `(origin "https://mydomain.com:0"): port "0" is outside 1-65535`}},
+		{"port 65536", rule2(`{"origin": "https://mydomain.com:65536"}`),
+			[]string{at + `(origin "https://mydomain.com:65536"): port "65536" is outside 1-65535`}},
+		{"port not a number", rule2(`{"origin": "https://mydomain.com:https"}`),
+			[]string{at + `(origin "https://mydomain.com:https"): port "https" is not a number`}},
+		{"empty port", rule2(`{"origin": "https://mydomain.com:"}`),
+			[]string{at + `(origin "https://mydomain.com:"): port is empty`}},
+		{"trailing dot", rule2(`{"origin": "https://mydomain.com."}`),
+			[]string{at + `(origin "https://mydomain.com."): host "mydomain.com." must not end with a dot`}},
+		{"unknown method", rule2(`{"origin": "https://mydomain.com", "methods": ["GET", "FETCH"]}`),
+			[]string{at + `(origin "https://mydomain.com"): method "FETCH" is not a known HTTP method`}},
+		{"OPTIONS", rule2(`{"origin": "https://mydomain.com", "methods": ["options"]}`),
+			[]string{at + `(origin "https://mydomain.com"): method "options" cannot be allowed`}},
+		{"CONNECT", rule2(`{"origin": "https://mydomain.com", "methods": ["CONNECT"]}`),
+			[]string{at + `(origin "https://mydomain.com"): method "CONNECT" cannot be allowed`}},
+		{"TRACE", rule2(`{"origin": "https://mydomain.com", "methods": ["TRACE"]}`),
+			[]string{at + `(origin "https://mydomain.com"): method "TRACE" cannot be allowed`}},
+		{"* method", rule2(`{"origin": "https://mydomain.com", "methods": ["*"]}`),
+			[]string{at + `(origin "https://mydomain.com"): the wildcard method "*" is not supported`}},
+		{"empty account ID", `{"accounts": {"": [{"origin": "https://mydomain.com"}]}}`,
+			[]string{`account ID is empty`}},
+		{"/ in account ID", `{"accounts": {"account/123456": [{"origin": "https://mydomain.com"}]}}`,
+			[]string{`account "account/123456": account ID must not contain /`}},
+		{"path prefix without leading /", `{"path_prefixes": ["api/rest/v1/"], ` + okAccounts + `}`,
+			[]string{`path prefix "api/rest/v1/" must start and end with /`}},
+		{"path prefix without trailing /", `{"path_prefixes": ["/api/rest/v1/", "/partner/api/rest/v1"], ` + okAccounts + `}`,
+			[]string{`path prefix "/partner/api/rest/v1" must start and end with /`}},
+		{"empty path prefix", `{"path_prefixes": [""], ` + okAccounts + `}`,
+			[]string{`path prefix "" must start and end with /`}},
+		{"preflight_status 199", `{"preflight_status": 199, ` + okAccounts + `}`,
+			[]string{`preflight_status 199 is outside 200-299`}},
+		{"preflight_status 300", `{"preflight_status": 300, ` + okAccounts + `}`,
+			[]string{`preflight_status 300 is outside 200-299`}},
+		{"preflight_status 401", `{"preflight_status": 401, ` + okAccounts + `}`,
+			[]string{`preflight_status 401 is outside 200-299`}},
+		{"negative max_age string", `{"max_age": "-1s", ` + okAccounts + `}`,
+			[]string{`max_age -1s is negative`}},
+		{"negative max_age nanoseconds", `{"max_age": -1000000000, ` + okAccounts + `}`,
+			[]string{`max_age -1s is negative`}},
+		{"every problem in one error", `{
+			"path_prefixes": ["/api/"],
+			"preflight_status": 100,
+			"max_age": "-1h",
+			"accounts": {
+				"account-1": [{"origin": "https://a.example"}, {"origin": "https://a.example/"}],
+				"account-2": [{"origin": "null", "methods": ["GET", "TRACE"]}],
+				"a/b": []
+			}}`,
+			[]string{
+				`preflight_status 100 is outside 200-299`,
+				`max_age -1h0m0s is negative`,
+				`account "account-1", rule 1 (origin "https://a.example/"): origin must not have a path`,
+				`account "account-2", rule 0 (origin "null"): the "null" origin cannot be allowed`,
+				`account "account-2", rule 0 (origin "null"): method "TRACE" cannot be allowed`,
+				`account "a/b": account ID must not contain /`,
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.desc, func(t *testing.T) {
+			_, err := provisionJSON(t, tc.config)
+			if err == nil {
+				t.Fatalf("config accepted, want an error containing %q", tc.wantErr)
+			}
+			for _, want := range tc.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q\ndoes not contain %q", err, want)
+				}
+			}
+		})
+	}
+
+	t.Run("the contract §2 example is accepted", func(t *testing.T) {
+		mustProvision(t, `{
+			"path_prefixes": ["/api/rest/v1/", "/partner/api/rest/v1/"],
+			"allow_headers": ["cache-control", "content-type", "expires", "last-modified",
+			                  "accept", "content-language", "authorization", "pragma"],
+			"expose_headers": [],
+			"max_age": "1h",
+			"preflight_status": 204,
+			"accounts": {
+				"account-123456": [
+					{"origin": "https://mydomain.com", "methods": ["GET", "POST", "DELETE"]},
+					{"origin": "http://localhost:8080", "methods": ["GET"]}
+				]
+			}
+		}`)
+	})
+}
+
+// TestParseOrigin is the origin table: normalisation and every refusal,
+// as jub0bs/cors internal/origins/origins_test.go.
+func TestParseOrigin(t *testing.T) {
+	cases := []struct {
+		desc    string
+		input   string
+		want    string
+		wantErr string
+	}{
+		{desc: "https without port", input: "https://mydomain.com", want: "https://mydomain.com"},
+		{desc: "http with port", input: "http://localhost:8080", want: "http://localhost:8080"},
+		{desc: "scheme and host lower-cased", input: "HTTPS://MyDomain.COM", want: "https://mydomain.com"},
+		{desc: "default https port dropped", input: "https://mydomain.com:443", want: "https://mydomain.com"},
+		{desc: "default http port dropped", input: "http://mydomain.com:80", want: "http://mydomain.com"},
+		{desc: "443 is not the default for http", input: "http://mydomain.com:443", want: "http://mydomain.com:443"},
+		{desc: "80 is not the default for https", input: "https://mydomain.com:80", want: "https://mydomain.com:80"},
+		{desc: "lowest port", input: "https://mydomain.com:1", want: "https://mydomain.com:1"},
+		{desc: "highest port", input: "https://mydomain.com:65535", want: "https://mydomain.com:65535"},
+		{desc: "subdomains and hyphens", input: "https://app-1.eu.mydomain.com", want: "https://app-1.eu.mydomain.com"},
+		{desc: "IPv4 host", input: "http://127.0.0.1:8080", want: "http://127.0.0.1:8080"},
+		{desc: "IDN converted to punycode", input: "https://bücher.example", want: "https://xn--bcher-kva.example"},
+		{desc: "IDN upper case converted to punycode", input: "https://BÜCHER.example", want: "https://xn--bcher-kva.example"},
+		{desc: "IDN in another script", input: "https://例え.jp:8443", want: "https://xn--r8jz45g.jp:8443"},
+		{desc: "punycode kept", input: "https://XN--BCHER-KVA.example", want: "https://xn--bcher-kva.example"},
+		{desc: "IPv6 loopback", input: "http://[::1]:8080", want: "http://[::1]:8080"},
+		{desc: "IPv6 compressed and lower-cased", input: "http://[2001:DB8:0:0:0:0:0:1]", want: "http://[2001:db8::1]"},
+		{desc: "IPv6 first longest zero run compressed", input: "https://[2001:db8:0:0:1:0:0:1]", want: "https://[2001:db8::1:0:0:1]"},
+		{desc: "IPv6 single zero group not compressed", input: "https://[2001:db8:0:1:1:1:1:1]", want: "https://[2001:db8:0:1:1:1:1:1]"},
+		{desc: "IPv6 leading zeros dropped", input: "https://[2001:0db8::0001]", want: "https://[2001:db8::1]"},
+		{desc: "IPv4-mapped IPv6 serialised in hex", input: "https://[::ffff:192.0.2.1]", want: "https://[::ffff:c000:201]"},
+		{desc: "IPv6 default port dropped", input: "https://[::1]:443", want: "https://[::1]"},
+
+		{desc: "empty", input: "", wantErr: "origin is empty"},
+		{desc: "null", input: "null", wantErr: `the "null" origin cannot be allowed`},
+		{desc: "wildcard", input: "*", wantErr: "wildcard origins are not supported"},
+		{desc: "wildcard subdomain", input: "https://*.mydomain.com", wantErr: "wildcard origins are not supported"},
+		{desc: "no scheme", input: "mydomain.com", wantErr: "origin must have the form scheme://host[:port]"},
+		{desc: "one slash", input: "https:/mydomain.com", wantErr: "origin must have the form scheme://host[:port]"},
+		{desc: "scheme ftp", input: "ftp://mydomain.com", wantErr: `scheme "ftp" is not http or https`},
+		{desc: "scheme file", input: "file://mydomain.com", wantErr: `scheme "file" is not http or https`},
+		{desc: "lone / path", input: "https://mydomain.com/", wantErr: "origin must not have a path"},
+		{desc: "path", input: "https://mydomain.com/app", wantErr: "origin must not have a path"},
+		{desc: "query", input: "https://mydomain.com?q", wantErr: "origin must not have a query"},
+		{desc: "fragment", input: "https://mydomain.com#f", wantErr: "origin must not have a fragment"},
+		{desc: "user info", input: "https://user@mydomain.com", wantErr: "origin must not have user info"},
+		{desc: "user info with password", input: "https://user:pw@mydomain.com", wantErr: "origin must not have user info"},
+		{desc: "missing host", input: "https://", wantErr: "origin has no host"},
+		{desc: "missing host with port", input: "https://:443", wantErr: "origin has no host"},
+		{desc: "port 0", input: "https://mydomain.com:0", wantErr: `port "0" is outside 1-65535`},
+		{desc: "port 65536", input: "https://mydomain.com:65536", wantErr: `port "65536" is outside 1-65535`},
+		{desc: "port too long", input: "https://mydomain.com:000443", wantErr: `is outside 1-65535`},
+		{desc: "port with leading zero", input: "https://mydomain.com:0443", wantErr: `is outside 1-65535`},
+		{desc: "port not a number", input: "https://mydomain.com:abc", wantErr: `port "abc" is not a number`},
+		{desc: "negative port", input: "https://mydomain.com:-1", wantErr: `port "-1" is not a number`},
+		{desc: "port with sign", input: "https://mydomain.com:+443", wantErr: `port "+443" is not a number`},
+		{desc: "empty port", input: "https://mydomain.com:", wantErr: "port is empty"},
+		{desc: "trailing dot", input: "https://mydomain.com.", wantErr: `host "mydomain.com." must not end with a dot`},
+		{desc: "empty label", input: "https://mydomain..com", wantErr: "has an empty label"},
+		{desc: "leading dot", input: "https://.mydomain.com", wantErr: "has an empty label"},
+		{desc: "space in host", input: "https://my domain.com", wantErr: "has the invalid character"},
+		{desc: "invalid punycode", input: "https://xn--a.example", wantErr: "is not a valid international name"},
+		{desc: "IPv6 without closing bracket", input: "https://[::1", wantErr: "IPv6 address has no closing bracket"},
+		{desc: "text after IPv6", input: "https://[::1]x", wantErr: "unexpected text after IPv6 address"},
+		{desc: "IPv4 in brackets", input: "https://[127.0.0.1]", wantErr: "is not an IPv6 address"},
+		{desc: "IPv6 with zone", input: "https://[fe80::1%25eth0]", wantErr: "is not an IPv6 address"},
+		{desc: "IPv6 without brackets", input: "https://::1", wantErr: "has the invalid character"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.desc, func(t *testing.T) {
+			o, err := parseOrigin(tc.input)
+			if tc.wantErr != "" {
+				if err == nil {
+					t.Fatalf("parseOrigin(%q) = %q, want an error containing %q", tc.input, o.String(), tc.wantErr)
+				}
+				if !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("parseOrigin(%q): error %q, want it to contain %q", tc.input, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseOrigin(%q): %v", tc.input, err)
+			}
+			if got := o.String(); got != tc.want {
+				t.Errorf("parseOrigin(%q) = %q, want %q", tc.input, got, tc.want)
+			}
+		})
+	}
+}
