@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -71,10 +73,13 @@ func (ix *index) accountOf(p string) (id string, ok bool) {
 		p = caddyhttp.CleanPath(p, true)
 	}
 	for _, pre := range ix.prefixes {
-		if len(p) < len(pre) || !asciiEqualFold(p[:len(pre)], pre) {
-			continue
+		n := len(pre)
+		if !strings.HasPrefix(p, pre) { // paths are nearly always lower case already
+			if n, ok = foldedPrefix(p, pre); !ok {
+				continue
+			}
 		}
-		rest := p[len(pre):]
+		rest := p[n:]
 		if i := strings.IndexByte(rest, '/'); i >= 0 {
 			rest = rest[:i]
 		}
@@ -87,6 +92,10 @@ func (ix *index) accountOf(p string) (id string, ok bool) {
 // only a repeated slash or a "." or ".." segment can. Most paths are
 // clean, and checking is cheaper than cleaning.
 func needsCleaning(p string) bool {
+	// Two vectorised scans clear most paths.
+	if !strings.Contains(p, "//") && !strings.Contains(p, "/.") {
+		return false
+	}
 	for i := 0; i < len(p); i++ {
 		if p[i] != '/' {
 			continue
@@ -109,19 +118,40 @@ func needsCleaning(p string) bool {
 	return false
 }
 
-// asciiEqualFold compares ASCII case-insensitively, the way Caddy's path
-// matchers compare paths (they lower-case both sides).
-func asciiEqualFold(s, lower string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
+// foldedPrefix reports whether p, lower-cased as Caddy's path matchers
+// lower-case paths (strings.ToLower), starts with lower, and how many
+// bytes of p that takes. ASCII is compared in place; other runes are
+// lower-cased one by one, as strings.ToLower does, because some of them
+// lower-case to ASCII ("İ" to "i", the Kelvin sign to "k") and an
+// invalid byte becomes U+FFFD.
+func foldedPrefix(p, lower string) (int, bool) {
+	i, j := 0, 0
+	for j < len(lower) {
+		if i >= len(p) {
+			return 0, false
 		}
-		if c != lower[i] {
-			return false
+		c := p[i]
+		if c < utf8.RuneSelf {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != lower[j] {
+				return 0, false
+			}
+			i++
+			j++
+			continue
 		}
+		r, size := utf8.DecodeRuneInString(p[i:])
+		var buf [utf8.UTFMax]byte
+		n := utf8.EncodeRune(buf[:], unicode.ToLower(r))
+		if len(lower)-j < n || lower[j:j+n] != string(buf[:n]) {
+			return 0, false
+		}
+		i += size
+		j += n
 	}
-	return true
+	return i, true
 }
 
 // match finds the rule of acct for the request's Origin values. A
@@ -144,7 +174,7 @@ func (ix *index) match(acct *account, originHdr []string) (*allowedOrigin, strin
 	if ao := acct.find(o); ao != nil {
 		return ao, ""
 	}
-	if len(o) > ix.maxOriginLen {
+	if len(o) > ix.maxOriginLen || isSerialised(o) {
 		return nil, "origin not allowed"
 	}
 	parsed, err := parseOrigin(o)
@@ -157,6 +187,22 @@ func (ix *index) match(acct *account, originHdr []string) (*allowedOrigin, strin
 		}
 	}
 	return nil, "origin not allowed"
+}
+
+// isSerialised reports whether parsing o could not change it: it has
+// only lower-case ASCII letters, digits and ".-_:/", and no explicit
+// default port. Such a value is either malformed or already in the form
+// rules are compiled to, so when the exact lookup has missed, parsing it
+// cannot find a rule: a denied browser origin costs no parse.
+func isSerialised(o string) bool {
+	for i := 0; i < len(o); i++ {
+		switch c := o[i]; {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '.', c == '-', c == '_', c == ':', c == '/':
+		default:
+			return false
+		}
+	}
+	return !strings.HasSuffix(o, ":443") && !strings.HasSuffix(o, ":80")
 }
 
 func (a *account) find(o string) *allowedOrigin {
@@ -217,14 +263,14 @@ func newIndex(h *Handler) (*index, error) {
 	}
 	ix.maxAge = strconv.FormatInt(maxAge, 10)
 
-	sets := make(map[string]*methodSet)
+	cache := &methodCache{sets: make(map[string]*methodSet)}
 	longest := 0
 	for id, rules := range h.Accounts {
 		if err := checkAccountID(id); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		acct, aerrs := compileAccount(id, rules, sets)
+		acct, aerrs := compileAccount(id, rules, cache)
 		errs = append(errs, aerrs...)
 		for _, ao := range acct.origins {
 			longest = max(longest, len(ao.origin))
@@ -245,11 +291,12 @@ func newIndex(h *Handler) (*index, error) {
 }
 
 // compileAccount normalises one account's rules, merging rules with the
-// same origin (their methods united, in the order first written).
-func compileAccount(id string, rules []Rule, sets map[string]*methodSet) (account, []error) {
+// same origin (their methods united, in the order first written). It
+// allocates only the account's origin list (and, above mapThreshold
+// origins, its map): a large config compiles quickly and holds little.
+func compileAccount(id string, rules []Rule, cache *methodCache) (account, []error) {
 	var errs []error
-	lists := make([][]string, 0, len(rules))
-	origins := make([]string, 0, len(rules))
+	acct := account{origins: make([]allowedOrigin, 0, len(rules))}
 	var pos map[string]int // origin -> position, for large accounts only
 	if len(rules) > mapThreshold {
 		pos = make(map[string]int, len(rules))
@@ -259,16 +306,16 @@ func compileAccount(id string, rules []Rule, sets map[string]*methodSet) (accoun
 		if err != nil {
 			errs = append(errs, ruleErr(id, i, r.Origin, err))
 		}
-		methods, merrs := parseMethods(r.Methods)
+		methods, merrs := cache.parse(r.Methods)
 		for _, e := range merrs {
 			errs = append(errs, ruleErr(id, i, r.Origin, e))
 		}
 		if err != nil || merrs != nil {
 			continue
 		}
-		canon := o.String()
-		if canon == r.Origin {
-			canon = r.Origin // keep one copy of the string, not two
+		canon := r.Origin // keep one copy of the string, not two
+		if !serialises(o, r.Origin) {
+			canon = o.String()
 		}
 		j := -1
 		if pos != nil {
@@ -276,32 +323,16 @@ func compileAccount(id string, rules []Rule, sets map[string]*methodSet) (accoun
 				j = k
 			}
 		} else {
-			j = slices.Index(origins, canon)
+			j = slices.IndexFunc(acct.origins, func(ao allowedOrigin) bool { return ao.origin == canon })
 		}
 		if j < 0 {
 			if pos != nil {
-				pos[canon] = len(origins)
+				pos[canon] = len(acct.origins)
 			}
-			origins = append(origins, canon)
-			lists = append(lists, methods)
+			acct.origins = append(acct.origins, allowedOrigin{origin: canon, methods: methods})
 			continue
 		}
-		for _, m := range methods {
-			if !contains(lists[j], m) {
-				lists[j] = append(slices.Clip(lists[j]), m)
-			}
-		}
-	}
-
-	acct := account{origins: make([]allowedOrigin, len(origins))}
-	for i, o := range origins {
-		header := strings.Join(lists[i], ", ")
-		set := sets[header]
-		if set == nil {
-			set = &methodSet{list: lists[i], header: header}
-			sets[header] = set
-		}
-		acct.origins[i] = allowedOrigin{origin: o, methods: set}
+		acct.origins[j].methods = cache.union(acct.origins[j].methods, methods)
 	}
 	if len(acct.origins) > mapThreshold {
 		acct.byOrigin = make(map[string]*allowedOrigin, len(acct.origins))
@@ -310,4 +341,82 @@ func compileAccount(id string, rules []Rule, sets map[string]*methodSet) (accoun
 		}
 	}
 	return acct, errs
+}
+
+// serialises reports whether s is the serialisation of o (o.String()),
+// without building it.
+func serialises(o origin, s string) bool {
+	rest, ok := strings.CutPrefix(s, o.scheme+"://")
+	if !ok {
+		return false
+	}
+	if rest, ok = strings.CutPrefix(rest, o.host); !ok {
+		return false
+	}
+	if o.port == 0 {
+		return rest == ""
+	}
+	// parseOrigin has refused a port with a sign or leading zero.
+	port, ok := strings.CutPrefix(rest, ":")
+	n, err := strconv.Atoi(port)
+	return ok && err == nil && n == o.port && port[0] != '0'
+}
+
+// methodCache compiles rules' method lists into shared methodSets. A
+// large config repeats a few lists: each is parsed once, and each
+// distinct set, with its header value, is held once.
+type methodCache struct {
+	recent []cachedMethods       // the first lists seen, as written
+	sets   map[string]*methodSet // Access-Control-Allow-Methods value -> set
+}
+
+type cachedMethods struct {
+	raw []string
+	set *methodSet
+}
+
+// maxCachedMethods bounds the lists methodCache compares a rule's with.
+const maxCachedMethods = 16
+
+// parse returns the set of a rule's methods (see parseMethods).
+func (c *methodCache) parse(raw []string) (*methodSet, []error) {
+	for _, e := range c.recent {
+		if slices.Equal(e.raw, raw) {
+			return e.set, nil
+		}
+	}
+	list, errs := parseMethods(raw)
+	if errs != nil {
+		return nil, errs
+	}
+	set := c.set(list)
+	if len(c.recent) < maxCachedMethods {
+		c.recent = append(c.recent, cachedMethods{raw: raw, set: set})
+	}
+	return set, nil
+}
+
+// set returns the shared set of list.
+func (c *methodCache) set(list []string) *methodSet {
+	header := strings.Join(list, ", ")
+	if s := c.sets[header]; s != nil {
+		return s
+	}
+	s := &methodSet{list: list, header: header}
+	c.sets[header] = s
+	return s
+}
+
+// union returns the set of a's methods followed by those of b not in a.
+func (c *methodCache) union(a, b *methodSet) *methodSet {
+	list := a.list
+	for _, m := range b.list {
+		if !contains(list, m) {
+			list = append(slices.Clip(list), m)
+		}
+	}
+	if len(list) == len(a.list) {
+		return a
+	}
+	return c.set(list)
 }

@@ -144,13 +144,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	acct := h.idx.accounts[id]
 	origin := r.Header[hdrOrigin]
-	reqMethod := r.Header[hdrReqMethod]
 	// A preflight is OPTIONS with Origin and a non-empty
 	// Access-Control-Request-Method (contract §4, Fetch "CORS-preflight
 	// request"); any other request is a normal one.
-	if r.Method == http.MethodOptions && len(origin) > 0 && len(reqMethod) > 0 &&
-		(len(reqMethod) > 1 || reqMethod[0] != "") {
-		return h.preflight(w, id, &acct, origin, reqMethod)
+	if r.Method == http.MethodOptions && len(origin) > 0 {
+		if reqMethod := r.Header[hdrReqMethod]; len(reqMethod) > 1 || len(reqMethod) == 1 && reqMethod[0] != "" {
+			return h.preflight(w, id, &acct, origin, reqMethod)
+		}
 	}
 	return h.normal(w, r, next, id, &acct, origin)
 }

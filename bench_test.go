@@ -1,0 +1,286 @@
+package atomspherecors
+
+// Benchmarks of issue 4. Run them with
+//
+//	go test -run '^$' -bench . -benchmem -count 6 . | tee new.txt
+//	benchstat -col /accounts new.txt   # flat in the number of accounts
+//
+// The rs/cors comparison is in the nested module bench/, so that users'
+// builds never depend on rs/cors.
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// benchRules returns the three rules of account i, as issue 4 describes
+// them: an app origin with GET, POST and DELETE, an admin origin on a
+// port with GET, a development origin over http with GET and POST.
+func benchRules(i int) (id string, rules []Rule) {
+	n := strconv.Itoa(i)
+	return "account-" + n, []Rule{
+		{Origin: "https://app" + n + ".example.com", Methods: []string{"GET", "POST", "DELETE"}},
+		{Origin: "https://admin" + n + ".example.org:8443", Methods: []string{"GET"}},
+		{Origin: "http://dev" + n + ".example.net:8080", Methods: []string{"GET", "POST"}},
+	}
+}
+
+// benchConfigJSON is the handler's JSON with n accounts of benchRules,
+// without the "handler" key (a route's loader consumes that key before
+// it calls the module loader).
+func benchConfigJSON(n int) []byte {
+	buf := make([]byte, 0, 200*n+64)
+	buf = append(buf, `{"accounts":{`...)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		id, rules := benchRules(i)
+		buf = append(buf, '"')
+		buf = append(buf, id...)
+		buf = append(buf, `":[`...)
+		for j, r := range rules {
+			if j > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, `{"origin":"`...)
+			buf = append(buf, r.Origin...)
+			buf = append(buf, `","methods":[`...)
+			for k, m := range r.Methods {
+				if k > 0 {
+					buf = append(buf, ',')
+				}
+				buf = strconv.AppendQuote(buf, m)
+			}
+			buf = append(buf, "]}"...)
+		}
+		buf = append(buf, ']')
+	}
+	return append(buf, "}}"...)
+}
+
+// benchCase is one request of issue 4's mix.
+type benchCase struct {
+	name   string
+	method string
+	path   string
+	header http.Header
+}
+
+// benchCases is the request mix, aimed at account target.
+func benchCases(target int) []benchCase {
+	id, rules := benchRules(target)
+	allowed := rules[0].Origin
+	path := "/api/rest/v1/" + id + "/Atom/3456"
+	const evil = "https://evil.example.com"
+	return []benchCase{
+		{"preflight_allowed", http.MethodOptions, path, http.Header{
+			"Origin":                         {allowed},
+			"Access-Control-Request-Method":  {"POST"},
+			"Access-Control-Request-Headers": {"authorization,content-type"},
+		}},
+		{"preflight_denied", http.MethodOptions, path, http.Header{
+			"Origin":                         {evil},
+			"Access-Control-Request-Method":  {"POST"},
+			"Access-Control-Request-Headers": {"authorization,content-type"},
+		}},
+		{"get_allowed", http.MethodGet, path, http.Header{"Origin": {allowed}}},
+		{"get_denied", http.MethodGet, path, http.Header{"Origin": {evil}}},
+		{"get_no_origin", http.MethodGet, path, http.Header{}},
+		{"outside", http.MethodGet, "/static/app.js", http.Header{"Origin": {allowed}}},
+	}
+}
+
+func (c benchCase) request() *http.Request {
+	r := httptest.NewRequest(c.method, c.path, nil)
+	r.Header = c.header.Clone()
+	return r
+}
+
+// benchWriter is the response recorder of the benchmarks: one per
+// benchmark, its header map cleared before each request, so that only
+// the handler's own allocations are counted. (httptest.ResponseRecorder
+// copies the header map on WriteHeader.)
+type benchWriter struct {
+	hdr    http.Header
+	status int
+}
+
+func (w *benchWriter) Header() http.Header         { return w.hdr }
+func (w *benchWriter) WriteHeader(s int)           { w.status = s }
+func (w *benchWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *benchWriter) reset()                      { clear(w.hdr); w.status = 0 }
+
+// benchNext stands for Caddy's respond handler: a 200 with no body.
+var benchNext caddyhttp.Handler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	w.WriteHeader(http.StatusOK)
+	return nil
+})
+
+// productionLogger logs at info level, as Caddy's default logger does,
+// so that the handler's debug entries are checked and skipped.
+var productionLogger = zap.New(zapcore.NewCore(
+	zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
+
+// loadHandler loads the handler from its JSON through Caddy's module
+// loader (decoding, Provision, Validate), as a config load does.
+func loadHandler(tb testing.TB, raw []byte) *Handler {
+	tb.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	mod, err := ctx.LoadModuleByID("http.handlers.atomsphere_cors", raw)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := mod.(*Handler)
+	// A context without a config gives a development logger (debug
+	// level); use what a real config gives.
+	h.logger = productionLogger
+	return h
+}
+
+// benchHandlers holds one provisioned handler per number of accounts,
+// built lazily and once per process: the 10^6 index takes seconds.
+var benchHandlers struct {
+	sync.Mutex
+	m map[int]*Handler
+}
+
+// benchHandler returns a handler with n accounts. Up to 10^5 accounts it
+// is loaded from JSON by Caddy's module loader; above, Provision runs on
+// rules built in Go, which gives the same index without a ~200 MB JSON
+// document and its decoding.
+func benchHandler(tb testing.TB, n int) *Handler {
+	tb.Helper()
+	benchHandlers.Lock()
+	defer benchHandlers.Unlock()
+	if h := benchHandlers.m[n]; h != nil {
+		return h
+	}
+	var h *Handler
+	if n <= 100_000 {
+		h = loadHandler(tb, benchConfigJSON(n))
+	} else {
+		h = &Handler{Accounts: make(map[string][]Rule, n)}
+		for i := 0; i < n; i++ {
+			id, rules := benchRules(i)
+			h.Accounts[id] = rules
+		}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := h.Provision(ctx)
+		cancel()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		h.logger = productionLogger
+		runtime.GC()
+	}
+	if benchHandlers.m == nil {
+		benchHandlers.m = make(map[int]*Handler)
+	}
+	benchHandlers.m[n] = h
+	return h
+}
+
+// BenchmarkServeHTTP runs the request mix against N accounts of 3 rules,
+// aimed at the account in the middle. The cost must not depend on N
+// (compare accounts=1 with accounts=1000000), and allocations stay at 0
+// outside the prefixes and at most 2 elsewhere (see allocs_test.go).
+func BenchmarkServeHTTP(b *testing.B) {
+	for _, n := range []int{1, 1000, 1_000_000} {
+		for _, c := range benchCases(n / 2) {
+			b.Run("case="+c.name+"/accounts="+strconv.Itoa(n), func(b *testing.B) {
+				h := benchHandler(b, n)
+				r := c.request()
+				w := &benchWriter{hdr: http.Header{}}
+				b.ReportAllocs()
+				for b.Loop() {
+					w.reset()
+					_ = h.ServeHTTP(w, r, benchNext)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkProvision loads the handler from the JSON of N accounts of 3
+// rules, in three steps reported separately:
+//
+//   - step=load: Caddy's module loader, ctx.LoadModuleByID, which decodes
+//     the JSON and provisions the handler; it reports retained-MB, the
+//     heap the provisioned handler keeps (the decoded config is dropped
+//     once compiled);
+//   - step=decode: the JSON decoding alone (caddy.StrictUnmarshalJSON, as
+//     the loader calls it);
+//   - step=build: Provision alone, on rules already decoded: checking
+//     the config and building the index.
+//
+// The 10^6 case needs about 1.5 GB while it runs and is skipped with
+// -short.
+func BenchmarkProvision(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run("accounts="+strconv.Itoa(n), func(b *testing.B) {
+			if n > 100_000 && testing.Short() {
+				b.Skip("10^6 accounts: skipped with -short")
+			}
+			raw := benchConfigJSON(n)
+			b.Run("step=load", func(b *testing.B) {
+				var retained float64
+				for b.Loop() {
+					var before, after runtime.MemStats
+					b.StopTimer()
+					runtime.GC()
+					runtime.ReadMemStats(&before)
+					b.StartTimer()
+					ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+					mod, err := ctx.LoadModuleByID("http.handlers.atomsphere_cors", raw)
+					if err != nil {
+						b.Fatal(err)
+					}
+					cancel()
+					b.StopTimer()
+					runtime.GC()
+					runtime.ReadMemStats(&after)
+					runtime.KeepAlive(mod)
+					b.StartTimer()
+					retained = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / 1e6
+				}
+				b.ReportMetric(retained, "retained-MB")
+			})
+			b.Run("step=decode", func(b *testing.B) {
+				for b.Loop() {
+					var h Handler
+					if err := caddy.StrictUnmarshalJSON(raw, &h); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run("step=build", func(b *testing.B) {
+				var decoded Handler
+				if err := json.Unmarshal(raw, &decoded); err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+				defer cancel()
+				for b.Loop() {
+					h := decoded // Provision drops h.Accounts, not the map
+					if err := h.Provision(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
