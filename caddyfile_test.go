@@ -205,10 +205,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 			[]string{`account "a/b": account ID must not contain /, at Testfile:2`}},
 		{"bad origin names the account, the rule and the line",
 			"atomsphere_cors {\n\taccount account-123456 {\n\t\torigin https://ok.example\n\t\torigin https://ok2.example GET\n\t\torigin https://mydomain.com/ GET\n\t}\n}",
-			[]string{`account "account-123456", rule 2 (origin "https://mydomain.com/"): origin must not have a path, at Testfile:5`}},
+			[]string{`account "account-123456", rule 3 (origin "https://mydomain.com/"): origin must not have a path, at Testfile:5`}},
 		{"bad method names the account, the rule and the line",
 			"atomsphere_cors {\n\taccount account-123456 {\n\t\torigin https://mydomain.com GET OPTIONS\n\t}\n}",
-			[]string{`account "account-123456", rule 0 (origin "https://mydomain.com"): method "OPTIONS" cannot be allowed, at Testfile:3`}},
+			[]string{`account "account-123456", rule 1 (origin "https://mydomain.com"): method "OPTIONS" cannot be allowed, at Testfile:3`}},
 		{"several bad lines all reported, each with its line",
 			`atomsphere_cors {
 	path_prefix /api
@@ -228,9 +228,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 				"preflight_status 99 is outside 200-299, at Testfile:3",
 				"max_age -1m0s is negative, at Testfile:4",
 				`account "a/b": account ID must not contain /, at Testfile:5`,
-				`account "account-1", rule 0 (origin "ftp://x.example"): scheme "ftp" is not http or https, at Testfile:9`,
-				`account "account-1", rule 2 (origin "https://y.example:0"): port "0" is outside 1-65535, at Testfile:11`,
-				`account "account-1", rule 2 (origin "https://y.example:0"): method "FETCH" is not a known HTTP method, at Testfile:11`,
+				`account "account-1", rule 1 (origin "ftp://x.example"): scheme "ftp" is not http or https, at Testfile:9`,
+				`account "account-1", rule 3 (origin "https://y.example:0"): port "0" is outside 1-65535, at Testfile:11`,
+				`account "account-1", rule 3 (origin "https://y.example:0"): method "FETCH" is not a known HTTP method, at Testfile:11`,
 			}},
 	}
 	for _, tc := range cases {
@@ -442,8 +442,8 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 		t.Fatal("a bad Caddyfile adapted without error")
 	}
 	for _, want := range []string{
-		`account "account-123456", rule 1 (origin "https://mydomain.com/"): origin must not have a path, at Caddyfile:5`,
-		`account "account-123456", rule 2 (origin "http://localhost:8080"): method "CONNECT" cannot be allowed, at Caddyfile:6`,
+		`account "account-123456", rule 2 (origin "https://mydomain.com/"): origin must not have a path, at Caddyfile:5`,
+		`account "account-123456", rule 3 (origin "http://localhost:8080"): method "CONNECT" cannot be allowed, at Caddyfile:6`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q\ndoes not contain %q", err, want)

@@ -847,7 +847,7 @@ func normaliseFields(m map[string]any) map[string]any {
 // TestProvisionValidation: every refusal of contract §2 is an error
 // naming the account and the rule (0-based index, origin as written).
 func TestProvisionValidation(t *testing.T) {
-	// rule2 puts a bad rule at index 2 of account-123456.
+	// rule2 puts a bad rule third in account-123456 (index 2 in JSON): "rule 3".
 	rule2 := func(rule string) string {
 		return `{"accounts": {"account-123456": [
 			{"origin": "https://ok.example"},
@@ -855,7 +855,7 @@ func TestProvisionValidation(t *testing.T) {
 			` + rule + `]}}`
 	}
 	okAccounts := `"accounts": {"account-123456": [{"origin": "https://mydomain.com"}]}`
-	const at = `account "account-123456", rule 2 `
+	const at = `account "account-123456", rule 3 `
 	cases := []struct {
 		desc    string
 		config  string
@@ -941,9 +941,9 @@ func TestProvisionValidation(t *testing.T) {
 			[]string{
 				`preflight_status 100 is outside 200-299`,
 				`max_age -1h0m0s is negative`,
-				`account "account-1", rule 1 (origin "https://a.example/"): origin must not have a path`,
-				`account "account-2", rule 0 (origin "null"): the "null" origin cannot be allowed`,
-				`account "account-2", rule 0 (origin "null"): method "TRACE" cannot be allowed`,
+				`account "account-1", rule 2 (origin "https://a.example/"): origin must not have a path`,
+				`account "account-2", rule 1 (origin "null"): the "null" origin cannot be allowed`,
+				`account "account-2", rule 1 (origin "null"): method "TRACE" cannot be allowed`,
 				`account "a/b": account ID must not contain /`,
 			}},
 	}

@@ -451,7 +451,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			if status < 400 || status > 599 {
 				t.Errorf("bad edit: admin API answered %d, want an error status", status)
 			}
-			for _, want := range []string{`account "busy"`, fmt.Sprintf("rule %d", len(busy)), `"https://bad.example/path"`, "path"} {
+			for _, want := range []string{`account "busy"`, fmt.Sprintf("rule %d", len(busy)+1), `"https://bad.example/path"`, "path"} {
 				if !strings.Contains(msg, want) {
 					t.Errorf("bad edit: error %q does not name %s", msg, want)
 				}
@@ -472,7 +472,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			if status != http.StatusBadRequest {
 				t.Errorf("bad load: admin API answered %d, want 400", status)
 			}
-			for _, want := range []string{`account "busy"`, fmt.Sprintf("rule %d", len(busy)), `"https://bad.example/path"`} {
+			for _, want := range []string{`account "busy"`, fmt.Sprintf("rule %d", len(busy)+1), `"https://bad.example/path"`} {
 				if !strings.Contains(msg, want) {
 					t.Errorf("bad load: error %q does not name %s", msg, want)
 				}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/idna"
@@ -240,10 +241,19 @@ func normaliseHost(s string) (string, error) {
 			}
 		}
 	} else {
+		// idna maps an invalid byte to U+FFFD without refusing it.
+		if !utf8.ValidString(s) {
+			return "", fmt.Errorf("host %q is not valid UTF-8", s)
+		}
 		var err error
 		if h, err = idna.Lookup.ToASCII(s); err != nil {
 			return "", fmt.Errorf("host %q is not a valid international name: %v", s, err)
 		}
+	}
+	// IDNA mapping can delete characters (a soft hyphen) or turn them into
+	// a dot (an ideographic full stop): check the result again.
+	if h == "" || strings.HasSuffix(h, ".") {
+		return "", fmt.Errorf("host %q must not be empty or end with a dot", s)
 	}
 	if len(h) > maxHostLen {
 		return "", fmt.Errorf("host %q is longer than %d characters", s, maxHostLen)
@@ -357,8 +367,11 @@ func checkPreflightStatus(s int) error {
 	return nil
 }
 
+// ruleErr says where a rule's problem is: the account, the rule's
+// position counted from 1 as a person counts the lines of a block (the
+// admin API path index is one less), and the origin as written.
 func ruleErr(account string, i int, o string, err error) error {
-	return fmt.Errorf("account %q, rule %d (origin %q): %w", account, i, o, err)
+	return fmt.Errorf("account %q, rule %d (origin %q): %w", account, i+1, o, err)
 }
 
 func contains(list []string, s string) bool {

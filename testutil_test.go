@@ -1,9 +1,11 @@
 package atomspherecors
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,27 +51,42 @@ var testClient = &http.Client{
 
 // doRequest sends one request with the given headers (each value of a
 // key becomes its own header line) and returns the response and body.
+// A request whose connection closes before any response byte is sent
+// again, at most twice, as browsers retry: Caddy's server swap during a
+// config load can close a connection it has just accepted (issue 3).
 func doRequest(t testing.TB, method, url string, hdr http.Header) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, vs := range hdr {
-		for _, v := range vs {
-			req.Header.Add(k, v)
+	for attempt := 1; ; attempt++ {
+		req, err := http.NewRequest(method, url, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
+		for k, vs := range hdr {
+			for _, v := range vs {
+				req.Header.Add(k, v)
+			}
+		}
+		res, err := testClient.Do(req)
+		if err != nil && attempt < 3 && closedBeforeResponse(err) {
+			t.Logf("%s %s: %v; sending again", method, url, err)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+		defer res.Body.Close()
+		body, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatalf("%s %s: reading body: %v", method, url, err)
+		}
+		return res, string(body)
 	}
-	res, err := testClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, url, err)
-	}
-	return res, string(body)
+}
+
+// closedBeforeResponse reports whether a client error means the
+// connection closed before any byte of a response arrived.
+func closedBeforeResponse(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // corsHeaders returns the Access-Control-* and Vary headers of h, the
