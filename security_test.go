@@ -1,0 +1,350 @@
+package atomspherecors
+
+// The attack table: each row names a way a page (or a hostile upstream)
+// could try to get a credentialed cross-origin read of an account it is
+// not allowed, and shows it denied by a real Caddy with the module in
+// front of a reverse_proxy. Every request is written by hand on a raw
+// TCP connection, so the request-target and header lines reach Caddy
+// exactly as listed (dot segments, %2F, repeated headers included).
+//
+// Ports: admin localhost:2994, site 127.0.0.1:9400 (loopback only).
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/idna"
+)
+
+const (
+	secAddr = "127.0.0.1:9400"
+
+	secAllowed = "https://mydomain.com"  // account-123456: GET POST DELETE
+	secGetOnly = "http://localhost:8080" // account-123456: GET
+	acctA      = "/api/rest/v1/account-123456"
+	acctB      = "/api/rest/v1/account-987654" // allows neither origin above
+)
+
+// secCaddyfile puts the module in front of a hostile upstream (%s).
+const secCaddyfile = `{
+	admin localhost:2994
+	http_port 9400
+	default_bind 127.0.0.1
+}
+http://:9400 {
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+			origin http://localhost:8080 GET
+		}
+		account account-987654 {
+			origin https://app.example.org:8443
+			origin https://bücher.example GET
+		}
+	}
+	reverse_proxy %s
+}`
+
+// hostileUpstream answers every request with its own CORS policy: it
+// reflects the Origin with credentials, or sends Access-Control-Allow-Origin: *
+// on paths containing /star/. It keeps its own Vary and reports the
+// request-target it received.
+func hostileUpstream() *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Vary", "Accept-Encoding")
+		h.Set("X-Upstream-Target", r.RequestURI)
+		if strings.Contains(r.URL.Path, "/star/") {
+			h.Set("Access-Control-Allow-Origin", "*")
+		} else {
+			h["Access-Control-Allow-Origin"] = r.Header["Origin"]
+			h.Set("Access-Control-Allow-Credentials", "true")
+		}
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE")
+		h.Set("Access-Control-Expose-Headers", "X-Secret")
+		_, _ = io.WriteString(w, "account data")
+	}))
+}
+
+// secRow is one request of the attack table and its expected outcome.
+type secRow struct {
+	name    string
+	method  string
+	target  string      // the request-target, sent byte for byte
+	headers [][2]string // header lines, in order, repeats allowed
+
+	status int
+	// acao is the Access-Control-Allow-Origin expected; "" means the
+	// response must carry no Access-Control-* header at all.
+	acao string
+	// upstreamTarget, when set, is the request-target the upstream
+	// must have received.
+	upstreamTarget string
+}
+
+func hOrigin(o string) [2]string { return [2]string{"Origin", o} }
+func hACRM(m string) [2]string   { return [2]string{"Access-Control-Request-Method", m} }
+
+func hdrs(lines ...[2]string) [][2]string { return lines }
+
+// preflightRow and getRow build the two requests of an Origin trick: a
+// preflight and a simple GET, both on account-123456 unless path is given.
+func preflightRow(name, path string, lines ...[2]string) secRow {
+	return secRow{name: name + " (preflight)", method: "OPTIONS", target: path,
+		headers: slices.Concat(lines, hdrs(hACRM("GET"))), status: 401}
+}
+
+func getRow(name, path string, lines ...[2]string) secRow {
+	return secRow{name: name + " (GET)", method: "GET", target: path, headers: lines, status: 200}
+}
+
+// both makes the preflight and the GET row of one denied request.
+func both(name, path string, lines ...[2]string) []secRow {
+	return []secRow{preflightRow(name, path, lines...), getRow(name, path, lines...)}
+}
+
+func TestSecurityAttackTable(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	startCaddy(t, "caddyfile", fmt.Sprintf(secCaddyfile, up.Listener.Addr().String()))
+
+	cyrillic := "https://mydom\u0430in.com" // "а" is U+0430, not ASCII "a"
+	puny, err := idna.Lookup.ToASCII("mydom\u0430in.com")
+	if err != nil || puny == "mydomain.com" {
+		t.Fatalf("punycode of the look-alike: %q, %v", puny, err)
+	}
+	atom := acctA + "/Atom/1"
+	var rows []secRow
+	add := func(r ...secRow) { rows = append(rows, r...) }
+
+	// Controls: the config does allow these, so the denials below are
+	// the module's doing, not a broken setup.
+	add(secRow{name: "control: allowed origin, preflight DELETE", method: "OPTIONS", target: atom,
+		headers: hdrs(hOrigin(secAllowed), hACRM("DELETE")), status: 204, acao: secAllowed})
+	add(secRow{name: "control: allowed origin, GET; the upstream's reflected headers replaced by the module's",
+		method: "GET", target: atom, headers: hdrs(hOrigin(secAllowed)), status: 200, acao: secAllowed})
+	add(secRow{name: "same origin: mixed case of the allowed origin is that origin, ACAO echoes the request's bytes",
+		method: "GET", target: atom, headers: hdrs(hOrigin("HTTPS://MyDomain.COM")), status: 200, acao: "HTTPS://MyDomain.COM"})
+	add(secRow{name: "same origin: the explicit default port :443", method: "OPTIONS", target: atom,
+		headers: hdrs(hOrigin("https://mydomain.com:443"), hACRM("POST")), status: 204, acao: "https://mydomain.com:443"})
+	add(secRow{name: "same origin: an international rule origin matches its punycode", method: "GET",
+		target: acctB + "/x", headers: hdrs(hOrigin("https://xn--bcher-kva.example")), status: 200, acao: "https://xn--bcher-kva.example"})
+
+	// Origin tricks against account-123456, which allows https://mydomain.com.
+	for _, tr := range []struct{ name, origin string }{
+		{"suffix: allowed host as a subdomain of the attacker's", "https://mydomain.com.evil.com"},
+		{"prefix: attacker's host ending in the allowed name", "https://evilmydomain.com"},
+		{"truncation: the allowed host less its last letter", "https://mydomain.co"},
+		{"substring: the allowed host less its first letter", "https://ydomain.com"},
+		{"scheme downgrade: http instead of https", "http://mydomain.com"},
+		{"port change: https on 8443", "https://mydomain.com:8443"},
+		{"port change: localhost:8081 instead of 8080", "http://localhost:8081"},
+		{"port change: explicit :80 on an https origin", "https://mydomain.com:80"},
+		{"null origin (sandboxed iframe, file:, redirect)", "null"},
+		{"wildcard origin", "*"},
+		{"trailing dot in the host", "https://mydomain.com."},
+		{"trailing slash (a path)", "https://mydomain.com/"},
+		{"mixed case of a different host", "https://MYDOMAIN.COM.EVIL.COM"},
+		{"mixed case of a different host, one letter short", "https://MyDomain.Co"},
+		{"unicode look-alike: Cyrillic a in mydomain", cyrillic},
+		{"unicode look-alike, sent as its punycode", "https://" + puny},
+		{"userinfo: allowed origin as user name of the attacker's host", "https://mydomain.com@evil.com"},
+		{"userinfo: attacker's user name on the allowed host", "https://evil.com@mydomain.com"},
+		{"userinfo: user and password on the allowed host", "https://user:pass@mydomain.com"},
+		{"two origins in one line, comma-separated", "https://mydomain.com, https://evil.com"},
+		{"two origins in one line, space-separated", "https://mydomain.com https://evil.com"},
+	} {
+		add(both("origin "+tr.name+" "+tr.origin, atom, hOrigin(tr.origin))...)
+	}
+	add(both("look-alike of an international origin: bucher for bücher", acctB+"/x", hOrigin("https://bucher.example"))...)
+	add(both("two Origin headers, both allowed", atom, hOrigin(secAllowed), hOrigin(secAllowed))...)
+	add(both("two Origin headers, attacker's first", atom, hOrigin("https://evil.com"), hOrigin(secAllowed))...)
+	add(both("two Origin headers, attacker's second", atom, hOrigin(secAllowed), hOrigin("https://evil.com"))...)
+	add(getRow("no Origin header, upstream still reflecting", atom))
+	add(secRow{name: "OPTIONS with Access-Control-Request-Method but no Origin is not a preflight",
+		method: "OPTIONS", target: atom, headers: hdrs(hACRM("GET")), status: 200})
+
+	// Path confusion: https://mydomain.com may read account-123456 and
+	// tries to read account-987654, which does not allow it.
+	for _, pc := range []struct{ name, target string }{
+		{"dot-dot segment from A to B", acctA + "/../account-987654/Atom"},
+		{"dot and dot-dot segments from A to B", acctA + "/./../account-987654/Atom"},
+		{"two dot-dot segments from deep in A to B", acctA + "/Atom/../../account-987654/Atom"},
+		{"dot-dot out of the prefix into the partner prefix", acctA + "/../../../../partner/api/rest/v1/account-987654/x"},
+		{"repeated slash before the account", "/api/rest/v1//account-987654/Atom"},
+		{"repeated slashes everywhere", "//api//rest//v1//account-987654//Atom"},
+		{"repeated slash then dot-dot", acctA + "//../account-987654/Atom"},
+		{"percent-encoded slashes: A%2F..%2FB", acctA + "%2F..%2Faccount-987654/Atom"},
+		{"percent-encoded dots: A/%2E%2E/B", acctA + "/%2E%2E/account-987654/Atom"},
+		{"percent-encoded dots and slash, lower case", acctA + "/%2e%2e%2faccount-987654/Atom"},
+		{"prefix in upper case", "/API/REST/V1/account-987654/Atom"},
+		{"partner prefix in mixed case", "/Partner/Api/Rest/V1/account-987654/x"},
+		{"prefix with a dotted capital I (lower-cases to i, as Caddy's path matchers read it)", "/ap%C4%B0/rest/v1/account-987654/x"},
+		{"account ID in other case is another, unknown account", "/api/rest/v1/ACCOUNT-123456/Atom"},
+		{"account ID with a trailing dot segment is still B", acctB + "/."},
+	} {
+		add(both("path "+pc.name+" "+pc.target, pc.target, hOrigin(secAllowed))...)
+	}
+	// The other way round the module follows Caddy's reading, and the
+	// upstream receives the raw path: it must resolve the account from
+	// the same cleaned path (README, Security).
+	add(secRow{name: "caveat: dot-dot from B to A is A by Caddy's reading; the upstream receives the raw path",
+		method: "GET", target: acctB + "/../account-123456/Atom", headers: hdrs(hOrigin(secAllowed)),
+		status: 200, acao: secAllowed, upstreamTarget: acctB + "/../account-123456/Atom"})
+
+	// A hostile or careless upstream.
+	add(secRow{name: "upstream answers Access-Control-Allow-Origin: * for an account that does not allow the origin",
+		method: "GET", target: acctB + "/star/x", headers: hdrs(hOrigin(secAllowed)), status: 200})
+	add(secRow{name: "upstream reflects an attacker's origin with credentials",
+		method: "GET", target: atom, headers: hdrs(hOrigin("https://evil.com")), status: 200})
+	add(secRow{name: "upstream reflects an origin allowed on another account",
+		method: "GET", target: acctB + "/x", headers: hdrs(hOrigin(secAllowed)), status: 200})
+	add(secRow{name: "upstream's * on an allowed response is replaced, not doubled",
+		method: "GET", target: acctA + "/star/x", headers: hdrs(hOrigin(secAllowed)), status: 200, acao: secAllowed})
+
+	// Preflights smuggled in other requests, and method tricks.
+	add(secRow{name: "GET with Access-Control-Request-Method: DELETE is a normal GET: no methods granted",
+		method: "GET", target: atom, headers: hdrs(hOrigin(secGetOnly), hACRM("DELETE")), status: 200, acao: secGetOnly})
+	add(secRow{name: "POST with Access-Control-Request-Method: GET from a GET-only origin is a denied POST",
+		method: "POST", target: atom, headers: hdrs(hOrigin(secGetOnly), hACRM("GET")), status: 200})
+	add(secRow{name: "GET with Access-Control-Request-Method from an origin not allowed",
+		method: "GET", target: atom, headers: hdrs(hOrigin("https://evil.com"), hACRM("GET")), status: 200})
+	add(secRow{name: "OPTIONS without Access-Control-Request-Method is a normal OPTIONS, never allowed",
+		method: "OPTIONS", target: atom, headers: hdrs(hOrigin(secAllowed)), status: 200})
+	add(secRow{name: "OPTIONS with an empty Access-Control-Request-Method is a normal OPTIONS",
+		method: "OPTIONS", target: atom, headers: hdrs(hOrigin(secAllowed), hACRM("")), status: 200})
+	add(secRow{name: "preflight for a method the origin may not use (DELETE from a GET-only origin)",
+		method: "OPTIONS", target: atom, headers: hdrs(hOrigin(secGetOnly), hACRM("DELETE")), status: 401})
+	add(secRow{name: "preflight for a method no rule lists (PUT)",
+		method: "OPTIONS", target: atom, headers: hdrs(hOrigin(secAllowed), hACRM("PUT")), status: 401})
+	add(secRow{name: "preflight with the method in lower case (methods are case-sensitive)",
+		method: "OPTIONS", target: atom, headers: hdrs(hOrigin(secAllowed), hACRM("delete")), status: 401})
+	add(secRow{name: "preflight with two Access-Control-Request-Method lines",
+		method: "OPTIONS", target: atom, headers: hdrs(hOrigin(secAllowed), hACRM("GET"), hACRM("DELETE")), status: 401})
+	add(secRow{name: "preflight for an account that is not configured",
+		method: "OPTIONS", target: "/api/rest/v1/account-000000/x", headers: hdrs(hOrigin(secAllowed), hACRM("GET")), status: 401})
+
+	// Caching: the same URL answered for an allowed and a denied origin
+	// both carry Vary: Origin (checked on every row below), so no shared
+	// cache serves one origin's answer to another.
+	add(secRow{name: "cache: allowed answer of a URL varies with Origin", method: "GET", target: acctA + "/cached",
+		headers: hdrs(hOrigin(secAllowed)), status: 200, acao: secAllowed})
+	add(secRow{name: "cache: denied answer of the same URL varies with Origin", method: "GET", target: acctA + "/cached",
+		headers: hdrs(hOrigin("https://evil.com")), status: 200})
+	add(secRow{name: "cache: answer without Origin of the same URL varies with Origin", method: "GET", target: acctA + "/cached",
+		status: 200})
+
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			res, body := rawRequest(t, secAddr, row.method, row.target, row.headers)
+			checkSecRow(t, row, res, body)
+		})
+	}
+}
+
+// checkSecRow checks one response against its row: the status, the exact
+// set of Access-Control-* headers, and Vary.
+func checkSecRow(t *testing.T, row secRow, res *http.Response, body string) {
+	t.Helper()
+	if res.StatusCode != row.status {
+		t.Errorf("status %d, want %d", res.StatusCode, row.status)
+	}
+	var ac []string
+	for k := range res.Header {
+		if strings.HasPrefix(strings.ToLower(k), "access-control-") {
+			ac = append(ac, k)
+		}
+	}
+	slices.Sort(ac)
+	isPreflight := row.method == "OPTIONS" && row.status != 200
+	switch {
+	case row.acao == "":
+		if len(ac) != 0 {
+			t.Errorf("denied, but the response carries %q: %v", ac, corsHeaders(res.Header))
+		}
+	case isPreflight:
+		want := []string{"Access-Control-Allow-Credentials", "Access-Control-Allow-Headers",
+			"Access-Control-Allow-Methods", "Access-Control-Allow-Origin", "Access-Control-Max-Age"}
+		if !slices.Equal(ac, want) {
+			t.Errorf("Access-Control-* headers %q, want %q", ac, want)
+		}
+	default:
+		// A normal response: only the module's two headers (no
+		// expose_headers configured), never the upstream's.
+		want := []string{"Access-Control-Allow-Credentials", "Access-Control-Allow-Origin"}
+		if !slices.Equal(ac, want) {
+			t.Errorf("Access-Control-* headers %q, want %q: %v", ac, want, corsHeaders(res.Header))
+		}
+	}
+	if row.acao != "" {
+		if got := res.Header["Access-Control-Allow-Origin"]; len(got) != 1 || got[0] != row.acao {
+			t.Errorf("Access-Control-Allow-Origin %q, want exactly %q", got, row.acao)
+		}
+		if got := res.Header["Access-Control-Allow-Credentials"]; len(got) != 1 || got[0] != "true" {
+			t.Errorf("Access-Control-Allow-Credentials %q, want true", got)
+		}
+	}
+	// Every answer on an account path varies with Origin, allowed or not;
+	// a preflight's also with the request method and headers; the
+	// upstream's own Vary is kept.
+	wantVary := []string{"Origin"}
+	if row.method == "OPTIONS" && row.status != 200 {
+		wantVary = append(wantVary, "Access-Control-Request-Method", "Access-Control-Request-Headers")
+	} else {
+		wantVary = append(wantVary, "Accept-Encoding")
+	}
+	for _, v := range wantVary {
+		if !varyHasToken(res.Header, v) {
+			t.Errorf("Vary %q lacks %s", res.Header["Vary"], v)
+		}
+	}
+	// A preflight never reaches the upstream; a normal request always does.
+	fromUpstream := res.Header.Get("X-Upstream-Target") != ""
+	if isPreflight && (fromUpstream || body != "") {
+		t.Errorf("a preflight reached the upstream (body %q)", body)
+	}
+	if !isPreflight && (!fromUpstream || body != "account data") {
+		t.Errorf("a normal request did not reach the upstream (body %q)", body)
+	}
+	if row.upstreamTarget != "" && res.Header.Get("X-Upstream-Target") != row.upstreamTarget {
+		t.Errorf("upstream received %q, want %q", res.Header.Get("X-Upstream-Target"), row.upstreamTarget)
+	}
+}
+
+// rawRequest writes one HTTP/1.1 request by hand, request-target and
+// header lines exactly as given, and reads the response.
+func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*http.Response, string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, addr)
+	for _, l := range lines {
+		fmt.Fprintf(&b, "%s: %s\r\n", l[0], l[1])
+	}
+	b.WriteString("Connection: close\r\n\r\n")
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, target, err)
+	}
+	return res, string(body)
+}
