@@ -354,3 +354,61 @@ func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*
 	}
 	return res, string(body)
 }
+
+// secHardenedCaddyfile is the README's hardening for an upstream that
+// does not read paths as Caddy does: requests whose raw path has an
+// encoded slash or dot, a repeated slash or a dot segment are refused
+// before they are proxied, so the upstream only ever receives paths that
+// cleaning leaves unchanged (the module's reading and the upstream's
+// cannot differ).
+const secHardenedCaddyfile = `{
+	admin localhost:2994
+	http_port 9401
+	default_bind 127.0.0.1
+}
+http://:9401 {
+	@ambiguous expression ` + "`" + `{http.request.uri}.matches('^[^?]*(?:(?i:%%2f|%%2e)|//|/\\.\\.?(?:/|\\?|$))')` + "`" + `
+	error @ambiguous 400
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+		}
+	}
+	reverse_proxy %s
+}`
+
+func TestSecurityHardenedAmbiguousPathsRefused(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	startCaddy(t, "caddyfile", fmt.Sprintf(secHardenedCaddyfile, up.Listener.Addr().String()))
+	const addr = "127.0.0.1:9401"
+	for _, tc := range []struct {
+		name, target string
+		status       int
+	}{
+		{"encoded slashes", acctB + "%2F..%2Faccount-123456/Atom", 400},
+		{"encoded slashes, lower case", acctB + "%2f..%2faccount-123456/Atom", 400},
+		{"encoded dots", acctB + "/%2E%2E/account-123456/Atom", 400},
+		{"raw dot-dot segment", acctB + "/../account-123456/Atom", 400},
+		{"raw dot segment", acctA + "/./Atom", 400},
+		{"trailing dot-dot", acctA + "/Atom/..", 400},
+		{"trailing dot-dot before a query", acctA + "/Atom/..?x=1", 400},
+		{"repeated slash", "/api/rest/v1//account-123456/Atom", 400},
+		{"control: a plain path", acctA + "/Atom/1", 200},
+		{"control: dots inside a segment", acctA + "/Atom/v1.2..3", 200},
+		{"control: an encoded slash in the query only", acctA + "/Atom?next=%2F..%2F", 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, _ := rawRequest(t, addr, "GET", tc.target, hdrs(hOrigin(secAllowed)))
+			if res.StatusCode != tc.status {
+				t.Fatalf("GET %s: status %d, want %d", tc.target, res.StatusCode, tc.status)
+			}
+			if tc.status == 200 && res.Header.Get("X-Upstream-Target") != tc.target {
+				t.Errorf("upstream received %q", res.Header.Get("X-Upstream-Target"))
+			}
+			if tc.status != 200 && res.Header.Get("X-Upstream-Target") != "" {
+				t.Errorf("an ambiguous path reached the upstream")
+			}
+		})
+	}
+}
