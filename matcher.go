@@ -169,12 +169,17 @@ func (ix *index) match(acct *account, originHdr []string) (*allowedOrigin, strin
 		return nil, "repeated Origin header"
 	}
 	o := originHdr[0]
+	// Nothing longer can match, not even exactly: refuse it before the
+	// lookup, which would hash all of it in a large account.
+	if len(o) > ix.maxOriginLen {
+		return nil, "origin not allowed"
+	}
 	// Browsers send origins already serialised (Fetch standard), so the
 	// exact string is nearly always the one to look for.
 	if ao := acct.find(o); ao != nil {
 		return ao, ""
 	}
-	if len(o) > ix.maxOriginLen || isSerialised(o) {
+	if isSerialised(o) {
 		return nil, "origin not allowed"
 	}
 	parsed, err := parseOrigin(o)
