@@ -142,22 +142,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// Not an account path: not ours (contract §3).
 		return next.ServeHTTP(w, r)
 	}
-	acct := h.idx.accounts[id]
 	origin := r.Header[hdrOrigin]
 	// A preflight is OPTIONS with Origin and a non-empty
 	// Access-Control-Request-Method (contract §4, Fetch "CORS-preflight
 	// request"); any other request is a normal one.
 	if r.Method == http.MethodOptions && len(origin) > 0 {
 		if reqMethod := r.Header[hdrReqMethod]; len(reqMethod) > 1 || len(reqMethod) == 1 && reqMethod[0] != "" {
-			return h.preflight(w, id, &acct, origin, reqMethod)
+			return h.preflight(w, id, origin, reqMethod)
 		}
 	}
-	return h.normal(w, r, next, id, &acct, origin)
+	return h.normal(w, r, next, id, origin)
 }
 
-func (h *Handler) preflight(w http.ResponseWriter, id string, acct *account, origin, reqMethod []string) error {
+func (h *Handler) preflight(w http.ResponseWriter, id string, origin, reqMethod []string) error {
 	hdr := w.Header()
-	ao, reason := h.idx.match(acct, origin)
+	ao, reason := h.idx.match(id, origin)
 	if ao != nil {
 		switch {
 		case len(reqMethod) > 1:
@@ -200,9 +199,9 @@ func (h *Handler) preflight(w http.ResponseWriter, id string, acct *account, ori
 	return nil
 }
 
-func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string, acct *account, origin []string) error {
+func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string, origin []string) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h}
-	ao, reason := h.idx.match(acct, origin)
+	ao, reason := h.idx.match(id, origin)
 	if ao != nil && !ao.methods.allows(r.Method) {
 		ao, reason = nil, "method not allowed"
 	}
