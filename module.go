@@ -200,7 +200,7 @@ func (h *Handler) preflight(w http.ResponseWriter, id string, origin, reqMethod 
 }
 
 func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string, origin []string) error {
-	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h}
+	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	ao, reason := h.idx.match(id, origin)
 	if ao != nil && !ao.methods.allows(r.Method) {
 		ao, reason = nil, "method not allowed"
@@ -251,7 +251,6 @@ func (h *Handler) log(kind, id string, origin []string, method string, allowed b
 // itself when the next handler returns without writing (an error).
 type corsWriter struct {
 	caddyhttp.ResponseWriterWrapper
-	h           *Handler
 	vals        [4]string // Allow-Origin, Allow-Credentials, Expose-Headers, Vary
 	allowed     bool
 	wroteHeader bool
