@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -423,36 +422,6 @@ http://127.0.0.1:9043 {
 	}, "upstream GET")
 }
 
-// itRawRequest sends one request exactly as written (request line and
-// headers), so no client cleans the path or merges headers, and reads
-// the response.
-func itRawRequest(t *testing.T, addr, method, target string, hdr [][2]string) (*http.Response, string) {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, target, addr)
-	for _, kv := range hdr {
-		fmt.Fprintf(&sb, "%s: %s\r\n", kv[0], kv[1])
-	}
-	sb.WriteString("\r\n")
-	if _, err := io.WriteString(conn, sb.String()); err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest(method, "http://"+addr+target, nil)
-	res, err := http.ReadResponse(bufio.NewReader(conn), req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, target, err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res, string(b)
-}
-
 // TestIntegrationPathConfusion sends raw request targets that a client
 // would normally clean: the account is read from the path as Caddy's
 // path matchers read it (contract §3).
@@ -491,7 +460,7 @@ http://127.0.0.1:9044 {
 		{"account ID in other case is another account", "/api/rest/v1/ACCOUNT-A/x", "https://a.example", 401},
 	}
 	for _, tc := range cases {
-		res, body := itRawRequest(t, addr, "OPTIONS", tc.target, preflightFrom(tc.origin))
+		res, body := rawRequest(t, addr, "OPTIONS", tc.target, preflightFrom(tc.origin))
 		want := wantPreflightDenied
 		if tc.wantStatus == 204 {
 			want = wantPreflightOK(tc.origin, "GET, POST, DELETE")
@@ -500,13 +469,13 @@ http://127.0.0.1:9044 {
 	}
 
 	// Leaving the prefix with .. leaves the module's scope: untouched.
-	res, body := itRawRequest(t, addr, "OPTIONS", "/api/rest/v1/../account-A/x", preflightFrom("https://a.example"))
+	res, body := rawRequest(t, addr, "OPTIONS", "/api/rest/v1/../account-A/x", preflightFrom("https://a.example"))
 	itWantResponse(t, "dot-dot out of the prefix: not an account path, untouched", res, body, 200, http.Header{}, "next /api/rest/v1/../account-A/x")
 
 	// A normal request: the same reading.
-	res, body = itRawRequest(t, addr, "GET", "/api/rest/v1/account-A/../account-B/x", [][2]string{{"Origin", "https://b.example"}})
+	res, body = rawRequest(t, addr, "GET", "/api/rest/v1/account-A/../account-B/x", [][2]string{{"Origin", "https://b.example"}})
 	itWantResponse(t, "normal request on account-A/../account-B: B's rules", res, body, 200, wantNormalOK("https://b.example"), "-")
-	res, body = itRawRequest(t, addr, "GET", "/api/rest/v1/account-A/../account-B/x", [][2]string{{"Origin", "https://a.example"}})
+	res, body = rawRequest(t, addr, "GET", "/api/rest/v1/account-A/../account-B/x", [][2]string{{"Origin", "https://a.example"}})
 	itWantResponse(t, "normal request on account-A/../account-B from A's origin: only Vary", res, body, 200, wantNormalDenied, "-")
 }
 
@@ -524,7 +493,7 @@ http://127.0.0.1:9045 {
 }
 `)
 	const addr = "127.0.0.1:9045"
-	res, body := itRawRequest(t, addr, "OPTIONS", pathA, [][2]string{{"Origin", mydomain}, {"Access-Control-Request-Method", "GET"}})
+	res, body := rawRequest(t, addr, "OPTIONS", pathA, [][2]string{{"Origin", mydomain}, {"Access-Control-Request-Method", "GET"}})
 	itWantResponse(t, "control: the allowed origin", res, body, 204, wantPreflightOK(mydomain, "GET, POST, DELETE"), "")
 
 	for _, origins := range [][]string{
@@ -544,9 +513,9 @@ http://127.0.0.1:9045 {
 		}
 		pre = append(pre, [2]string{"Access-Control-Request-Method", "GET"})
 		what := fmt.Sprintf("Origin %q", origins)
-		res, body := itRawRequest(t, addr, "OPTIONS", pathA, pre)
+		res, body := rawRequest(t, addr, "OPTIONS", pathA, pre)
 		itWantResponse(t, "preflight, "+what, res, body, 401, wantPreflightDenied, "")
-		res, body = itRawRequest(t, addr, "GET", pathA, normal)
+		res, body = rawRequest(t, addr, "GET", pathA, normal)
 		itWantResponse(t, "normal GET, "+what, res, body, 200, wantNormalDenied, "next")
 	}
 }

@@ -10,16 +10,13 @@ package atomspherecors
 // Ports: admin localhost:2994, site 127.0.0.1:9400 (loopback only).
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/net/idna"
 )
@@ -323,36 +320,6 @@ func checkSecRow(t *testing.T, row secRow, res *http.Response, body string) {
 	if row.upstreamTarget != "" && res.Header.Get("X-Upstream-Target") != row.upstreamTarget {
 		t.Errorf("upstream received %q, want %q", res.Header.Get("X-Upstream-Target"), row.upstreamTarget)
 	}
-}
-
-// rawRequest writes one HTTP/1.1 request by hand, request-target and
-// header lines exactly as given, and reads the response.
-func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*http.Response, string) {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, addr)
-	for _, l := range lines {
-		fmt.Fprintf(&b, "%s: %s\r\n", l[0], l[1])
-	}
-	b.WriteString("Connection: close\r\n\r\n")
-	if _, err := io.WriteString(conn, b.String()); err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, target, err)
-	}
-	body, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, target, err)
-	}
-	return res, string(body)
 }
 
 // secHardenedCaddyfile is the README's hardening for an upstream that
