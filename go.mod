@@ -1,4 +1,4 @@
-module github.com/atomsphere/atomsphere_cors
+module atomspherecors
 
 go 1.26.0
 

@@ -19,7 +19,7 @@ import (
 	"sync"
 	"testing"
 
-	atomspherecors "github.com/atomsphere/atomsphere_cors"
+	"atomspherecors"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/logging" // the discard log writer

@@ -1,9 +1,9 @@
-module github.com/atomsphere/atomsphere_cors/bench
+module atomspherecors/bench
 
 go 1.26.0
 
 require (
-	github.com/atomsphere/atomsphere_cors v0.0.0
+	atomspherecors v0.0.0
 	github.com/caddyserver/caddy/v2 v2.11.9
 	github.com/rs/cors v1.11.1
 )
@@ -154,4 +154,4 @@ require (
 	howett.net/plist v1.0.1 // indirect
 )
 
-replace github.com/atomsphere/atomsphere_cors => ../
+replace atomspherecors => ../
