@@ -61,7 +61,7 @@ type methodSet struct {
 // compares a request's method with Access-Control-Allow-Methods.
 func (m *methodSet) allows(method string) bool {
 	// HEAD is treated as GET (contract §3).
-	return contains(m.list, method) || (method == "HEAD" && contains(m.list, "GET"))
+	return slices.Contains(m.list, method) || (method == "HEAD" && slices.Contains(m.list, "GET"))
 }
 
 // accountOf returns the account a request path belongs to: the segment
@@ -471,7 +471,7 @@ func (c *methodCache) set(list []string) *methodSet {
 func (c *methodCache) union(a, b *methodSet) *methodSet {
 	list := a.list
 	for _, m := range b.list {
-		if !contains(list, m) {
+		if !slices.Contains(list, m) {
 			list = append(slices.Clip(list), m)
 		}
 	}

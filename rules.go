@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -308,7 +309,7 @@ func parseMethods(ms []string) ([]string, []error) {
 			errs = append(errs, fmt.Errorf("method %q cannot be allowed", m))
 		case !knownMethods[u]:
 			errs = append(errs, fmt.Errorf("method %q is not a known HTTP method", m))
-		case !contains(out, u):
+		case !slices.Contains(out, u):
 			out = append(out, u)
 		}
 	}
@@ -353,7 +354,7 @@ func checkHeaderNames(field string, names []string) ([]string, []error) {
 			errs = append(errs, fmt.Errorf(`%s: "*" is not a wildcard when credentials are allowed; list each header`, field))
 		case !httpguts.ValidHeaderFieldName(n):
 			errs = append(errs, fmt.Errorf("%s: %q is not a valid header name", field, n))
-		case !contains(out, l):
+		case !slices.Contains(out, l):
 			out = append(out, l)
 		}
 	}
@@ -372,13 +373,4 @@ func checkPreflightStatus(s int) error {
 // admin API path index is one less), and the origin as written.
 func ruleErr(account string, i int, o string, err error) error {
 	return fmt.Errorf("account %q, rule %d (origin %q): %w", account, i+1, o, err)
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
