@@ -339,6 +339,20 @@ func TestServeHTTP(t *testing.T) {
 	}
 }
 
+// upstreamCORSUntouched is what nextUpstreamCORS (setUpstreamCORS) writes,
+// as it reaches the client off account paths, where the module does nothing.
+func upstreamCORSUntouched() http.Header {
+	return http.Header{
+		"Access-Control-Allow-Origin":      {"*"},
+		"Access-Control-Allow-Credentials": {"false"},
+		"Access-Control-Allow-Methods":     {"PUT, PATCH"},
+		"Access-Control-Allow-Headers":     {"x-upstream"},
+		"Access-Control-Expose-Headers":    {"x-secret"},
+		"Access-Control-Max-Age":           {"86400"},
+		"Vary":                             {"Accept-Encoding"},
+	}
+}
+
 func defaultCases() []behaviourCase {
 	allOK := wantPreflightOK(mydomain, "GET, POST, DELETE")
 	return []behaviourCase{
@@ -348,15 +362,7 @@ func defaultCases() []behaviourCase {
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
 		{desc: "§3 path outside every prefix: a later handler's CORS headers are left alone",
 			method: "GET", path: "/other/x", reqHeaders: originHdr(mydomain),
-			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {"*"},
-				"Access-Control-Allow-Credentials": {"false"},
-				"Access-Control-Allow-Methods":     {"PUT, PATCH"},
-				"Access-Control-Allow-Headers":     {"x-upstream"},
-				"Access-Control-Expose-Headers":    {"x-secret"},
-				"Access-Control-Max-Age":           {"86400"},
-				"Vary":                             {"Accept-Encoding"},
-			}, wantBody: "next", wantNextCalled: true},
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
 		{desc: "§3 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
 			method: "OPTIONS", path: "/api/rest/v1", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
@@ -365,15 +371,7 @@ func defaultCases() []behaviourCase {
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
 		{desc: "§3 empty account segment after merging slashes (/api/rest/v1//): untouched",
 			method: "GET", path: "/api/rest/v1//", reqHeaders: originHdr(mydomain),
-			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {"*"},
-				"Access-Control-Allow-Credentials": {"false"},
-				"Access-Control-Allow-Methods":     {"PUT, PATCH"},
-				"Access-Control-Allow-Headers":     {"x-upstream"},
-				"Access-Control-Expose-Headers":    {"x-secret"},
-				"Access-Control-Max-Age":           {"86400"},
-				"Vary":                             {"Accept-Encoding"},
-			}, wantBody: "next", wantNextCalled: true},
+			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
 		{desc: "§3 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
 			method: "OPTIONS", path: "/api/rest/v1/account-123456/../", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
