@@ -30,6 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		expose_headers   x-request-id
 //		max_age          1h
 //		preflight_status 204
+//		disable_path_guard
 //		account account-123456 {
 //			origin https://mydomain.com GET POST DELETE
 //			origin http://localhost:8080 GET
@@ -118,6 +119,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				bad(err)
 			}
 			h.PreflightStatus = n
+
+		case "disable_path_guard":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.DisablePathGuard = true
 
 		case "account":
 			var id string

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -70,14 +71,34 @@ type Handler struct {
 	// The status of an allowed preflight response, 200-299. Default: 204.
 	PreflightStatus int `json:"preflight_status,omitempty"`
 
+	// Turns off the path guard. By default a request whose target a
+	// common backend could read as another account than Caddy's cleaned
+	// path does (path parameters such as "..;/", backslashes, double
+	// encoding, overlong UTF-8, encoded slashes or dots) is refused with
+	// 400 before any CORS decision. Turn it off only for upstreams known
+	// to read paths exactly as Caddy does. Default: false (guard on).
+	DisablePathGuard bool `json:"disable_path_guard,omitempty"`
+
 	// The CORS rules of each account, by account ID. An account ID is
 	// one path segment (not empty, no "/"). An account that is not
 	// listed, or has no rules, allows no origin. Rules with the same
 	// origin are merged, their methods united.
 	Accounts map[string][]Rule `json:"accounts"`
 
-	idx    *index
-	logger *zap.Logger
+	idx       *index
+	logger    *zap.Logger
+	errLogger *zap.Logger
+
+	// errs are the error routes of the server, which this handler runs
+	// itself on account paths; nil when the server has none.
+	errs *errorRoutes
+}
+
+// errorRoutes are a server's error routes, compiled on first use: they
+// are provisioned after the handlers of the server's routes.
+type errorRoutes struct {
+	srv   *caddyhttp.Server
+	chain atomic.Pointer[caddyhttp.Handler]
 }
 
 // CaddyModule returns the Caddy module information.
@@ -91,6 +112,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision checks the config and compiles it into the lookup index.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.errLogger = ctx.Logger(errorLog{})
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		h.errs = &errorRoutes{srv: srv}
+	}
 	idx, err := newIndex(h)
 	if err != nil {
 		return err
@@ -135,27 +160,40 @@ var errPreflightDenied error = caddyhttp.HandlerError{
 	Trace:      "atomsphere_cors",
 }
 
+// errAmbiguousPath refuses a target that the path guard found could be
+// read as another account by the upstream.
+var errAmbiguousPath error = caddyhttp.HandlerError{
+	StatusCode: http.StatusBadRequest,
+	Err:        errors.New("request path could name another account upstream"),
+	Trace:      "atomsphere_cors",
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	id, ok := h.idx.accountOf(r.URL.Path)
+	// Refuse a target the upstream could read as another account before
+	// deciding anything (README, "Paths a backend could read differently").
+	if !h.DisablePathGuard && guardedPath(r) && h.idx.ambiguous(r, id, ok) {
+		h.log("path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
+		return h.refuse(w, r, errAmbiguousPath, "")
+	}
 	if !ok {
-		// Not an account path: not ours (contract §3).
+		// Not an account path: not ours.
 		return next.ServeHTTP(w, r)
 	}
 	origin := r.Header[hdrOrigin]
 	// A preflight is OPTIONS with Origin and a non-empty
-	// Access-Control-Request-Method (contract §4, Fetch "CORS-preflight
+	// Access-Control-Request-Method (Fetch standard, "CORS-preflight
 	// request"); any other request is a normal one.
 	if r.Method == http.MethodOptions && len(origin) > 0 {
 		if reqMethod := r.Header[hdrReqMethod]; len(reqMethod) > 1 || len(reqMethod) == 1 && reqMethod[0] != "" {
-			return h.preflight(w, id, origin, reqMethod)
+			return h.preflight(w, r, id, origin, reqMethod)
 		}
 	}
 	return h.normal(w, r, next, id, origin)
 }
 
-func (h *Handler) preflight(w http.ResponseWriter, id string, origin, reqMethod []string) error {
-	hdr := w.Header()
+func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, origin, reqMethod []string) error {
 	ao, reason := h.idx.match(id, origin)
 	if ao != nil {
 		switch {
@@ -167,14 +205,16 @@ func (h *Handler) preflight(w http.ResponseWriter, id string, origin, reqMethod 
 	}
 	h.log("preflight", id, origin, reqMethod[0], ao != nil, reason)
 	if ao == nil {
-		// The response varies with these headers whatever the outcome.
-		hdr[hdrVary] = append(hdr[hdrVary], varyPreflight)
-		return errPreflightDenied
+		return h.refuse(w, r, errPreflightDenied, varyPreflight)
 	}
 
+	// Only this handler's CORS headers go out on a preflight, not those
+	// that handlers before it set (a site-level header directive).
+	hdr := w.Header()
+	dropCORS(hdr)
 	// One backing array for every value this response sets: no value
 	// slice is shared with another request, whatever a later writer does
-	// to it (rs/cors#198).
+	// to it (https://github.com/rs/cors/issues/198).
 	vals := make([]string, 6)
 	vals[0] = origin[0] // the request's Origin, byte for byte
 	vals[1] = "true"
@@ -210,17 +250,155 @@ func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		cw.allowed = true
 	}
 	cw.vals[3] = "Origin"
+	cw.varyHdr = cw.vals[3:4:4]
 	h.log("request", id, origin, r.Method, ao != nil, reason)
 
 	err := next.ServeHTTP(cw, r)
-	if !cw.wroteHeader {
-		// Nothing was written: the response is still to come, from
-		// Caddy's error handling (a basic_auth 401, an upstream error) or
-		// from the server. Headers set now survive to it.
+	if err != nil {
+		err = h.serveError(cw, r, err)
+	} else if !cw.wroteHeader {
+		// Nothing was written: the server writes the response after we
+		// return. Headers set now survive to it.
 		cw.finish()
+	}
+	if cw.wroteHeader {
+		// net/http sends trailers from the header map after the handler
+		// returns: drop the CORS ones set since the header was written.
+		dropCORSTrailers(cw.ResponseWriter.Header())
 	}
 	return err
 }
+
+// refuse answers a request this handler refuses on an account path (a
+// denied preflight, an ambiguous path): the error goes to the site's
+// error routes, with no Access-Control-* header whoever sets it, and vary
+// added to Vary.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, vary string) error {
+	if h.errs == nil {
+		// No error routes: the server writes the status alone, from the
+		// header map as it is now.
+		dropCORS(w.Header())
+		if vary != "" {
+			addVary(w.Header(), []string{vary})
+		}
+		return err
+	}
+	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	if vary != "" {
+		cw.vals[3] = vary
+		cw.varyHdr = cw.vals[3:4:4]
+	}
+	err = h.serveError(cw, r, err)
+	if cw.wroteHeader {
+		dropCORSTrailers(w.Header())
+	}
+	return err
+}
+
+// serveError handles an error on an account path. Caddy runs a site's
+// error routes (handle_errors) with its own response writer, outside this
+// handler's, so whatever they write (an upstream's CORS headers, say)
+// would reach the client. Where the site has error routes, this handler
+// runs them itself, through cw, as Caddy's server would: on the original
+// request, with the error in the request context and the {http.error.*}
+// placeholders set, logged to Caddy's error log. The error is then
+// handled, and nil returned. Without error routes, or inside them, the
+// error goes back to Caddy, which writes the status alone.
+func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
+	if h.errs == nil || r.Context().Value(caddyhttp.ErrorCtxKey) != nil {
+		if !cw.wroteHeader {
+			cw.finish()
+		}
+		return err
+	}
+	restoreOriginal(r)
+	er := h.errs.srv.Errors.WithError(r, err)
+	err2 := h.errs.compiled().ServeHTTP(cw, er)
+
+	status, msg := http.StatusInternalServerError, err.Error()
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) {
+		status = herr.StatusCode
+		if herr.Err != nil {
+			msg = herr.Err.Error()
+		}
+	}
+	if err2 == nil {
+		if ce := h.errLogger.Check(zapcore.DebugLevel, msg); ce != nil {
+			ce.Write(errFields(er, status, herr)...)
+		}
+	} else {
+		if ce := h.errLogger.Check(zapcore.ErrorLevel, "error handling handler error"); ce != nil {
+			ce.Write(append([]zap.Field{zap.String("error", err2.Error()), zap.Namespace("first_error"),
+				zap.String("msg", msg)}, errFields(er, status, herr)...)...)
+		}
+		cw.WriteHeader(status)
+	}
+	if !cw.wroteHeader {
+		cw.finish()
+	}
+	return nil
+}
+
+// compiled returns the error routes, compiled once.
+func (e *errorRoutes) compiled() caddyhttp.Handler {
+	if c := e.chain.Load(); c != nil {
+		return *c
+	}
+	c := e.srv.Errors.Routes.Compile(errorStatus)
+	e.chain.Store(&c)
+	return c
+}
+
+// errorStatus ends the error routes as Caddy's server ends them: with the
+// error's status, when no route wrote a response.
+var errorStatus caddyhttp.Handler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	var herr caddyhttp.HandlerError
+	if err, _ := r.Context().Value(caddyhttp.ErrorCtxKey).(error); errors.As(err, &herr) {
+		w.WriteHeader(herr.StatusCode)
+	} else {
+		w.WriteHeader(http.StatusInternalServerError)
+	}
+	return nil
+})
+
+// restoreOriginal puts back the method, remote address and URI the
+// client sent (a rewrite may have changed them), in place, as Caddy's
+// server does before it runs its error routes: the {http.request.*}
+// placeholders read the request they were set up with.
+func restoreOriginal(r *http.Request) {
+	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+	if !ok {
+		return
+	}
+	r.Method = orig.Method
+	r.RemoteAddr = orig.RemoteAddr
+	r.RequestURI = orig.RequestURI
+	if orig.URL != nil && r.URL != nil {
+		*r.URL = *orig.URL
+		if orig.URL.User != nil {
+			u := *orig.URL.User
+			r.URL.User = &u
+		}
+	}
+}
+
+// errFields are the fields of Caddy's error log entries.
+func errFields(r *http.Request, status int, herr caddyhttp.HandlerError) []zap.Field {
+	return []zap.Field{
+		zap.Object("request", caddyhttp.LoggableHTTPRequest{Request: r}),
+		zap.Int("status", status),
+		zap.String("err_id", herr.ID),
+		zap.String("err_trace", herr.Trace),
+	}
+}
+
+// errorLog names Caddy's error logger, "http.log.error", so that the
+// errors of the error routes this handler runs are logged where Caddy's
+// server logs them, under the user's log configuration.
+type errorLog struct{}
+
+func (errorLog) CaddyModule() caddy.ModuleInfo { return caddy.ModuleInfo{ID: "http.log.error"} }
 
 // log writes one debug entry per decision, built only when debug
 // logging is on.
@@ -246,24 +424,22 @@ func (h *Handler) log(kind, id string, origin []string, method string, allowed b
 }
 
 // corsWriter makes this handler's CORS headers the only ones on a
-// normal response of an account path (contract §5 and §6). It applies
-// them when the response header is written; ServeHTTP applies them
-// itself when the next handler returns without writing (an error).
+// response of an account path (README, "The only CORS policy"). It
+// applies them when the response header is written; the handler applies
+// them itself when nothing was written (an error goes back to Caddy).
 type corsWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	vals        [4]string // Allow-Origin, Allow-Credentials, Expose-Headers, Vary
+	varyHdr     []string  // added to Vary unless it names it already, nil for none
 	allowed     bool
 	wroteHeader bool
 }
 
-// finish removes every Access-Control-* header and sets this handler's.
+// finish removes every Access-Control-* header (and trailer, declared or
+// not) and sets this handler's.
 func (cw *corsWriter) finish() {
 	hdr := cw.ResponseWriter.Header()
-	for k := range hdr {
-		if len(k) >= len("Access-Control-") && strings.EqualFold(k[:len("Access-Control-")], "Access-Control-") {
-			delete(hdr, k)
-		}
-	}
+	dropCORS(hdr)
 	if cw.allowed {
 		hdr[hdrAllowOrigin] = cw.vals[0:1:1]
 		hdr[hdrAllowCreds] = cw.vals[1:2:2]
@@ -271,11 +447,91 @@ func (cw *corsWriter) finish() {
 			hdr[hdrExposeHeaders] = cw.vals[2:3:3]
 		}
 	}
-	// Add to Vary, never replace it (a later handler may have set its own).
-	if v := hdr[hdrVary]; v == nil {
-		hdr[hdrVary] = cw.vals[3:4:4]
-	} else if !varyHas(v, "Origin") {
-		hdr[hdrVary] = append(v, "Origin")
+	if cw.varyHdr != nil {
+		addVary(hdr, cw.varyHdr)
+	}
+}
+
+// isCORS reports whether a header name starts with "Access-Control-",
+// in any case.
+func isCORS(k string) bool {
+	const p = "Access-Control-"
+	return len(k) >= len(p) && strings.EqualFold(k[:len(p)], p)
+}
+
+// dropCORS removes every Access-Control-* header from hdr, the trailers
+// announced for later (http.TrailerPrefix keys), and Access-Control-*
+// names from the Trailer header, so none is sent as a trailer either.
+func dropCORS(hdr http.Header) {
+	for k, v := range hdr {
+		switch {
+		case isCORS(k):
+			delete(hdr, k)
+		case len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix:
+			if isCORS(k[len(http.TrailerPrefix):]) {
+				delete(hdr, k)
+			}
+		case k == "Trailer":
+			if names := withoutCORSNames(v); len(names) == 0 {
+				delete(hdr, k)
+			} else {
+				hdr[k] = names
+			}
+		}
+	}
+}
+
+// dropCORSTrailers removes the Access-Control-* trailers set after the
+// header was written (only http.TrailerPrefix keys are sent then: the
+// declared trailers were fixed when the header was written).
+func dropCORSTrailers(hdr http.Header) {
+	for k := range hdr {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix && isCORS(k[len(http.TrailerPrefix):]) {
+			delete(hdr, k)
+		}
+	}
+}
+
+// withoutCORSNames returns the Trailer header lines without the
+// Access-Control-* names (the lines themselves when they have none).
+func withoutCORSNames(lines []string) []string {
+	found := false
+	for _, line := range lines {
+		for name := range strings.SplitSeq(line, ",") {
+			if isCORS(strings.TrimSpace(name)) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		return lines
+	}
+	var keep []string
+	for _, line := range lines {
+		for name := range strings.SplitSeq(line, ",") {
+			if name = strings.TrimSpace(name); name != "" && !isCORS(name) {
+				keep = append(keep, name)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return []string{strings.Join(keep, ", ")}
+}
+
+// addVary adds value (one line, of capacity 1 so that no later append
+// writes into it) to Vary unless Vary names its first token (or "*")
+// already: Vary is extended, never replaced.
+func addVary(hdr http.Header, value []string) {
+	v := hdr[hdrVary]
+	if v == nil {
+		hdr[hdrVary] = value
+		return
+	}
+	first, _, _ := strings.Cut(value[0], ",")
+	if !varyHas(v, first) {
+		hdr[hdrVary] = append(v, value[0])
 	}
 }
 

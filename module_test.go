@@ -1008,6 +1008,24 @@ func TestParseOrigin(t *testing.T) {
 		{desc: "IPv6 leading zeros dropped", input: "https://[2001:0db8::0001]", want: "https://[2001:db8::1]"},
 		{desc: "IPv4-mapped IPv6 serialised in hex", input: "https://[::ffff:192.0.2.1]", want: "https://[::ffff:c000:201]"},
 		{desc: "IPv6 default port dropped", input: "https://[::1]:443", want: "https://[::1]"},
+		// The URL standard's IPv4 parser: hosts that end in a number are
+		// IPv4 addresses, serialised in dotted decimal
+		// (https://url.spec.whatwg.org/#concept-ipv4-parser).
+		{desc: "IPv4 in three parts: the last fills two bytes", input: "http://1.2.3", want: "http://1.2.0.3"},
+		{desc: "IPv4 in two parts", input: "http://127.1:8080", want: "http://127.0.0.1:8080"},
+		{desc: "IPv4 as one decimal number", input: "http://2130706433", want: "http://127.0.0.1"},
+		{desc: "IPv4 in hex parts", input: "http://0x7f.1", want: "http://127.0.0.1"},
+		{desc: "IPv4 in one hex number, upper-case X", input: "http://0X7F000001", want: "http://127.0.0.1"},
+		{desc: "IPv4 in octal parts", input: "https://0300.0250.0.1", want: "https://192.168.0.1"},
+		{desc: "IPv4 with a bare 0x part", input: "http://0x.0x.0x.1", want: "http://0.0.0.1"},
+		{desc: "IPv4 in full-width digits (IDNA maps them to ASCII)", input: "http://１２７.０.０.１", want: "http://127.0.0.1"},
+		{desc: "IPv4 part over 255", input: "http://256.0.0.1", wantErr: "not an IPv4 address"},
+		{desc: "IPv4 last part too large", input: "http://1.2.3.256", wantErr: "not an IPv4 address"},
+		{desc: "IPv4 in five parts", input: "http://1.2.3.4.5", wantErr: "not an IPv4 address"},
+		{desc: "IPv4 with a bad octal digit", input: "http://09.1.1.1", wantErr: "not an IPv4 address"},
+		{desc: "a domain with a numeric last label", input: "https://example.123", wantErr: "not an IPv4 address"},
+		{desc: "a last label with digits and letters is a domain", input: "https://app.1a", want: "https://app.1a"},
+		{desc: "a last label 0x with a non-hex letter is a domain", input: "https://app.0xg", want: "https://app.0xg"},
 
 		{desc: "empty", input: "", wantErr: "origin is empty"},
 		{desc: "null", input: "null", wantErr: `the "null" origin cannot be allowed`},

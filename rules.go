@@ -256,6 +256,16 @@ func normaliseHost(s string) (string, error) {
 	if h == "" || strings.HasSuffix(h, ".") {
 		return "", fmt.Errorf("host %q must not be empty or end with a dot", s)
 	}
+	// The URL standard reads a host that ends in a number as an IPv4
+	// address, in decimal, octal or hex parts, and browsers serialise it
+	// in dotted decimal: "http://1.2.3" is sent as "http://1.2.0.3".
+	if endsInNumber(h) {
+		v4, err := parseIPv4(h)
+		if err != nil {
+			return "", fmt.Errorf("host %q ends in a number but is not an IPv4 address: %v", s, err)
+		}
+		h = v4
+	}
 	if len(h) > maxHostLen {
 		return "", fmt.Errorf("host %q is longer than %d characters", s, maxHostLen)
 	}
@@ -274,6 +284,80 @@ func normaliseHost(s string) (string, error) {
 		prev = c
 	}
 	return h, nil
+}
+
+// endsInNumber is the URL standard's "ends in a number" check of a
+// host (https://url.spec.whatwg.org/#ends-in-a-number-checker): its last
+// label is all decimal digits, or a hex number "0x...".
+func endsInNumber(h string) bool {
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	if last == "" {
+		return false
+	}
+	if strings.Trim(last, "0123456789") == "" {
+		return true
+	}
+	hex, ok := strings.CutPrefix(last, "0x")
+	if !ok {
+		hex, ok = strings.CutPrefix(last, "0X")
+	}
+	return ok && strings.Trim(hex, "0123456789abcdefABCDEF") == ""
+}
+
+// parseIPv4 is the URL standard's IPv4 parser
+// (https://url.spec.whatwg.org/#concept-ipv4-parser): one to four parts,
+// each decimal, octal (leading 0) or hex (0x), the last filling the
+// remaining bytes. It returns the dotted-decimal serialisation.
+func parseIPv4(h string) (string, error) {
+	parts := strings.Split(h, ".")
+	if len(parts) > 4 {
+		return "", errors.New("more than four parts")
+	}
+	var nums [4]uint64
+	for i, p := range parts {
+		n, err := parseIPv4Part(p)
+		if err != nil {
+			return "", err
+		}
+		if i < len(parts)-1 && n > 255 {
+			return "", fmt.Errorf("part %q is over 255", p)
+		}
+		nums[i] = n
+	}
+	last := nums[len(parts)-1]
+	if last >= 1<<(8*(5-len(parts))) {
+		return "", fmt.Errorf("last part %q is too large", parts[len(parts)-1])
+	}
+	addr := last
+	for i := 0; i < len(parts)-1; i++ {
+		addr += nums[i] << (8 * (3 - i))
+	}
+	return fmt.Sprintf("%d.%d.%d.%d", addr>>24, addr>>16&0xFF, addr>>8&0xFF, addr&0xFF), nil
+}
+
+// parseIPv4Part is the URL standard's IPv4 number parser.
+func parseIPv4Part(p string) (uint64, error) {
+	if p == "" {
+		return 0, errors.New("empty part")
+	}
+	base := 10
+	switch {
+	case len(p) >= 2 && (p[:2] == "0x" || p[:2] == "0X"):
+		p, base = p[2:], 16
+	case len(p) >= 2 && p[0] == '0':
+		p, base = p[1:], 8
+	}
+	if p == "" {
+		return 0, nil
+	}
+	if len(p) > 16 {
+		return 0, fmt.Errorf("part %q is too large", p)
+	}
+	n, err := strconv.ParseUint(p, base, 64)
+	if err != nil {
+		return 0, fmt.Errorf("part %q is not a number", p)
+	}
+	return n, nil
 }
 
 // forbiddenMethods can never be allowed: OPTIONS is the preflight itself,

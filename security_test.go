@@ -12,11 +12,14 @@ package atomspherecors
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/idna"
 )
@@ -45,6 +48,7 @@ http://:9400 {
 		account account-987654 {
 			origin https://app.example.org:8443
 			origin https://bücher.example GET
+			origin http://0x7f.1:8080 GET
 		}
 	}
 	reverse_proxy %s
@@ -85,6 +89,9 @@ type secRow struct {
 	// upstreamTarget, when set, is the request-target the upstream
 	// must have received.
 	upstreamTarget string
+	// outside marks a path outside every account: passed through
+	// untouched, the upstream's own headers included.
+	outside bool
 }
 
 func hOrigin(o string) [2]string { return [2]string{"Origin", o} }
@@ -168,6 +175,14 @@ func TestSecurityAttackTable(t *testing.T) {
 		}
 	}
 	add(both("look-alike of an international origin: bucher for bücher", acctB+"/x", hOrigin("https://bucher.example"))...)
+	// A rule host the URL standard reads as IPv4 (0x7f.1 is 127.0.0.1)
+	// matches the dotted-decimal origin a browser sends, and any other
+	// spelling of the same address.
+	for _, o := range []string{"http://127.0.0.1:8080", "http://0x7f.1:8080", "http://2130706433:8080", "http://127.1:8080"} {
+		add(secRow{name: "same origin: IPv4 rule written 0x7f.1, Origin " + o, method: "OPTIONS", target: acctB + "/x",
+			headers: hdrs(hOrigin(o), hACRM("GET")), status: 204, acao: o})
+	}
+	add(both("IPv4: another address in hex", acctB+"/x", hOrigin("http://0x7f.2:8080"))...)
 	add(both("two Origin headers, both allowed", atom, hOrigin(secAllowed), hOrigin(secAllowed))...)
 	add(both("two Origin headers, attacker's first", atom, hOrigin("https://evil.com"), hOrigin(secAllowed))...)
 	add(both("two Origin headers, attacker's second", atom, hOrigin(secAllowed), hOrigin("https://evil.com"))...)
@@ -245,11 +260,58 @@ func TestSecurityAttackTable(t *testing.T) {
 	add(secRow{name: "cache: answer without Origin of the same URL varies with Origin", method: "GET", target: acctA + "/cached",
 		status: 200})
 
+	// Paths a backend could read as another account (README, "Paths a
+	// backend could read differently"): each is refused with 400 before
+	// any CORS decision, preflight or not. Every target below names
+	// account-123456 (which allows the origin) by Caddy's reading and
+	// account-987654 by some common backend's, or the other way round.
+	for _, pg := range []struct{ name, target string }{
+		{"path parameter on a dot-dot segment (Tomcat): A/..;/B", acctA + "/..;/account-987654/Atom"},
+		{"path parameter with a value on a dot-dot segment: A/..;x=1/B", acctA + "/..;x=1/account-987654/Atom"},
+		{"path parameter out of another prefix into the API: /api/rest/v2/..;/v1/B", "/api/rest/v2/..;/v1/account-987654/Atom"},
+		{"two path parameters climbing out of A and back to B: A/..;/..;/v1/B", acctA + "/..;/..;/v1/account-987654/Atom"},
+		{"encoded semicolon: A/..%3b/B", acctA + "/..%3b/account-987654/Atom"},
+		{"encoded semicolon, upper case: A/..%3B/B", acctA + "/..%3B/account-987654/Atom"},
+		{"encoded backslashes: A/..%5cB", acctA + "/..%5caccount-987654/Atom"},
+		{"encoded backslashes around a dot-dot: A%5c..%5cB", acctA + "/x%5c..%5c..%5caccount-987654/Atom"},
+		{`raw backslash: A\..\B`, acctA + `/x\..\..\account-987654/Atom`},
+		{"double encoding of dot-dot: A/%252e%252e/B", acctA + "/%252e%252e/account-987654/Atom"},
+		{"double encoding of dot-dot and slash: A/%252e%252e%252fB", acctA + "/%252e%252e%252faccount-987654/Atom"},
+		{"double encoding, upper case: A/%252E%252E/B", acctA + "/%252E%252E/account-987654/Atom"},
+		{"overlong UTF-8 dots (two bytes): A/%c0%ae%c0%ae/B", acctA + "/%c0%ae%c0%ae/account-987654/Atom"},
+		{"overlong UTF-8 dots (three bytes): A/%e0%80%ae%e0%80%ae/B", acctA + "/%e0%80%ae%e0%80%ae/account-987654/Atom"},
+		{"overlong UTF-8 slash: A/..%c0%afB", acctA + "/..%c0%afaccount-987654/Atom"},
+		{"double-encoded overlong dots: A/%25c0%25ae%25c0%25ae/B", acctA + "/%25c0%25ae%25c0%25ae/account-987654/Atom"},
+		{"encoded backslash, double encoded: A/..%255cB", acctA + "/..%255caccount-987654/Atom"},
+	} {
+		add(guardRows("path guard: "+pg.name+" "+pg.target, pg.target)...)
+	}
+	// Controls: targets with '%', ';' or '\' that every reading puts in
+	// the same account pass the guard.
+	add(secRow{name: "path guard control: a path parameter after the account is the same account", method: "GET",
+		target: atom + ";jsessionid=1", headers: hdrs(hOrigin(secAllowed)), status: 200, acao: secAllowed})
+	add(secRow{name: "path guard control: an encoded space after the account", method: "GET",
+		target: atom + "/my%20file", headers: hdrs(hOrigin(secAllowed)), status: 200, acao: secAllowed})
+	add(secRow{name: "path guard control: an encoded backslash deep in the account's path", method: "OPTIONS",
+		target: atom + "/a%5cb", headers: hdrs(hOrigin(secAllowed), hACRM("GET")), status: 204, acao: secAllowed})
+	add(secRow{name: "path guard control: a '%' outside every account path passes untouched", method: "GET",
+		target: "/static/%2e%2e;x/a%5cb", headers: hdrs(hOrigin("https://evil.com")), status: 200, outside: true})
+
 	for _, row := range rows {
 		t.Run(row.name, func(t *testing.T) {
 			res, body := rawRequest(t, secAddr, row.method, row.target, row.headers)
 			checkSecRow(t, row, res, body)
 		})
+	}
+}
+
+// guardRows are the preflight and the GET of a target the path guard
+// refuses, both from the origin that account-123456 allows.
+func guardRows(name, target string) []secRow {
+	return []secRow{
+		{name: name + " (preflight)", method: "OPTIONS", target: target,
+			headers: hdrs(hOrigin(secAllowed), hACRM("GET")), status: 400},
+		{name: name + " (GET)", method: "GET", target: target, headers: hdrs(hOrigin(secAllowed)), status: 400},
 	}
 }
 
@@ -267,6 +329,18 @@ func checkSecRow(t *testing.T, row secRow, res *http.Response, body string) {
 		}
 	}
 	slices.Sort(ac)
+	if row.status == http.StatusBadRequest || row.outside {
+		// Refused by the path guard before any CORS decision, or not an
+		// account path: no CORS header of the module's; a refused
+		// request never reaches the upstream.
+		if row.status == http.StatusBadRequest && (len(ac) != 0 || res.Header.Get("X-Upstream-Target") != "") {
+			t.Errorf("refused target: Access-Control-* %q, upstream reached: %q", ac, res.Header.Get("X-Upstream-Target"))
+		}
+		if row.outside && (varyHasToken(res.Header, "Origin") || res.Header.Get("X-Upstream-Target") != row.target) {
+			t.Errorf("outside the accounts: Vary %q, upstream received %q", res.Header["Vary"], res.Header.Get("X-Upstream-Target"))
+		}
+		return
+	}
 	isPreflight := row.method == "OPTIONS" && row.status != 200
 	switch {
 	case row.acao == "":
@@ -377,5 +451,322 @@ func TestSecurityHardenedAmbiguousPathsRefused(t *testing.T) {
 				t.Errorf("an ambiguous path reached the upstream")
 			}
 		})
+	}
+}
+
+// secErrorsCaddyfile has handle_errors routes that proxy to the hostile
+// upstream, which reflects any Origin with credentials: whatever the
+// error routes write goes out, but no Access-Control-* header the module
+// did not decide (README, "The only CORS policy"). A second site shapes
+// the module's 401 with handle_errors and {http.error.*} placeholders,
+// and tries to add CORS headers there too. The third sets CORS headers
+// before the module with a site-level header directive.
+const secErrorsCaddyfile = `{
+	admin localhost:2994
+	default_bind 127.0.0.1
+	log {
+		output file %[3]s
+		level DEBUG
+	}
+}
+http://:9402 {
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+		}
+	}
+	@fail path */fail/*
+	reverse_proxy @fail %[2]s
+	reverse_proxy %[1]s
+	handle_errors {
+		reverse_proxy %[1]s
+	}
+}
+http://:9403 {
+	rewrite /alias/* /api/rest/v1/account-123456/x
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET
+		}
+	}
+	@fail path */fail/*
+	error @fail "upstream down" 502
+	respond "account data"
+	handle_errors 401 {
+		header Access-Control-Allow-Origin "*"
+		header X-Error "{http.error.status_code} {http.error.message}"
+		respond "denied: {http.request.uri}" 401
+	}
+	handle_errors {
+		header Access-Control-Allow-Origin "https://evil.example"
+		header Access-Control-Allow-Credentials true
+		respond "error {http.error.status_code}"
+	}
+}
+http://:9404 {
+	header Access-Control-Allow-Origin "*"
+	header Access-Control-Max-Age 86400
+	header Access-Control-Allow-Methods "PUT, PATCH"
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET
+		}
+	}
+	respond "account data"
+}`
+
+// TestSecurityErrorRoutesAddNoCORSHeaders: the site's handle_errors
+// routes run for denied preflights and failed requests on account
+// paths, and shape the answer, but cannot add Access-Control-* headers;
+// header directives before the module cannot either.
+func TestSecurityErrorRoutesAddNoCORSHeaders(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	dead := deadAddr(t)
+	logFile := t.TempDir() + "/caddy.log"
+	startCaddy(t, "caddyfile", fmt.Sprintf(secErrorsCaddyfile, up.Listener.Addr().String(), dead, logFile))
+
+	evil := "https://evil.example"
+	for _, tc := range []struct {
+		name, addr, method, target string
+		headers                    [][2]string
+		status                     int
+		acao                       string // "" for no Access-Control-* at all
+		body                       string // "" for any
+		vary                       []string
+		header                     [2]string // another header the answer must carry
+	}{
+		{name: "denied preflight (origin), error route proxies to a reflecting upstream", addr: "127.0.0.1:9402",
+			method: "OPTIONS", target: acctA + "/x", headers: hdrs(hOrigin(evil), hACRM("DELETE")),
+			status: 200, body: "account data", vary: []string{"Origin", "Access-Control-Request-Method"}},
+		{name: "denied preflight (method), error route proxies to a reflecting upstream", addr: "127.0.0.1:9402",
+			method: "OPTIONS", target: acctA + "/x", headers: hdrs(hOrigin(secAllowed), hACRM("PUT")),
+			status: 200, body: "account data", vary: []string{"Access-Control-Request-Method"}},
+		{name: "denied preflight (unknown account), error route proxies to a reflecting upstream", addr: "127.0.0.1:9402",
+			method: "OPTIONS", target: "/api/rest/v1/account-000000/x", headers: hdrs(hOrigin(evil), hACRM("GET")),
+			status: 200, body: "account data"},
+		{name: "allowed GET whose upstream fails: the error route's reflected headers replaced by the module's", addr: "127.0.0.1:9402",
+			method: "GET", target: acctA + "/fail/x", headers: hdrs(hOrigin(secAllowed)),
+			status: 200, acao: secAllowed, body: "account data", vary: []string{"Origin"}},
+		{name: "denied GET whose upstream fails: the error route's reflected headers removed", addr: "127.0.0.1:9402",
+			method: "GET", target: acctA + "/fail/x", headers: hdrs(hOrigin(evil)),
+			status: 200, body: "account data", vary: []string{"Origin"}},
+		{name: "path guard refusal, error route proxies to a reflecting upstream", addr: "127.0.0.1:9402",
+			method: "OPTIONS", target: acctA + "/..;/account-000000/x", headers: hdrs(hOrigin(evil), hACRM("GET")),
+			status: 200, body: "account data"},
+		{name: "control: allowed preflight never reaches the error routes", addr: "127.0.0.1:9402",
+			method: "OPTIONS", target: acctA + "/x", headers: hdrs(hOrigin(secAllowed), hACRM("DELETE")),
+			status: 204, acao: secAllowed, body: ""},
+
+		{name: "handle_errors 401 shapes the denied preflight; its CORS header is dropped, placeholders work", addr: "127.0.0.1:9403",
+			method: "OPTIONS", target: acctA + "/x", headers: hdrs(hOrigin(evil), hACRM("GET")),
+			status: 401, body: "denied: " + acctA + "/x", vary: []string{"Origin", "Access-Control-Request-Method"},
+			header: [2]string{"X-Error", "401 CORS preflight denied"}},
+		{name: "the error routes see the request as the client sent it, before a rewrite", addr: "127.0.0.1:9403",
+			method: "OPTIONS", target: "/alias/x", headers: hdrs(hOrigin(evil), hACRM("GET")),
+			status: 401, body: "denied: /alias/x"},
+		{name: "allowed GET whose handler fails: the catch-all error route's CORS headers replaced", addr: "127.0.0.1:9403",
+			method: "GET", target: acctA + "/fail/x", headers: hdrs(hOrigin(secAllowed)),
+			status: 502, acao: secAllowed, body: "error 502", vary: []string{"Origin"}},
+		{name: "denied GET whose handler fails: the catch-all error route's CORS headers removed", addr: "127.0.0.1:9403",
+			method: "GET", target: acctA + "/fail/x", headers: hdrs(hOrigin(evil)),
+			status: 502, body: "error 502", vary: []string{"Origin"}},
+		{name: "control: outside the account paths the error routes are Caddy's, CORS headers and all", addr: "127.0.0.1:9403",
+			method: "GET", target: "/static/fail/x", headers: hdrs(hOrigin(evil)),
+			status: 502, acao: "https://evil.example", body: "error 502"},
+
+		{name: "header directive before the module: an allowed preflight carries only the module's", addr: "127.0.0.1:9404",
+			method: "OPTIONS", target: acctA + "/x", headers: hdrs(hOrigin(secAllowed), hACRM("GET")),
+			status: 204, acao: secAllowed, header: [2]string{"Access-Control-Max-Age", "3600"}},
+		{name: "header directive before the module: a denied preflight carries none", addr: "127.0.0.1:9404",
+			method: "OPTIONS", target: acctA + "/x", headers: hdrs(hOrigin(secAllowed), hACRM("DELETE")),
+			status: 401, body: "", vary: []string{"Origin", "Access-Control-Request-Method"}},
+		{name: "header directive before the module: a denied GET carries none", addr: "127.0.0.1:9404",
+			method: "GET", target: acctA + "/x", headers: hdrs(hOrigin(evil)), status: 200, body: "account data"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, body := rawRequest(t, tc.addr, tc.method, tc.target, tc.headers)
+			if res.StatusCode != tc.status {
+				t.Errorf("status %d, want %d", res.StatusCode, tc.status)
+			}
+			if tc.body != "" && body != tc.body {
+				t.Errorf("body %q, want %q", body, tc.body)
+			}
+			ac := corsHeaders(res.Header)
+			delete(ac, "Vary")
+			switch {
+			case tc.acao == "":
+				if len(ac) != 0 {
+					t.Errorf("Access-Control-* headers %v, want none", ac)
+				}
+			case tc.acao != "" && !strings.HasPrefix(tc.target, "/api/"):
+				if got := res.Header["Access-Control-Allow-Origin"]; !slices.Equal(got, []string{tc.acao}) {
+					t.Errorf("Access-Control-Allow-Origin %q, want %q", got, tc.acao)
+				}
+			default:
+				if got := ac["Access-Control-Allow-Origin"]; !slices.Equal(got, []string{tc.acao}) {
+					t.Errorf("Access-Control-Allow-Origin %q, want exactly %q (all: %v)", got, tc.acao, ac)
+				}
+				if got := ac["Access-Control-Allow-Credentials"]; !slices.Equal(got, []string{"true"}) {
+					t.Errorf("Access-Control-Allow-Credentials %q, want exactly true", got)
+				}
+				if tc.method == "GET" && len(ac) != 2 {
+					t.Errorf("Access-Control-* headers %v, want only the module's two", ac)
+				}
+			}
+			for _, v := range tc.vary {
+				if !varyHasToken(res.Header, v) {
+					t.Errorf("Vary %q lacks %s", res.Header["Vary"], v)
+				}
+			}
+			if tc.header[0] != "" && res.Header.Get(tc.header[0]) != tc.header[1] {
+				t.Errorf("%s %q, want %q", tc.header[0], res.Header.Get(tc.header[0]), tc.header[1])
+			}
+		})
+	}
+
+	// The errors the module handled are logged where Caddy's server logs
+	// them: the http.log.error logger, at debug level when an error route
+	// answered, with status and trace.
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if strings.Contains(line, `"logger":"http.log.error"`) && strings.Contains(line, `"msg":"CORS preflight denied"`) &&
+			strings.Contains(line, `"status":401`) && strings.Contains(line, `"err_trace":"atomsphere_cors"`) &&
+			strings.Contains(line, `"level":"debug"`) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		t.Errorf("no http.log.error entry for a denied preflight in the log:\n%s", raw)
+	}
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// secTrailersCaddyfile serves HTTP/1.1 and h2c in front of an upstream
+// that sends CORS headers as trailers, declared and undeclared.
+const secTrailersCaddyfile = `{
+	admin localhost:2994
+	default_bind 127.0.0.1
+	servers {
+		protocols h1 h2c
+	}
+}
+http://:9405 {
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET
+		}
+	}
+	reverse_proxy %s
+}`
+
+// TestSecurityTrailersAddNoCORSHeaders: an upstream's Access-Control-*
+// trailers (announced in Trailer, or undeclared) do not reach the
+// client on an account path, over HTTP/1.1 and h2c; its other trailers
+// do.
+func TestSecurityTrailersAddNoCORSHeaders(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "Access-Control-Allow-Origin, X-Checksum, access-control-expose-headers")
+		_, _ = io.WriteString(w, "account data")
+		http.NewResponseController(w).Flush()
+		w.Header().Set("Access-Control-Allow-Origin", "https://evil.example")
+		w.Header().Set("Access-Control-Expose-Headers", "X-Secret")
+		w.Header().Set("X-Checksum", "abc")
+		w.Header().Set(http.TrailerPrefix+"Access-Control-Allow-Credentials", "true")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "1")
+	}))
+	defer up.Close()
+	startCaddy(t, "caddyfile", fmt.Sprintf(secTrailersCaddyfile, up.Listener.Addr().String()))
+
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		proto  int
+	}{
+		{"HTTP/1.1", &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}, 1},
+		{"h2c", &http.Client{Transport: &http.Transport{Protocols: h2c}, Timeout: 10 * time.Second}, 2},
+	} {
+		for _, origin := range []string{secAllowed, "https://evil.example"} {
+			t.Run(tc.name+" "+origin, func(t *testing.T) {
+				req, _ := http.NewRequest("GET", "http://127.0.0.1:9405"+acctA+"/x", nil)
+				req.Header.Set("Origin", origin)
+				res, err := tc.client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || string(body) != "account data" || res.ProtoMajor != tc.proto {
+					t.Fatalf("body %q, %v, protocol %s", body, err, res.Proto)
+				}
+				// Control: trailers do get through, so their absence below
+				// is the module's doing.
+				if res.Trailer.Get("X-Checksum") != "abc" {
+					t.Errorf("trailer X-Checksum %q, want abc (trailers: %v)", res.Trailer.Get("X-Checksum"), res.Trailer)
+				}
+				for k, v := range res.Trailer {
+					if strings.HasPrefix(strings.ToLower(k), "access-control-") {
+						t.Errorf("trailer %s: %q reached the client", k, v)
+					}
+				}
+				for _, v := range res.Header.Values("Trailer") {
+					if strings.Contains(strings.ToLower(v), "access-control-") {
+						t.Errorf("Trailer header announces %q", v)
+					}
+				}
+				want := []string(nil)
+				if origin == secAllowed {
+					want = []string{secAllowed}
+				}
+				if got := res.Header["Access-Control-Allow-Origin"]; !slices.Equal(got, want) {
+					t.Errorf("Access-Control-Allow-Origin %q, want %q", got, want)
+				}
+			})
+		}
+	}
+}
+
+// TestSecurityPathGuardOff: with disable_path_guard the module follows
+// Caddy's reading of every target, as without the guard.
+func TestSecurityPathGuardOff(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin localhost:2994
+	default_bind 127.0.0.1
+}
+http://:9406 {
+	atomsphere_cors {
+		disable_path_guard
+		account account-123456 {
+			origin https://mydomain.com GET
+		}
+	}
+	reverse_proxy %s
+}`, up.Listener.Addr().String()))
+	target := acctA + "/..;/account-987654/Atom"
+	res, _ := rawRequest(t, "127.0.0.1:9406", "GET", target, hdrs(hOrigin(secAllowed)))
+	if res.StatusCode != 200 || res.Header.Get("Access-Control-Allow-Origin") != secAllowed ||
+		res.Header.Get("X-Upstream-Target") != target {
+		t.Errorf("guard off: status %d, ACAO %q, upstream got %q", res.StatusCode,
+			res.Header.Get("Access-Control-Allow-Origin"), res.Header.Get("X-Upstream-Target"))
 	}
 }
