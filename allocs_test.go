@@ -41,8 +41,10 @@ func TestAllocs(t *testing.T) {
 	// request no browser sends costs more: an Origin that is not in its
 	// serialised form is parsed (its scheme and host lower-cased, then
 	// serialised again), a path that is not clean is cleaned.
-	budget := map[string]float64{"outside": 0, "preflight_origin_not_canonical": 5, "get_path_not_clean": 3}
+	budget := map[string]float64{"outside": 0, "preflight_origin_not_canonical": 5, "get_path_not_clean": 3,
+		"get_allowed_escaped_path": 8}
 	allowed := map[string]bool{"preflight_allowed": true, "get_allowed": true, "preflight_origin_not_canonical": true,
+		"get_allowed_escaped_path": true,
 		"get_origin_not_canonical": true, "get_path_not_clean": true}
 
 	for _, c := range cases {

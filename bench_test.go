@@ -114,6 +114,8 @@ func benchCases(target int) []benchCase {
 		{"get_allowed", http.MethodGet, path, http.Header{"Origin": {allowed}}},
 		{"get_denied", http.MethodGet, path, http.Header{"Origin": {evil}}},
 		{"get_no_origin", http.MethodGet, path, http.Header{}},
+		// The path guard reads a path with '%', ';' or '\' as backends would.
+		{"get_allowed_escaped_path", http.MethodGet, path + "/a%2Fb", http.Header{"Origin": {allowed}}},
 		{"outside", http.MethodGet, "/static/app.js", http.Header{"Origin": {allowed}}},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -89,6 +90,10 @@ type Handler struct {
 	logger    *zap.Logger
 	errLogger *zap.Logger
 
+	// warnDeferred logs once that deferred header operations before
+	// this handler make it refuse requests (see outerheaders.go).
+	warnDeferred *sync.Once
+
 	// errs are the error routes of the server, which this handler runs
 	// itself on account paths; nil when the server has none.
 	errs *errorRoutes
@@ -113,6 +118,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.errLogger = ctx.Logger(errorLog{})
+	h.warnDeferred = new(sync.Once)
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
 		h.errs = &errorRoutes{srv: srv}
 	}
@@ -180,6 +186,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		// Not an account path: not ours.
 		return next.ServeHTTP(w, r)
+	}
+	if below := deferredCORSWriter(w); below != nil {
+		return h.refuseDeferredCORS(below)
 	}
 	origin := r.Header[hdrOrigin]
 	// A preflight is OPTIONS with Origin and a non-empty

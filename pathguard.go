@@ -3,6 +3,7 @@ package atomspherecors
 import (
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
 
 // The path guard. The module decides for the account that Caddy's
@@ -17,16 +18,18 @@ import (
 // refused before any CORS decision (README, "Paths a backend could read
 // differently").
 //
-// Only targets with '%', ';' or '\' can be read differently this way;
-// every other path costs one scan for those three bytes.
+// Only targets with '%', ';', '\' or bytes that are not UTF-8 can be
+// read differently this way; every other path costs a scan for them.
 
 // guardedPath reports whether the path guard must look at r: its path
-// has a '%' (escaped or decoded), ';' or '\'.
+// has a '%' (escaped or decoded), ';', '\' or bytes that are not UTF-8
+// (an overlong form decoded from upper-case escapes leaves no RawPath).
 func guardedPath(r *http.Request) bool {
 	return r.URL.RawPath != "" ||
 		strings.IndexByte(r.URL.Path, '%') >= 0 ||
 		strings.IndexByte(r.URL.Path, ';') >= 0 ||
-		strings.IndexByte(r.URL.Path, '\\') >= 0
+		strings.IndexByte(r.URL.Path, '\\') >= 0 ||
+		!utf8.ValidString(r.URL.Path)
 }
 
 // ambiguous reports whether some common backend reading of r's target

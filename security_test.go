@@ -279,6 +279,7 @@ func TestSecurityAttackTable(t *testing.T) {
 		{"double encoding of dot-dot and slash: A/%252e%252e%252fB", acctA + "/%252e%252e%252faccount-987654/Atom"},
 		{"double encoding, upper case: A/%252E%252E/B", acctA + "/%252E%252E/account-987654/Atom"},
 		{"overlong UTF-8 dots (two bytes): A/%c0%ae%c0%ae/B", acctA + "/%c0%ae%c0%ae/account-987654/Atom"},
+		{"overlong UTF-8 dots, upper case (Go keeps no raw path for these): A/%C0%AE%C0%AE/B", acctA + "/%C0%AE%C0%AE/account-987654/Atom"},
 		{"overlong UTF-8 dots (three bytes): A/%e0%80%ae%e0%80%ae/B", acctA + "/%e0%80%ae%e0%80%ae/account-987654/Atom"},
 		{"overlong UTF-8 slash: A/..%c0%afB", acctA + "/..%c0%afaccount-987654/Atom"},
 		{"double-encoded overlong dots: A/%25c0%25ae%25c0%25ae/B", acctA + "/%25c0%25ae%25c0%25ae/account-987654/Atom"},
@@ -768,5 +769,81 @@ http://:9406 {
 		res.Header.Get("X-Upstream-Target") != target {
 		t.Errorf("guard off: status %d, ACAO %q, upstream got %q", res.StatusCode,
 			res.Header.Get("Access-Control-Allow-Origin"), res.Header.Get("X-Upstream-Target"))
+	}
+}
+
+// TestSecurityDeferredHeaderOpsBeforeTheModule: a header handler before
+// the module with deferred Access-Control-* operations would override
+// the module's headers when the response is written, so requests on
+// account paths are refused with 500 (and no CORS header); deferred
+// operations on other headers, and deferred CORS operations after the
+// module, change nothing.
+func TestSecurityDeferredHeaderOpsBeforeTheModule(t *testing.T) {
+	startCaddy(t, "caddyfile", `{
+	admin localhost:2994
+	default_bind 127.0.0.1
+}
+http://:9407 {
+	header >Access-Control-Allow-Origin "*"
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET
+		}
+	}
+	respond "account data"
+}
+http://:9408 {
+	header >X-Frame-Options "DENY"
+	header Access-Control-Max-Age "99"
+	header {
+		defer
+		-Server
+	}
+	route {
+		atomsphere_cors {
+			account account-123456 {
+				origin https://mydomain.com GET
+			}
+		}
+		header >Access-Control-Allow-Origin "*"
+		respond "account data"
+	}
+}`)
+	for _, tc := range []struct {
+		name, addr, method, target string
+		lines                      [][2]string
+		status                     int
+		acao                       string
+	}{
+		{"deferred ACAO before the module: allowed preflight refused", "127.0.0.1:9407", "OPTIONS", acctA + "/x",
+			hdrs(hOrigin(secAllowed), hACRM("GET")), 500, ""},
+		{"deferred ACAO before the module: denied GET refused", "127.0.0.1:9407", "GET", acctA + "/x",
+			hdrs(hOrigin("https://evil.example")), 500, ""},
+		{"deferred ACAO before the module: outside the account paths untouched", "127.0.0.1:9407", "GET", "/static/x",
+			hdrs(hOrigin("https://evil.example")), 200, "*"},
+		{"deferred non-CORS headers before, deferred ACAO after the module: allowed GET", "127.0.0.1:9408", "GET", acctA + "/x",
+			hdrs(hOrigin(secAllowed)), 200, secAllowed},
+		{"deferred non-CORS headers before, deferred ACAO after the module: denied GET", "127.0.0.1:9408", "GET", acctA + "/x",
+			hdrs(hOrigin("https://evil.example")), 200, ""},
+		{"deferred non-CORS headers before the module: allowed preflight", "127.0.0.1:9408", "OPTIONS", acctA + "/x",
+			hdrs(hOrigin(secAllowed), hACRM("GET")), 204, secAllowed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, _ := rawRequest(t, tc.addr, tc.method, tc.target, tc.lines)
+			if res.StatusCode != tc.status {
+				t.Errorf("status %d, want %d", res.StatusCode, tc.status)
+			}
+			if got := res.Header.Get("Access-Control-Allow-Origin"); got != tc.acao {
+				t.Errorf("Access-Control-Allow-Origin %q, want %q", got, tc.acao)
+			}
+			if tc.addr == "127.0.0.1:9408" {
+				if res.Header.Get("X-Frame-Options") != "DENY" {
+					t.Errorf("the deferred X-Frame-Options before the module was lost: %v", res.Header)
+				}
+				if tc.method == "GET" && res.Header.Get("Access-Control-Max-Age") != "" {
+					t.Errorf("a CORS header set before the module went out on a normal response")
+				}
+			}
+		})
 	}
 }
