@@ -53,6 +53,7 @@ var adminSteps = []step{
 	{"module-json", caddyPkg + "StrictUnmarshalJSON", "      decode module JSON (this handler included)", false},
 	{"provision", modulePrefix + "(*Handler).Provision", "      atomsphere_cors: check and build the index (Provision,", true},
 	{"compile", modulePrefix + "compileAccounts.func1", "        and its parallel workers, on other goroutines)", true},
+	{"stop-old", caddyPkg + "unsyncedStop", "    stop the old config", true},
 	{"gc", "runtime.gcBgMarkWorker", "garbage collector (background marking)", true},
 }
 
