@@ -14,50 +14,20 @@ package bench
 import (
 	"net/http"
 	"net/http/httptest"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 
 	"atomspherecors"
+	"atomspherecors/bench/accounts"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/logging" // the discard log writer
 	"github.com/rs/cors"
 )
 
-const accounts = 1000
-
-// rules returns the three rules of account i (issue 4).
-func rules(i int) (id string, origins []string, methods [][]string) {
-	n := strconv.Itoa(i)
-	return "account-" + n,
-		[]string{"https://app" + n + ".example.com", "https://admin" + n + ".example.org:8443", "http://dev" + n + ".example.net:8080"},
-		[][]string{{"GET", "POST", "DELETE"}, {"GET"}, {"GET", "POST"}}
-}
-
-// configJSON is the module's JSON (without the "handler" key) for n
-// accounts.
-func configJSON(n int) []byte {
-	var sb strings.Builder
-	sb.WriteString(`{"accounts":{`)
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		id, origins, methods := rules(i)
-		sb.WriteString(strconv.Quote(id) + ":[")
-		for j, o := range origins {
-			if j > 0 {
-				sb.WriteByte(',')
-			}
-			sb.WriteString(`{"origin":` + strconv.Quote(o) + `,"methods":["` + strings.Join(methods[j], `","`) + `"]}`)
-		}
-		sb.WriteByte(']')
-	}
-	sb.WriteString("}}")
-	return []byte(sb.String())
-}
+// numAccounts is the number of accounts the module is configured with;
+// the requests aim at the one in the middle.
+const numAccounts = 1000
 
 type benchCase struct {
 	name   string
@@ -70,8 +40,8 @@ type benchCase struct {
 
 // cases is the request mix of issue 4, aimed at account target.
 func cases(target int) []benchCase {
-	id, origins, _ := rules(target)
-	path := "/api/rest/v1/" + id + "/Atom/3456"
+	origins := accounts.Origins(target)
+	path := "/api/rest/v1/" + accounts.ID(target) + "/Atom/3456"
 	const evil = "https://evil.example.com"
 	return []benchCase{
 		{"preflight_allowed", http.MethodOptions, path, http.Header{
@@ -137,7 +107,7 @@ func loadModule(tb testing.TB) *atomspherecors.Handler {
 		}
 		ctx, _ := caddy.NewContext(caddy.ActiveContext())
 		var mod any
-		mod, moduleErr = ctx.LoadModuleByID("http.handlers.atomsphere_cors", configJSON(accounts))
+		mod, moduleErr = ctx.LoadModuleByID("http.handlers.atomsphere_cors", accounts.HandlerJSON(numAccounts))
 		if moduleErr == nil {
 			module = mod.(*atomspherecors.Handler)
 		}
@@ -153,9 +123,8 @@ func loadModule(tb testing.TB) *atomspherecors.Handler {
 
 // peer is rs/cors as one policy for the target account.
 func peer(target int) http.Handler {
-	_, origins, _ := rules(target)
 	c := cors.New(cors.Options{
-		AllowedOrigins:   origins,
+		AllowedOrigins:   accounts.Origins(target),
 		AllowCredentials: true,
 		AllowedMethods:   []string{"GET", "POST", "DELETE"},
 		AllowedHeaders: []string{"cache-control", "content-type", "expires", "last-modified",
@@ -173,7 +142,7 @@ func impls(tb testing.TB) []struct {
 	serve serveFunc
 } {
 	m := loadModule(tb)
-	p := peer(accounts / 2)
+	p := peer(numAccounts / 2)
 	return []struct {
 		name  string
 		serve serveFunc
@@ -186,7 +155,7 @@ func impls(tb testing.TB) []struct {
 // BenchmarkCORS runs each case of the mix with the module and with
 // rs/cors, one after the other in the same run.
 func BenchmarkCORS(b *testing.B) {
-	for _, c := range cases(accounts / 2) {
+	for _, c := range cases(numAccounts / 2) {
 		for _, impl := range impls(b) {
 			b.Run("case="+c.name+"/impl="+impl.name, func(b *testing.B) {
 				r := c.request()
@@ -205,7 +174,7 @@ func BenchmarkCORS(b *testing.B) {
 // target account: both allow (send Access-Control-Allow-Origin) exactly
 // the same requests of the mix.
 func TestSamePolicy(t *testing.T) {
-	for _, c := range cases(accounts / 2) {
+	for _, c := range cases(numAccounts / 2) {
 		for _, impl := range impls(t) {
 			w := &writer{hdr: http.Header{}}
 			impl.serve(w, c.request())

@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	atomspherecors v0.0.0
 	github.com/caddyserver/caddy/v2 v2.11.9
+	github.com/google/pprof v0.0.0-20261105003125-4bf881d7fb0b
 	github.com/rs/cors v1.11.1
 )
 
