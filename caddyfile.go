@@ -40,41 +40,48 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //	}
 //
-// Every subdirective is optional; see Handler for the defaults. An origin
-// line without methods allows GET, POST and DELETE. Every bad value in the
-// block is reported, each with its file and line.
+// Every subdirective is optional; see Handler for the defaults.
+// path_prefixes is accepted for path_prefix, the name of the JSON key. An
+// origin line without methods allows GET, POST and DELETE.
+//
+// This reads the syntax only; the values are checked by the same code
+// that checks a JSON config, and every problem of the block is reported,
+// each with the file and line it comes from.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	h.Accounts = map[string][]Rule{}
-	var errs []error
-	// bad records a value error at the current token and goes on, so one
-	// run reports every problem of the block.
-	bad := func(err error) { errs = append(errs, d.WrapErr(err)) }
+	type position struct {
+		file string
+		line int
+	}
+	positions := map[place]position{}
+	at := func(pl place) { positions[pl] = position{d.File(), d.Line()} }
+	var errs []located // values that are not numbers or durations
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if sub == "path_prefixes" {
+			sub = "path_prefix"
+		}
 		if sub != "account" {
 			if seen[sub] {
-				return d.Errf("%s already specified", sub)
+				return d.Errf("%s already specified", d.Val())
 			}
 			seen[sub] = true
 		}
 		switch sub {
 		case "path_prefix":
+			at(place{field: "path_prefixes"})
 			h.PathPrefixes = d.RemainingArgs()
 			if len(h.PathPrefixes) == 0 {
 				return d.ArgErr()
 			}
-			for _, p := range h.PathPrefixes {
-				if err := checkPathPrefix(p); err != nil {
-					bad(err)
-				}
-			}
 
 		case "allow_headers", "expose_headers":
+			at(place{field: sub})
 			names := d.RemainingArgs()
 			if len(names) == 0 {
 				return d.ArgErr()
@@ -84,39 +91,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.ExposeHeaders = names
 			}
-			_, herrs := checkHeaderNames(sub, names)
-			for _, e := range herrs {
-				bad(e)
-			}
 
 		case "max_age":
+			at(place{field: sub})
 			var arg string
 			if !d.AllArgs(&arg) {
 				return d.ArgErr()
 			}
 			dur, err := caddy.ParseDuration(arg)
 			if err != nil {
-				bad(fmt.Errorf("max_age %q: %v", arg, err))
+				errs = append(errs, located{fmt.Sprintf("max_age %s: %s", q(arg), short(err.Error())), d.File(), d.Line()})
 				continue
-			}
-			if dur < 0 {
-				bad(fmt.Errorf("max_age %s is negative", dur))
 			}
 			ma := caddy.Duration(dur)
 			h.MaxAge = &ma
 
 		case "preflight_status":
+			at(place{field: sub})
 			var arg string
 			if !d.AllArgs(&arg) {
 				return d.ArgErr()
 			}
 			n, err := strconv.Atoi(arg)
 			if err != nil {
-				bad(fmt.Errorf("preflight_status %q is not a number", arg))
+				errs = append(errs, located{fmt.Sprintf("preflight_status %s is not a number", q(arg)), d.File(), d.Line()})
 				continue
-			}
-			if err := checkPreflightStatus(n); err != nil {
-				bad(err)
 			}
 			h.PreflightStatus = n
 
@@ -131,39 +130,46 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&id) {
 				return d.ArgErr()
 			}
-			if err := checkAccountID(id); err != nil {
-				bad(err)
-			}
 			if _, ok := h.Accounts[id]; ok {
-				return d.Errf("account %q already specified", id)
+				return d.Errf("account %s already specified", q(id))
 			}
+			at(place{field: "accounts", account: id, rule: -1})
 			rules := []Rule{}
 			for nested := d.Nesting(); d.NextBlock(nested); {
 				if d.Val() != "origin" {
-					return d.Errf("account %q: unrecognized subdirective %q", id, d.Val())
+					return d.Errf("account %s: unrecognized subdirective %q", q(id), d.Val())
 				}
+				at(place{field: "accounts", account: id, rule: len(rules)})
 				args := d.RemainingArgs()
 				if len(args) == 0 {
 					return d.ArgErr()
 				}
-				r := Rule{Origin: args[0], Methods: args[1:]}
-				if len(r.Methods) == 0 {
-					r.Methods = nil
-				}
-				if _, err := parseOrigin(r.Origin); err != nil {
-					bad(ruleErr(id, len(rules), r.Origin, err))
-				}
-				_, merrs := parseMethods(r.Methods)
-				for _, e := range merrs {
-					bad(ruleErr(id, len(rules), r.Origin, e))
+				r := Rule{Origin: args[0]}
+				if len(args) > 1 {
+					r.Methods = args[1:]
 				}
 				rules = append(rules, r)
 			}
 			h.Accounts[id] = rules
 
 		default:
-			return d.Errf("unrecognized subdirective %q", sub)
+			return d.Errf("unrecognized subdirective %q", d.Val())
 		}
 	}
-	return errors.Join(errs...)
+
+	// The values, checked as Provision will check them, each problem at
+	// the line of its subdirective, account or origin.
+	more := 0
+	var r *report
+	if _, err := newIndex(h); errors.As(err, &r) {
+		errs = append(errs, r.locate(func(pl place) (string, int) {
+			p, ok := positions[pl]
+			if !ok && pl.rule >= 0 {
+				p = positions[place{field: pl.field, account: pl.account, rule: -1}]
+			}
+			return p.file, p.line
+		})...)
+		more = r.more
+	}
+	return joinLocated(errs, more)
 }

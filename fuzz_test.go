@@ -205,7 +205,7 @@ var fuzzPrefixSets = [][]string{
 	nil, // the defaults
 	{"/api/rest/v1/", "/partner/api/rest/v1/"},
 	{"/k/", "/Api/"}, // "k" has a non-ASCII upper case (U+212A KELVIN SIGN)
-	{"/", "/api/"},   // every path is an account path
+	{"/api/", "/"},   // every path is an account path, /api/ first (a later /api/ would never be used)
 	{"/\u00e9t\u00e9/", "/a/b/"},
 }
 

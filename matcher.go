@@ -2,12 +2,9 @@ package atomspherecors
 
 import (
 	"errors"
-	"fmt"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -237,135 +234,82 @@ func (a *account) find(o string) *allowedOrigin {
 	return nil
 }
 
-// newIndex checks a whole config and compiles it, reporting every
-// problem at once (errors.Join), each naming where it is.
+// newIndex checks a whole config and compiles it. It is the one place
+// where a config's values are checked, for JSON and Caddyfile alike; it
+// reports the problems in config order (see problems), each with its
+// place, and the report stays short whatever the config's size.
 func newIndex(h *Handler) (*index, error) {
-	var errs []error
+	var p problems
 	ix := &index{status: h.PreflightStatus, accounts: make(map[string]account, len(h.Accounts))}
 
 	prefixes := h.PathPrefixes
 	if prefixes == nil {
 		prefixes = defaultPathPrefixes
 	} else if len(prefixes) == 0 {
-		errs = append(errs, errors.New("path_prefixes is empty: no request would be checked"))
+		p.add(place{field: "path_prefixes"}, errors.New("path_prefixes is empty: no request would be checked"))
 	}
-	for _, p := range prefixes {
-		if err := checkPathPrefix(p); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		ix.prefixes = append(ix.prefixes, strings.ToLower(p))
-	}
+	ix.prefixes = checkPathPrefixes(prefixes, &p)
 
 	allow := h.AllowHeaders
 	if allow == nil {
 		allow = defaultAllowHeaders
 	}
-	allow, herrs := checkHeaderNames("allow_headers", allow)
-	errs = append(errs, herrs...)
-	ix.allowHeaders = strings.Join(allow, ",")
-	expose, herrs := checkHeaderNames("expose_headers", h.ExposeHeaders)
-	errs = append(errs, herrs...)
-	ix.exposeHeaders = strings.Join(expose, ",")
+	ix.allowHeaders = strings.Join(checkHeaderNames("allow_headers", allow, &p), ",")
+	ix.exposeHeaders = strings.Join(checkHeaderNames("expose_headers", h.ExposeHeaders, &p), ",")
 
 	if ix.status == 0 {
 		ix.status = defaultPreflightStatus
 	}
 	if err := checkPreflightStatus(ix.status); err != nil {
-		errs = append(errs, err)
+		p.add(place{field: "preflight_status"}, err)
 	}
 	maxAge := int64(defaultMaxAgeSeconds)
 	if h.MaxAge != nil {
-		if *h.MaxAge < 0 {
-			errs = append(errs, fmt.Errorf("max_age %s is negative", time.Duration(*h.MaxAge)))
+		if err := checkMaxAge(time.Duration(*h.MaxAge)); err != nil {
+			p.add(place{field: "max_age"}, err)
 		}
 		maxAge = int64(time.Duration(*h.MaxAge) / time.Second)
 	}
 	ix.maxAge = strconv.FormatInt(maxAge, 10)
 
-	// Compile the accounts in ID order. Caddy re-encodes every config it
-	// loads with json.Marshal, which sorts map keys, so this is the order
-	// in which the rules were decoded and lie in memory: reading them in
-	// that order rather than the map's random one cuts the build time of
-	// a large config, mostly spent waiting on cache misses, by a third.
-	sorted := make([]namedRules, 0, len(h.Accounts))
-	for id, rules := range h.Accounts {
-		sorted = append(sorted, namedRules{id, rules})
+	// Accounts in ID order: a JSON object has no order of its own, and
+	// this keeps reports the same from one run to the next. (It is also
+	// the order in which Caddy, which re-encodes a config with sorted
+	// keys, decoded the rules, so they are read in memory order.)
+	ids := make([]string, 0, len(h.Accounts))
+	for id := range h.Accounts {
+		ids = append(ids, id)
 	}
-	slices.SortFunc(sorted, func(a, b namedRules) int { return strings.Compare(a.id, b.id) })
-	compiled, aerrs := compileAccounts(sorted)
-	errs = append(errs, aerrs...)
+	slices.Sort(ids)
+	cache := &methodCache{sets: make(map[string]*methodSet)}
 	longest := 0
-	for i, a := range sorted {
-		for _, ao := range compiled[i].origins {
+	for _, id := range ids {
+		if err := checkAccountID(id); err != nil {
+			p.add(place{field: "accounts", account: id, rule: -1}, err)
+			continue
+		}
+		acct := compileAccount(id, h.Accounts[id], cache, &p)
+		for _, ao := range acct.origins {
 			longest = max(longest, len(ao.origin))
 		}
-		ix.accounts[a.id] = compiled[i]
+		ix.accounts[id] = acct
 	}
 	// A non-canonical spelling of an origin is at most the length of its
 	// canonical form with an explicit default port, or its Unicode host
 	// at up to 4 bytes a character: nothing longer can match.
 	ix.maxOriginLen = 4*longest + len(":65535")
 
-	if len(errs) > 0 {
-		// Map order is random: sort so the same config gives the same report.
-		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
-		return nil, errors.Join(errs...)
+	if err := p.err(); err != nil {
+		return nil, err
 	}
 	return ix, nil
-}
-
-// namedRules is one account of a config, as written: its ID and rules.
-type namedRules struct {
-	id    string
-	rules []Rule
-}
-
-// parallelFrom is the number of accounts from which compileAccounts
-// uses every CPU.
-const parallelFrom = 4096
-
-// compileAccounts compiles each account of a config (sorted by ID),
-// reporting every problem (an account with a bad ID is left empty: any
-// error refuses the whole config). A large config is compiled on every
-// CPU, each worker taking a contiguous run of accounts, so that it still
-// reads the rules in the order they lie in memory, with its own method
-// cache.
-func compileAccounts(accounts []namedRules) ([]account, []error) {
-	compiled := make([]account, len(accounts))
-	workers := 1
-	if len(accounts) >= parallelFrom {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	errs := make([][]error, workers)
-	chunk := (len(accounts) + workers - 1) / workers
-	var wg sync.WaitGroup
-	for w := range workers {
-		lo, hi := min(w*chunk, len(accounts)), min((w+1)*chunk, len(accounts))
-		wg.Go(func() {
-			cache := &methodCache{sets: make(map[string]*methodSet)}
-			for i := lo; i < hi; i++ {
-				a := accounts[i]
-				if err := checkAccountID(a.id); err != nil {
-					errs[w] = append(errs[w], err)
-					continue
-				}
-				var aerrs []error
-				compiled[i], aerrs = compileAccount(a.id, a.rules, cache)
-				errs[w] = append(errs[w], aerrs...)
-			}
-		})
-	}
-	wg.Wait()
-	return compiled, slices.Concat(errs...)
 }
 
 // compileAccount normalises one account's rules, merging rules with the
 // same origin (their methods united, in the order first written). It
 // allocates only the account's origin list (and, above mapThreshold
 // origins, its map): a large config compiles quickly and holds little.
-func compileAccount(id string, rules []Rule, cache *methodCache) (account, []error) {
-	var errs []error
+func compileAccount(id string, rules []Rule, cache *methodCache, p *problems) account {
 	acct := account{origins: make([]allowedOrigin, 0, len(rules))}
 	var pos map[string]int // origin -> position, for large accounts only
 	if len(rules) > mapThreshold {
@@ -373,14 +317,18 @@ func compileAccount(id string, rules []Rule, cache *methodCache) (account, []err
 	}
 	for i, r := range rules {
 		o, err := parseOrigin(r.Origin)
-		if err != nil {
-			errs = append(errs, ruleErr(id, i, r.Origin, err))
-		}
 		methods, merrs := cache.parse(r.Methods)
-		for _, e := range merrs {
-			errs = append(errs, ruleErr(id, i, r.Origin, e))
-		}
 		if err != nil || merrs != nil {
+			at := place{field: "accounts", account: id, rule: i}
+			for _, e := range append([]error{err}, merrs...) {
+				switch {
+				case e == nil:
+				case p.full():
+					p.skip()
+				default:
+					p.add(at, ruleErr(id, i, r.Origin, e))
+				}
+			}
 			continue
 		}
 		canon := r.Origin // keep one copy of the string, not two
@@ -410,7 +358,7 @@ func compileAccount(id string, rules []Rule, cache *methodCache) (account, []err
 			acct.byOrigin[acct.origins[i].origin] = &acct.origins[i]
 		}
 	}
-	return acct, errs
+	return acct
 }
 
 // serialises reports whether s is the serialisation of o (o.String()),
@@ -451,7 +399,8 @@ const maxCachedMethods = 16
 // parse returns the set of a rule's methods (see parseMethods).
 func (c *methodCache) parse(raw []string) (*methodSet, []error) {
 	for _, e := range c.recent {
-		if slices.Equal(e.raw, raw) {
+		// nil (the default methods) and an empty list (refused) differ.
+		if (e.raw == nil) == (raw == nil) && slices.Equal(e.raw, raw) {
 			return e.set, nil
 		}
 	}

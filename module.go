@@ -134,14 +134,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate ensures the handler was provisioned; Provision does the checks.
-func (h *Handler) Validate() error {
-	if h.idx == nil {
-		return errors.New("not provisioned")
-	}
-	return nil
-}
-
 // Header names and values, canonical so they index http.Header directly.
 const (
 	hdrOrigin        = "Origin"
@@ -259,7 +251,7 @@ func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		cw.allowed = true
 	}
 	cw.vals[3] = "Origin"
-	cw.varyHdr = cw.vals[3:4:4]
+	cw.vary = true
 	h.log("request", id, origin, r.Method, ao != nil, reason)
 
 	err := next.ServeHTTP(cw, r)
@@ -295,7 +287,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, vary
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	if vary != "" {
 		cw.vals[3] = vary
-		cw.varyHdr = cw.vals[3:4:4]
+		cw.vary = true
 	}
 	err = h.serveError(cw, r, err)
 	if cw.wroteHeader {
@@ -439,7 +431,7 @@ func (h *Handler) log(kind, id string, origin []string, method string, allowed b
 type corsWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	vals        [4]string // Allow-Origin, Allow-Credentials, Expose-Headers, Vary
-	varyHdr     []string  // added to Vary unless it names it already, nil for none
+	vary        bool      // add vals[3] to Vary unless Vary names it already
 	allowed     bool
 	wroteHeader bool
 }
@@ -456,8 +448,8 @@ func (cw *corsWriter) finish() {
 			hdr[hdrExposeHeaders] = cw.vals[2:3:3]
 		}
 	}
-	if cw.varyHdr != nil {
-		addVary(hdr, cw.varyHdr)
+	if cw.vary {
+		addVary(hdr, cw.vals[3:4:4])
 	}
 }
 
@@ -598,7 +590,6 @@ func (cw *corsWriter) FlushError() error {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 	_ http.ResponseWriter         = (*corsWriter)(nil)

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
@@ -89,7 +90,7 @@ func parseOrigin(s string) (origin, error) {
 	case "https":
 		o.scheme = "https"
 	default:
-		return o, fmt.Errorf("scheme %q is not http or https", s[:i])
+		return o, fmt.Errorf("scheme %s is not http or https", q(s[:i]))
 	}
 	rest := s[i+3:]
 	if j := strings.IndexAny(rest, "/?#"); j >= 0 {
@@ -154,18 +155,18 @@ func parsePort(s string) (int, error) {
 		return 0, errors.New("port is empty")
 	}
 	if len(s) > 5 || s[0] == '0' {
-		return 0, fmt.Errorf("port %q is outside 1-65535", s)
+		return 0, fmt.Errorf("port %s is outside 1-65535", q(s))
 	}
 	n := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < '0' || c > '9' {
-			return 0, fmt.Errorf("port %q is not a number", s)
+			return 0, fmt.Errorf("port %s is not a number", q(s))
 		}
 		n = n*10 + int(c-'0')
 	}
 	if n > 65535 {
-		return 0, fmt.Errorf("port %q is outside 1-65535", s)
+		return 0, fmt.Errorf("port %s is outside 1-65535", q(s))
 	}
 	return n, nil
 }
@@ -176,7 +177,7 @@ func parsePort(s string) (int, error) {
 func normaliseIPv6(s string) (string, error) {
 	addr, err := netip.ParseAddr(s)
 	if err != nil || !addr.Is6() || addr.Zone() != "" {
-		return "", fmt.Errorf("%q is not an IPv6 address", s)
+		return "", fmt.Errorf("%s is not an IPv6 address", q(s))
 	}
 	b := addr.As16()
 	var groups [8]uint16
@@ -223,7 +224,7 @@ func normaliseHost(s string) (string, error) {
 		return "", errors.New("origin has no host")
 	}
 	if strings.HasSuffix(s, ".") {
-		return "", fmt.Errorf("host %q must not end with a dot", s)
+		return "", fmt.Errorf("host %s must not end with a dot", q(s))
 	}
 	ascii := true
 	for i := 0; i < len(s); i++ {
@@ -238,23 +239,23 @@ func normaliseHost(s string) (string, error) {
 		if strings.Contains(h, "xn--") {
 			// A punycode label must decode to a valid international name.
 			if _, err := idna.Lookup.ToUnicode(h); err != nil {
-				return "", fmt.Errorf("host %q is not a valid international name: %v", s, err)
+				return "", fmt.Errorf("host %s is not a valid international name: %s", q(s), short(err.Error()))
 			}
 		}
 	} else {
 		// idna maps an invalid byte to U+FFFD without refusing it.
 		if !utf8.ValidString(s) {
-			return "", fmt.Errorf("host %q is not valid UTF-8", s)
+			return "", fmt.Errorf("host %s is not valid UTF-8", q(s))
 		}
 		var err error
 		if h, err = idna.Lookup.ToASCII(s); err != nil {
-			return "", fmt.Errorf("host %q is not a valid international name: %v", s, err)
+			return "", fmt.Errorf("host %s is not a valid international name: %s", q(s), short(err.Error()))
 		}
 	}
 	// IDNA mapping can delete characters (a soft hyphen) or turn them into
 	// a dot (an ideographic full stop): check the result again.
 	if h == "" || strings.HasSuffix(h, ".") {
-		return "", fmt.Errorf("host %q must not be empty or end with a dot", s)
+		return "", fmt.Errorf("host %s must not be empty or end with a dot", q(s))
 	}
 	// The URL standard reads a host that ends in a number as an IPv4
 	// address, in decimal, octal or hex parts, and browsers serialise it
@@ -262,12 +263,12 @@ func normaliseHost(s string) (string, error) {
 	if endsInNumber(h) {
 		v4, err := parseIPv4(h)
 		if err != nil {
-			return "", fmt.Errorf("host %q ends in a number but is not an IPv4 address: %v", s, err)
+			return "", fmt.Errorf("host %s ends in a number but is not an IPv4 address: %v", q(s), err)
 		}
 		h = v4
 	}
 	if len(h) > maxHostLen {
-		return "", fmt.Errorf("host %q is longer than %d characters", s, maxHostLen)
+		return "", fmt.Errorf("host %s is longer than %d characters", q(s), maxHostLen)
 	}
 	prev := byte('.')
 	for i := 0; i < len(h); i++ {
@@ -275,11 +276,11 @@ func normaliseHost(s string) (string, error) {
 		switch {
 		case c == '.':
 			if prev == '.' {
-				return "", fmt.Errorf("host %q has an empty label", s)
+				return "", fmt.Errorf("host %s has an empty label", q(s))
 			}
 		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
 		default:
-			return "", fmt.Errorf("host %q has the invalid character %q", s, c)
+			return "", fmt.Errorf("host %s has the invalid character %q", q(s), c)
 		}
 		prev = c
 	}
@@ -320,13 +321,13 @@ func parseIPv4(h string) (string, error) {
 			return "", err
 		}
 		if i < len(parts)-1 && n > 255 {
-			return "", fmt.Errorf("part %q is over 255", p)
+			return "", fmt.Errorf("part %s is over 255", q(p))
 		}
 		nums[i] = n
 	}
 	last := nums[len(parts)-1]
 	if last >= 1<<(8*(5-len(parts))) {
-		return "", fmt.Errorf("last part %q is too large", parts[len(parts)-1])
+		return "", fmt.Errorf("last part %s is too large", q(parts[len(parts)-1]))
 	}
 	addr := last
 	for i := 0; i < len(parts)-1; i++ {
@@ -351,11 +352,11 @@ func parseIPv4Part(p string) (uint64, error) {
 		return 0, nil
 	}
 	if len(p) > 16 {
-		return 0, fmt.Errorf("part %q is too large", p)
+		return 0, fmt.Errorf("part %s is too large", q(p))
 	}
 	n, err := strconv.ParseUint(p, base, 64)
 	if err != nil {
-		return 0, fmt.Errorf("part %q is not a number", p)
+		return 0, fmt.Errorf("part %s is not a number", q(p))
 	}
 	return n, nil
 }
@@ -377,12 +378,17 @@ var knownMethods = map[string]bool{
 }
 
 // parseMethods upper-cases and checks a rule's methods, dropping
-// repeats; an empty list means the default GET, POST, DELETE.
+// repeats. A rule without methods (nil) has the default GET, POST,
+// DELETE; an explicit empty list is refused, since it would otherwise
+// allow those three.
 func parseMethods(ms []string) ([]string, []error) {
-	if len(ms) == 0 {
+	if ms == nil {
 		return defaultMethods, nil
 	}
-	out := make([]string, 0, len(ms))
+	if len(ms) == 0 {
+		return nil, []error{errors.New("methods is empty: omit it for the default GET, POST and DELETE")}
+	}
+	out := make([]string, 0, min(len(ms), len(knownMethods)))
 	var errs []error
 	for _, m := range ms {
 		u := strings.ToUpper(m)
@@ -390,10 +396,10 @@ func parseMethods(ms []string) ([]string, []error) {
 		case m == "*":
 			errs = append(errs, errors.New(`the wildcard method "*" is not supported; list each method`))
 		case forbiddenMethods[u]:
-			errs = append(errs, fmt.Errorf("method %q cannot be allowed", m))
+			errs = append(errs, fmt.Errorf("method %s cannot be allowed", q(m)))
 		case !knownMethods[u]:
-			errs = append(errs, fmt.Errorf("method %q is not a known HTTP method", m))
-		case !slices.Contains(out, u):
+			errs = append(errs, fmt.Errorf("method %s is not a known HTTP method", q(m)))
+		case !slices.Contains(out, u): // out holds known methods only: a short list
 			out = append(out, u)
 		}
 	}
@@ -401,15 +407,73 @@ func parseMethods(ms []string) ([]string, []error) {
 }
 
 // checkPathPrefix refuses a prefix that a cleaned request path could
-// never start with as intended.
+// never start with as intended. Prefixes are compared with the decoded
+// path, so an escape or a wildcard in one could never match.
 func checkPathPrefix(p string) error {
 	switch {
 	case !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/"):
-		return fmt.Errorf("path prefix %q must start and end with /", p)
+		return fmt.Errorf("path prefix %s must start and end with /", q(p))
 	case needsCleaning(p):
-		return fmt.Errorf("path prefix %q must be a clean path (no //, . or .. segments)", p)
+		return fmt.Errorf("path prefix %s must be a clean path (no //, . or .. segments)", q(p))
+	case strings.ContainsAny(p, "{}"):
+		return fmt.Errorf("path prefix %s: placeholders are not expanded here (in a Caddyfile, {$VAR} reads an environment variable)", q(p))
+	case strings.ContainsAny(p, "%*"):
+		return fmt.Errorf("path prefix %s: prefixes are compared with the decoded path, so write it decoded, without %% escapes or * wildcards", q(p))
 	}
 	return nil
+}
+
+// checkPathPrefixes checks each prefix and returns them lower-cased, in
+// order, less the refused ones. A prefix that an earlier one always
+// matches first (it starts with the earlier one, in any case) could
+// never be used, and is refused naming both.
+func checkPathPrefixes(prefixes []string, p *problems) []string {
+	out := make([]string, 0, len(prefixes))
+	type entry struct {
+		lower string
+		index int // in prefixes
+	}
+	var ok []entry
+	for i, pre := range prefixes {
+		if err := checkPathPrefix(pre); err != nil {
+			p.add(place{field: "path_prefixes"}, err)
+			continue
+		}
+		ok = append(ok, entry{strings.ToLower(pre), i})
+	}
+	// In sorted order, the prefixes that a prefix starts with come
+	// before it, and form a chain: a stack holds that chain, with the
+	// first-configured of each, so the check is linear after the sort.
+	sorted := slices.Clone(ok)
+	slices.SortStableFunc(sorted, func(a, b entry) int { return strings.Compare(a.lower, b.lower) })
+	type link struct {
+		lower string
+		first int // the earliest configured index among the chain so far
+	}
+	var chain []link
+	shadowed := make(map[int]int) // index -> index of the earlier prefix
+	for _, e := range sorted {
+		for len(chain) > 0 && !strings.HasPrefix(e.lower, chain[len(chain)-1].lower) {
+			chain = chain[:len(chain)-1]
+		}
+		first := e.index
+		if len(chain) > 0 {
+			if f := chain[len(chain)-1].first; f < e.index {
+				shadowed[e.index] = f
+			}
+			first = min(first, chain[len(chain)-1].first)
+		}
+		chain = append(chain, link{e.lower, first})
+	}
+	for _, e := range ok {
+		if j, bad := shadowed[e.index]; bad {
+			p.add(place{field: "path_prefixes"}, fmt.Errorf("path prefix %s is never used: the earlier prefix %s matches every path it would",
+				q(prefixes[e.index]), q(prefixes[j])))
+			continue
+		}
+		out = append(out, e.lower)
+	}
+	return out
 }
 
 // checkAccountID refuses an account ID that could never be a single
@@ -419,30 +483,50 @@ func checkAccountID(id string) error {
 	case id == "":
 		return errors.New("account ID is empty")
 	case strings.Contains(id, "/"):
-		return fmt.Errorf("account %q: account ID must not contain /", id)
+		return fmt.Errorf("account %s: account ID must not contain /", q(id))
 	case id == "." || id == "..":
-		return fmt.Errorf("account %q: account ID must not be a dot segment", id)
+		return fmt.Errorf("account %s: account ID must not be a dot segment", q(id))
+	case strings.ContainsAny(id, "{}"):
+		return fmt.Errorf("account %s: placeholders are not expanded in account IDs (in a Caddyfile, {$VAR} reads an environment variable)", q(id))
 	}
 	return nil
 }
 
 // checkHeaderNames lower-cases and checks a list of header names for
-// allow_headers or expose_headers, dropping repeats.
-func checkHeaderNames(field string, names []string) ([]string, []error) {
+// allow_headers or expose_headers, dropping repeats, in linear time.
+func checkHeaderNames(field string, names []string, p *problems) []string {
 	out := make([]string, 0, len(names))
-	var errs []error
+	seen := make(map[string]bool, len(names))
 	for _, n := range names {
 		l := strings.ToLower(n)
 		switch {
 		case n == "*":
-			errs = append(errs, fmt.Errorf(`%s: "*" is not a wildcard when credentials are allowed; list each header`, field))
+			p.add(place{field: field}, fmt.Errorf(`%s: "*" is not a wildcard when credentials are allowed; list each header`, field))
 		case !httpguts.ValidHeaderFieldName(n):
-			errs = append(errs, fmt.Errorf("%s: %q is not a valid header name", field, n))
-		case !slices.Contains(out, l):
+			if p.full() {
+				p.skip()
+				continue
+			}
+			p.add(place{field: field}, fmt.Errorf("%s: %s is not a valid header name", field, q(n)))
+		case !seen[l]:
+			seen[l] = true
 			out = append(out, l)
 		}
 	}
-	return out, errs
+	return out
+}
+
+// checkMaxAge refuses a negative max_age, and a positive one under a
+// second: it would be sent as 0, and in JSON it is usually a number of
+// seconds written where Caddy reads nanoseconds.
+func checkMaxAge(d time.Duration) error {
+	switch {
+	case d < 0:
+		return fmt.Errorf("max_age %s is negative", d)
+	case d > 0 && d < time.Second:
+		return fmt.Errorf(`max_age %s is under one second, and would be sent as 0: a JSON number is nanoseconds, so write a duration such as "3600s" or "1h"`, d)
+	}
+	return nil
 }
 
 func checkPreflightStatus(s int) error {
@@ -456,5 +540,5 @@ func checkPreflightStatus(s int) error {
 // position counted from 1 as a person counts the lines of a block (the
 // admin API path index is one less), and the origin as written.
 func ruleErr(account string, i int, o string, err error) error {
-	return fmt.Errorf("account %q, rule %d (origin %q): %w", account, i+1, o, err)
+	return fmt.Errorf("account %s, rule %d (origin %s): %w", q(account), i+1, q(o), err)
 }
