@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-// TestAllocs holds the allocation budget of issue 4 for each request of
+// TestAllocs holds the allocation budget (docs/performance.md) for each request of
 // the benchmark mix, with one request and one response writer reused
 // across runs (its header map cleared each time), as the benchmarks do:
 // nothing outside the path prefixes, at most 2 allocations elsewhere,
@@ -37,7 +37,7 @@ func TestAllocs(t *testing.T) {
 			"Origin": {rules[0].Origin}}},
 	)
 
-	// Issue 4's budget is 0 outside the prefixes and 2 elsewhere. A
+	// The budget is 0 outside the prefixes and 2 elsewhere. A
 	// request no browser sends costs more: an Origin that is not in its
 	// serialised form is parsed (its scheme and host lower-cased, then
 	// serialised again), a path that is not clean is cleaned.

@@ -1,8 +1,8 @@
 package atomspherecors
 
 // Bounds: a request's work must not grow with hostile header sizes
-// beyond reading them (issue 5). Each case below is a hostile request
-// shape at growing sizes; TestBounds checks the answer the contract gives
+// beyond reading them (docs/security.md, Bounds). Each case below is a hostile request
+// shape at growing sizes; TestBounds checks the answer docs/behaviour.md gives
 // at the largest size, and BenchmarkBounds times every size (its setup
 // checks the answer too). No timing is asserted: compare ns/op across
 // sizes, e.g.
@@ -119,7 +119,7 @@ func serveBounds(h *Handler, r *http.Request) boundsOutcome {
 	return boundsOutcome{err: err, status: w.status, hdr: w.hdr, nextCalled: called}
 }
 
-// Outcome checks, named by the contract's sentences.
+// Outcome checks, named by the sentences of docs/behaviour.md.
 
 func bWantPreflightDenied(o boundsOutcome) error {
 	var he caddyhttp.HandlerError
@@ -247,7 +247,7 @@ var boundsCases = []boundsCase{
 		want: bWantNormalDenied,
 	},
 	{
-		// Repeated Origin lines match no rule (contract §3), whatever
+		// Repeated Origin lines match no rule (docs/behaviour.md §1), whatever
 		// their number.
 		name: "OriginLines/preflight", unit: "lines", sizes: []int{2, 16, 256, 4096},
 		req: func(n int) *http.Request {
@@ -280,7 +280,7 @@ var boundsCases = []boundsCase{
 	},
 	{
 		// Access-Control-Request-Headers does not decide the outcome
-		// (contract §4): it is not read at all, the answer lists the
+		// (docs/behaviour.md §2): it is not read at all, the answer lists the
 		// configured headers.
 		name: "RequestHeaders", unit: "bytes", sizes: []int{bKiB, 16 * bKiB, 256 * bKiB, 1024 * bKiB},
 		req: func(n int) *http.Request {

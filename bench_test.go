@@ -1,6 +1,6 @@
 package atomspherecors
 
-// Benchmarks of issue 4 (README, Performance). Run them with
+// Benchmarks of docs/performance.md. Run them with
 //
 //	go test -run '^$' -bench 'ServeHTTP|Provision' -benchmem -count 6 . | tee root.txt
 //	benchstat -col /accounts -filter '.name:ServeHTTP' root.txt  # flat in the number of accounts
@@ -29,7 +29,7 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// benchRules returns the three rules of account i, as issue 4 describes
+// benchRules returns the three rules of account i, as docs/performance.md describes
 // them: an app origin with GET, POST and DELETE, an admin origin on a
 // port with GET, a development origin over http with GET and POST.
 func benchRules(i int) (id string, rules []Rule) {
@@ -86,7 +86,7 @@ func benchConfigJSON(n int) []byte {
 	return append(buf, "}}"...)
 }
 
-// benchCase is one request of issue 4's mix.
+// benchCase is one request of the benchmarks' mix (docs/performance.md).
 type benchCase struct {
 	name   string
 	method string

@@ -250,7 +250,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 }
 
 // TestCaddyfileAdapt checks the JSON a Caddyfile adapts to, matcher
-// token included (contract §1, §2).
+// token included (docs/behaviour.md §7, §7).
 func TestCaddyfileAdapt(t *testing.T) {
 	caddytest.AssertAdapt(t, `{
 	admin localhost:2999
@@ -369,7 +369,7 @@ http://127.0.0.1:9050 {
 
 // TestCaddyfileOrderBeforeBasicAuth: with no order option, the
 // directive's route comes before basic_auth's, whatever the order in
-// the site block (contract §1).
+// the site block (docs/behaviour.md §7).
 func TestCaddyfileOrderBeforeBasicAuth(t *testing.T) {
 	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`{
 	admin localhost:2999

@@ -177,7 +177,7 @@ func isASCII(s string) bool {
 
 // ---- FuzzAccountOf ----------------------------------------------------
 
-// refAccountOf is the reference reading of a request path (contract §3),
+// refAccountOf is the reference reading of a request path (docs/behaviour.md §1),
 // written straight from what Caddy's path matchers do (MatchPath:
 // strings.ToLower, then caddyhttp.CleanPath with slashes merged): the
 // account is the path segment right after the first prefix that the
@@ -312,7 +312,7 @@ func newRefModel(t testing.TB, accounts map[string][]Rule) refModel {
 }
 
 // allows is the reference decision for one request's account, Origin
-// lines and method (contract §3: one Origin line, exact origin match,
+// lines and method (docs/behaviour.md §1: one Origin line, exact origin match,
 // HEAD as GET, methods compared case-sensitively).
 func (m refModel) allows(account string, originLines []string, method string) bool {
 	if len(originLines) != 1 {
@@ -326,7 +326,7 @@ func (m refModel) allows(account string, originLines []string, method string) bo
 	return methods[method] || (method == "HEAD" && methods["GET"])
 }
 
-// refNormaliseOrigin normalises an origin the way the contract says,
+// refNormaliseOrigin normalises an origin the way docs/behaviour.md §6 says,
 // built on net/url, strings.ToLower and idna: scheme and host lower-cased,
 // an international host in punycode, a default port dropped. It refuses
 // null, wildcards, a path (even "/"), query, fragment, user info, a
@@ -497,7 +497,7 @@ func FuzzServeHTTP(f *testing.F) {
 
 		account, isAccountPath := refAccountOf(prefixes, path)
 		if !isAccountPath {
-			// Not ours: untouched, no Vary, next ran (contract §3).
+			// Not ours: untouched, no Vary, next ran (docs/behaviour.md §1).
 			if !next.called {
 				t.Fatalf("%s %q: not an account path, but next did not run", method, path)
 			}

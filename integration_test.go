@@ -56,8 +56,8 @@ func itWantResponse(t *testing.T, what string, res *http.Response, body string, 
 	}
 }
 
-// TestIntegrationCaddyfile runs the contract §2 Caddyfile through
-// caddytest with basic_auth and respond behind the directive (§1, §4, §5).
+// TestIntegrationCaddyfile runs the docs/behaviour.md §7 Caddyfile through
+// caddytest with basic_auth and respond behind the directive (§7, §2, §3).
 func TestIntegrationCaddyfile(t *testing.T) {
 	// An admin endpoint already listening makes caddytest reuse this
 	// process's Caddy instead of starting `caddy run`.
@@ -131,63 +131,63 @@ http://127.0.0.1:9047 {
 	}
 
 	res, body := do("OPTIONS", pathA, preflightHdr(mydomain, "DELETE"))
-	itWantResponse(t, "§4 allowed preflight, no credentials (never authenticated)", res, body, 204,
+	itWantResponse(t, "§2 allowed preflight, no credentials (never authenticated)", res, body, 204,
 		wantPreflightOK(mydomain, "GET, POST, DELETE"), "")
 	if res.Header.Get("Www-Authenticate") != "" {
 		t.Errorf("allowed preflight was authenticated: Www-Authenticate %q", res.Header.Get("Www-Authenticate"))
 	}
 
 	res, body = do("OPTIONS", pathA, preflightHdr("http://localhost:8080", "DELETE"))
-	itWantResponse(t, "§4 denied preflight (method): 401, empty body", res, body, 401, wantPreflightDenied, "")
+	itWantResponse(t, "§2 denied preflight (method): 401, empty body", res, body, 401, wantPreflightDenied, "")
 	if res.Header.Get("Www-Authenticate") != "" {
 		t.Errorf("denied preflight reached basic_auth: Www-Authenticate %q", res.Header.Get("Www-Authenticate"))
 	}
 
 	res, body = do("OPTIONS", pathA, preflightHdr("https://evil.example", "GET"))
-	itWantResponse(t, "§4 denied preflight (origin): 401, empty body", res, body, 401, wantPreflightDenied, "")
+	itWantResponse(t, "§2 denied preflight (origin): 401, empty body", res, body, 401, wantPreflightDenied, "")
 
 	res, body = do("GET", pathA, withAuth(originHdr(mydomain), "demo", "demo"))
-	itWantResponse(t, "§5 allowed normal GET, right password: 200 with ACAO, ACAC, Expose-Headers", res, body, 200,
+	itWantResponse(t, "§3 allowed normal GET, right password: 200 with ACAO, ACAC, Expose-Headers", res, body, 200,
 		okNormal, "api GET "+pathA)
 
 	res, body = do("GET", pathA, withAuth(originHdr(mydomain), "demo", "wrong"))
-	itWantResponse(t, "§5 allowed origin, wrong password: basic_auth's 401 still carries ACAO and ACAC", res, body, 401,
+	itWantResponse(t, "§3 allowed origin, wrong password: basic_auth's 401 still carries ACAO and ACAC", res, body, 401,
 		okNormal, "-")
 	if res.Header.Get("Www-Authenticate") == "" {
 		t.Errorf("401 without Www-Authenticate: basic_auth did not answer")
 	}
 
 	res, body = do("DELETE", pathA, originHdr(mydomain))
-	itWantResponse(t, "§5 allowed origin, no credentials: 401 with ACAO and ACAC", res, body, 401, okNormal, "-")
+	itWantResponse(t, "§3 allowed origin, no credentials: 401 with ACAO and ACAC", res, body, 401, okNormal, "-")
 
 	res, body = do("GET", pathA, withAuth(originHdr("https://evil.example"), "demo", "demo"))
-	itWantResponse(t, "§5 origin not allowed: the API's 200 stands, only Vary: Origin", res, body, 200,
+	itWantResponse(t, "§3 origin not allowed: the API's 200 stands, only Vary: Origin", res, body, 200,
 		wantNormalDenied, "api GET "+pathA)
 
 	res, body = do("DELETE", pathA, withAuth(originHdr("http://localhost:8080"), "demo", "demo"))
-	itWantResponse(t, "§5 method not allowed for the origin: 200 stands, only Vary: Origin", res, body, 200,
+	itWantResponse(t, "§3 method not allowed for the origin: 200 stands, only Vary: Origin", res, body, 200,
 		wantNormalDenied, "api DELETE "+pathA)
 
 	res, body = do("GET", pathA, withAuth(nil, "demo", "demo"))
-	itWantResponse(t, "§5 no Origin: 200, only Vary: Origin", res, body, 200, wantNormalDenied, "api GET "+pathA)
+	itWantResponse(t, "§3 no Origin: 200, only Vary: Origin", res, body, 200, wantNormalDenied, "api GET "+pathA)
 
 	res, body = do("OPTIONS", "/", preflightHdr(mydomain, "GET"))
-	itWantResponse(t, "§3 not an account path: untouched", res, body, 200, http.Header{}, "home")
+	itWantResponse(t, "§1 not an account path: untouched", res, body, 200, http.Header{}, "home")
 
-	// §4: a denied preflight is a Caddy error, so handle_errors sees it;
-	// §5: an allowed origin's headers survive basic_auth's error route.
+	// §2: a denied preflight is a Caddy error, so handle_errors sees it;
+	// §3: an allowed origin's headers survive basic_auth's error route.
 	res, body = itSend(t, "OPTIONS", "http://127.0.0.1:9047"+pathA, preflightHdr(mydomain, "DELETE"))
-	itWantResponse(t, "§4 denied preflight reaches handle_errors", res, body, 401, wantPreflightDenied, "handled 401")
+	itWantResponse(t, "§2 denied preflight reaches handle_errors", res, body, 401, wantPreflightDenied, "handled 401")
 	res, body = itSend(t, "OPTIONS", "http://127.0.0.1:9047"+pathA, preflightHdr(mydomain, "GET"))
-	itWantResponse(t, "§4 allowed preflight with handle_errors and basic_auth in the site", res, body, 204,
+	itWantResponse(t, "§2 allowed preflight with handle_errors and basic_auth in the site", res, body, 204,
 		wantPreflightOK(mydomain, "GET"), "")
 	res, body = itSend(t, "GET", "http://127.0.0.1:9047"+pathA, originHdr(mydomain))
-	itWantResponse(t, "§5 basic_auth's 401 through handle_errors keeps ACAO and ACAC", res, body, 401,
+	itWantResponse(t, "§3 basic_auth's 401 through handle_errors keeps ACAO and ACAC", res, body, 401,
 		wantNormalOK(mydomain), "handled 401")
 }
 
 // TestIntegrationJSON runs a JSON config and edits one account through
-// the admin API, each edit taking effect at once (contract §2, §7).
+// the admin API, each edit taking effect at once (docs/behaviour.md §7, §8).
 func TestIntegrationJSON(t *testing.T) {
 	startCaddy(t, "json", `{
 	"admin": {"listen": "localhost:2999", "config": {"persist": false}},
@@ -328,7 +328,7 @@ func TestIntegrationValidate(t *testing.T) {
 
 // TestIntegrationReverseProxy: an upstream's own CORS headers never
 // reach the client on an account path; its Vary is kept and extended
-// (contract §6), also when the upstream fails (§5).
+// (docs/behaviour.md §4), also when the upstream fails (§3).
 func TestIntegrationReverseProxy(t *testing.T) {
 	var hits atomic.Int64
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -380,30 +380,30 @@ http://127.0.0.1:9043 {
 	}
 
 	res, body := itSend(t, "GET", base+pathA, originHdr(mydomain))
-	itWantResponse(t, "§6 allowed: upstream ACAO * and others removed, ours only, Vary kept and extended", res, body, 200, ours, "upstream GET")
+	itWantResponse(t, "§4 allowed: upstream ACAO * and others removed, ours only, Vary kept and extended", res, body, 200, ours, "upstream GET")
 	if got := res.Header.Get("X-Request-Id"); got != "upstream-id" {
 		t.Errorf("other upstream headers must pass: X-Request-Id %q", got)
 	}
 
 	res, body = itSend(t, "GET", base+pathA, originHdr("https://evil.example"))
-	itWantResponse(t, "§6 denied: upstream Access-Control-* removed, Vary kept and extended", res, body, 200,
+	itWantResponse(t, "§4 denied: upstream Access-Control-* removed, Vary kept and extended", res, body, 200,
 		http.Header{"Vary": {"Accept-Encoding", "Origin"}}, "upstream GET")
 
 	res, body = itSend(t, "PUT", base+pathA, originHdr(mydomain))
-	itWantResponse(t, "§6 method not allowed: upstream's PUT policy does not leak", res, body, 200,
+	itWantResponse(t, "§4 method not allowed: upstream's PUT policy does not leak", res, body, 200,
 		http.Header{"Vary": {"Accept-Encoding", "Origin"}}, "upstream PUT")
 
 	before := hits.Load()
 	res, body = itSend(t, "OPTIONS", base+pathA, preflightHdr(mydomain, "GET"))
-	itWantResponse(t, "§4 allowed preflight answered here", res, body, 204, wantPreflightOK(mydomain, "GET, POST, DELETE"), "")
+	itWantResponse(t, "§2 allowed preflight answered here", res, body, 204, wantPreflightOK(mydomain, "GET, POST, DELETE"), "")
 	res, body = itSend(t, "OPTIONS", base+pathA, preflightHdr(mydomain, "PUT"))
-	itWantResponse(t, "§4 denied preflight: no upstream headers", res, body, 401, wantPreflightDenied, "")
+	itWantResponse(t, "§2 denied preflight: no upstream headers", res, body, 401, wantPreflightDenied, "")
 	if n := hits.Load() - before; n != 0 {
 		t.Errorf("preflights reached the upstream %d times", n)
 	}
 
 	res, body = itSend(t, "GET", base+"/api/rest/v1/account-123456/down/x", originHdr(mydomain))
-	itWantResponse(t, "§5 upstream down: Caddy's 502 still carries ACAO and ACAC", res, body, 502, http.Header{
+	itWantResponse(t, "§3 upstream down: Caddy's 502 still carries ACAO and ACAC", res, body, 502, http.Header{
 		"Access-Control-Allow-Origin":      {mydomain},
 		"Access-Control-Allow-Credentials": {"true"},
 		"Access-Control-Expose-Headers":    {"x-request-id"},
@@ -411,7 +411,7 @@ http://127.0.0.1:9043 {
 	}, "-")
 
 	res, body = itSend(t, "GET", base+"/public/x", originHdr(mydomain))
-	itWantResponse(t, "§3 not an account path: the upstream's headers pass untouched", res, body, 200, http.Header{
+	itWantResponse(t, "§1 not an account path: the upstream's headers pass untouched", res, body, 200, http.Header{
 		"Access-Control-Allow-Origin":      {"*"},
 		"Access-Control-Allow-Credentials": {"true"},
 		"Access-Control-Allow-Methods":     {"GET, PUT, PATCH"},
@@ -424,7 +424,7 @@ http://127.0.0.1:9043 {
 
 // TestIntegrationPathConfusion sends raw request targets that a client
 // would normally clean: the account is read from the path as Caddy's
-// path matchers read it (contract §3).
+// path matchers read it (docs/behaviour.md §1).
 func TestIntegrationPathConfusion(t *testing.T) {
 	startCaddy(t, "caddyfile", itGlobalOptions+`
 http://127.0.0.1:9044 {
@@ -480,7 +480,7 @@ http://127.0.0.1:9044 {
 }
 
 // TestIntegrationOriginAttacks: look-alike, downgraded, other-port, null
-// and repeated origins are all denied (contract §3).
+// and repeated origins are all denied (docs/behaviour.md §1).
 func TestIntegrationOriginAttacks(t *testing.T) {
 	startCaddy(t, "caddyfile", itGlobalOptions+`
 http://127.0.0.1:9045 {
@@ -522,7 +522,7 @@ http://127.0.0.1:9045 {
 
 // TestIntegrationDebugLog: with the module's logger at DEBUG, each
 // decision is logged with account, origin, method, outcome and reason;
-// at INFO nothing is logged per request (contract §7).
+// at INFO nothing is logged per request (docs/behaviour.md §8).
 func TestIntegrationDebugLog(t *testing.T) {
 	dir := t.TempDir()
 	cfg := func(file, level string) string {

@@ -57,13 +57,13 @@ type methodSet struct {
 // allows compares a method case-sensitively, as the Fetch standard
 // compares a request's method with Access-Control-Allow-Methods.
 func (m *methodSet) allows(method string) bool {
-	// HEAD is treated as GET (contract §3).
+	// HEAD is treated as GET (docs/behaviour.md §1).
 	return slices.Contains(m.list, method) || (method == "HEAD" && slices.Contains(m.list, "GET"))
 }
 
 // accountOf returns the account a request path belongs to: the segment
 // right after the first configured prefix that the cleaned path starts
-// with (contract §3). ok is false outside the prefixes and for an empty
+// with (docs/behaviour.md §1). ok is false outside the prefixes and for an empty
 // account segment.
 func (ix *index) accountOf(p string) (id string, ok bool) {
 	if needsCleaning(p) {
@@ -156,7 +156,7 @@ func foldedPrefix(p, lower string) (int, bool) {
 
 // match finds the rule of account id for the request's Origin values.
 // A missing, repeated, null, malformed or too long Origin matches
-// nothing (contract §3). reason says why not, for the debug log.
+// nothing (docs/behaviour.md §1). reason says why not, for the debug log.
 func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
 	switch len(originHdr) {
 	case 0:

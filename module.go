@@ -170,7 +170,7 @@ var errAmbiguousPath error = caddyhttp.HandlerError{
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	id, ok := h.idx.accountOf(r.URL.Path)
 	// Refuse a target the upstream could read as another account before
-	// deciding anything (README, "Paths a backend could read differently").
+	// deciding anything (docs/behaviour.md §5).
 	if !h.DisablePathGuard && guardedPath(r) && h.idx.ambiguous(r, id, ok) {
 		h.log("path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
 		return h.refuse(w, r, errAmbiguousPath, "")
@@ -425,7 +425,7 @@ func (h *Handler) log(kind, id string, origin []string, method string, allowed b
 }
 
 // corsWriter makes this handler's CORS headers the only ones on a
-// response of an account path (README, "The only CORS policy"). It
+// response of an account path (docs/behaviour.md §4). It
 // applies them when the response header is written; the handler applies
 // them itself when nothing was written (an error goes back to Caddy).
 type corsWriter struct {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -78,7 +79,7 @@ var (
 		return caddyhttp.Error(http.StatusUnauthorized, errors.New("not authenticated"))
 	}
 	// nextUpstreamCORSThenError sets upstream headers, then fails
-	// without writing (the error path of contract §5 and §6).
+	// without writing (the error path of docs/behaviour.md §3 and §4).
 	nextUpstreamCORSThenError = func(w http.ResponseWriter, r *http.Request) error {
 		setUpstreamCORS(w)
 		return caddyhttp.Error(http.StatusBadGateway, errors.New("upstream failed"))
@@ -198,7 +199,35 @@ func wantNormalOK(origin string) http.Header {
 
 var wantNormalDenied = http.Header{"Vary": {"Origin"}}
 
-// behaviourConfig is the contract §2 example plus accounts for merging,
+// Row builders of the behaviour table: each row says only what differs
+// from the plain case (next is a plain API answering 200 "next").
+
+// denyPreflight: 401 as a Caddy error, Vary only, next not run.
+func denyPreflight(desc, path string, hdr http.Header) behaviourCase {
+	return behaviourCase{desc: desc, method: "OPTIONS", path: path, reqHeaders: hdr,
+		next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied}
+}
+
+// allowPreflight: preflight_status with the headers for origin and the
+// account's methods for it, next not run.
+func allowPreflight(desc, path string, hdr http.Header, origin, methods string) behaviourCase {
+	return behaviourCase{desc: desc, method: "OPTIONS", path: path, reqHeaders: hdr,
+		next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK(origin, methods)}
+}
+
+// denyNormal: next runs and its answer stands, with Vary: Origin only.
+func denyNormal(desc, method, path string, hdr http.Header) behaviourCase {
+	return behaviourCase{desc: desc, method: method, path: path, reqHeaders: hdr,
+		next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true}
+}
+
+// allowNormal: next runs, and the answer carries the headers for origin.
+func allowNormal(desc, method, path string, hdr http.Header, origin string) behaviourCase {
+	return behaviourCase{desc: desc, method: method, path: path, reqHeaders: hdr,
+		next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK(origin), wantBody: "next", wantNextCalled: true}
+}
+
+// behaviourConfig is the docs/behaviour.md §7 example plus accounts for merging,
 // IDN, IPv6, default methods and empty rules.
 const behaviourConfig = `{
 	"accounts": {
@@ -236,7 +265,7 @@ func TestServeHTTP(t *testing.T) {
 			"preflight_status": 200,
 			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
 		}`, cases: []behaviourCase{
-			{desc: "§2 custom prefix, allow_headers, max_age, preflight_status: allowed preflight is 200 with them",
+			{desc: "§7 custom prefix, allow_headers, max_age, preflight_status: allowed preflight is 200 with them",
 				method: "OPTIONS", path: "/custom/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
 				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -246,10 +275,9 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Max-Age":           {"90"},
 					"Vary":                             {varyPre},
 				}},
-			{desc: "§2 custom prefix: denied preflight is still a 401 error",
-				method: "OPTIONS", path: "/custom/acct/x", reqHeaders: preflightHdr(mydomain, "POST"),
-				next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-			{desc: "§3 custom prefix given in upper case matches case-insensitively",
+			denyPreflight("§7 custom prefix: denied preflight is still a 401 error",
+				"/custom/acct/x", preflightHdr(mydomain, "POST")),
+			{desc: "§1 custom prefix given in upper case matches case-insensitively",
 				method: "OPTIONS", path: "/other/PREFIX/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
 				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -259,10 +287,10 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Max-Age":           {"90"},
 					"Vary":                             {varyPre},
 				}},
-			{desc: "§3 with custom prefixes the default prefix is no account path: untouched",
+			{desc: "§1 with custom prefixes the default prefix is no account path: untouched",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
 				next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-			{desc: "§5 expose_headers configured: allowed normal response lists them, lower-cased",
+			{desc: "§3 expose_headers configured: allowed normal response lists them, lower-cased",
 				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
 				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -270,7 +298,7 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Expose-Headers":    {"x-request-id,x-total-count"},
 					"Vary":                             {"Origin"},
 				}, wantBody: "next", wantNextCalled: true},
-			{desc: "§6 expose_headers configured: the upstream's Expose-Headers is replaced by ours",
+			{desc: "§4 expose_headers configured: the upstream's Expose-Headers is replaced by ours",
 				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
 				next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -278,16 +306,15 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Expose-Headers":    {"x-request-id,x-total-count"},
 					"Vary":                             {"Accept-Encoding", "Origin"},
 				}, wantBody: "next", wantNextCalled: true},
-			{desc: "§5 expose_headers configured, origin not allowed: no Expose-Headers, only Vary: Origin",
-				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr("https://evil.example"),
-				next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+			denyNormal("§3 expose_headers configured, origin not allowed: no Expose-Headers, only Vary: Origin",
+				"GET", "/custom/acct/x", originHdr("https://evil.example")),
 		}},
 		{name: "empty allow_headers, sub-second max_age", config: `{
 			"allow_headers": [],
 			"max_age": "1500ms",
 			"accounts": {"acct": [{"origin": "https://mydomain.com"}]}
 		}`, cases: []behaviourCase{
-			{desc: "§2 allow_headers empty: no Allow-Headers; max_age sent in whole seconds, rounded down",
+			{desc: "§7 allow_headers empty: no Allow-Headers; max_age sent in whole seconds, rounded down",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "POST"),
 				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -301,7 +328,7 @@ func TestServeHTTP(t *testing.T) {
 			"max_age": 0,
 			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
 		}`, cases: []behaviourCase{
-			{desc: "§2 max_age 0 is sent as 0, not replaced by the default",
+			{desc: "§7 max_age 0 is sent as 0, not replaced by the default",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
 				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -316,7 +343,7 @@ func TestServeHTTP(t *testing.T) {
 			"max_age": 120000000000,
 			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
 		}`, cases: []behaviourCase{
-			{desc: "§2 max_age as integer nanoseconds is sent in seconds",
+			{desc: "§7 max_age as integer nanoseconds is sent in seconds",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
 				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
 					"Access-Control-Allow-Origin":      {mydomain},
@@ -353,170 +380,138 @@ func upstreamCORSUntouched() http.Header {
 func defaultCases() []behaviourCase {
 	allOK := wantPreflightOK(mydomain, "GET, POST, DELETE")
 	return []behaviourCase{
-		// §3: which requests it acts on.
-		{desc: "§3 path outside every prefix: untouched, next runs, no CORS headers, no Vary",
+		// §1: which requests it acts on.
+		{desc: "§1 path outside every prefix: untouched, next runs, no CORS headers, no Vary",
 			method: "OPTIONS", path: "/other/account-123456/x", reqHeaders: preflightHdr(mydomain, "DELETE"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 path outside every prefix: a later handler's CORS headers are left alone",
+		{desc: "§1 path outside every prefix: a later handler's CORS headers are left alone",
 			method: "GET", path: "/other/x", reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
-		{desc: "§3 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
+		{desc: "§1 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
 			method: "OPTIONS", path: "/api/rest/v1", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 empty account segment (/api/rest/v1/): untouched",
+		{desc: "§1 empty account segment (/api/rest/v1/): untouched",
 			method: "OPTIONS", path: "/api/rest/v1/", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 empty account segment after merging slashes (/api/rest/v1//): untouched",
+		{desc: "§1 empty account segment after merging slashes (/api/rest/v1//): untouched",
 			method: "GET", path: "/api/rest/v1//", reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
-		{desc: "§3 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
+		{desc: "§1 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
 			method: "OPTIONS", path: "/api/rest/v1/account-123456/../", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
+		{desc: "§1 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
 			method: "OPTIONS", path: "/api/rest/v1/../account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 first default prefix: account is the next segment",
+		{desc: "§1 first default prefix: account is the next segment",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 second default prefix /partner/api/rest/v1/: account is the next segment",
+		{desc: "§1 second default prefix /partner/api/rest/v1/: account is the next segment",
 			method: "OPTIONS", path: "/partner/api/rest/v1/account-123456/Atom/1", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 account path with nothing after the account ID",
+		{desc: "§1 account path with nothing after the account ID",
 			method: "OPTIONS", path: "/api/rest/v1/account-123456", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 prefix in another case matches, as Caddy path matchers do",
+		{desc: "§1 prefix in another case matches, as Caddy path matchers do",
 			method: "OPTIONS", path: "/API/Rest/V1/account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 account IDs are exact: ACCOUNT-123456 is an unknown account, preflight 401",
-			method: "OPTIONS", path: "/api/rest/v1/ACCOUNT-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
+		denyPreflight("§1 account IDs are exact: ACCOUNT-123456 is an unknown account, preflight 401",
+			"/api/rest/v1/ACCOUNT-123456/x", preflightHdr(mydomain, "GET")),
+		{desc: "§1 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
 			method: "OPTIONS", path: "/api/rest/v1/account-987654/../account-123456/Atom", reqHeaders: preflightHdr(mydomain, "DELETE"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 dot-segments resolved: account-123456/../account-987654 belongs to account-987654, which denies the origin",
-			method: "OPTIONS", path: "/api/rest/v1/account-123456/../account-987654/Atom", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 single-dot segment resolved: /api/rest/v1/./account-123456/x",
+		denyPreflight("§1 dot-segments resolved: account-123456/../account-987654 belongs to account-987654, which denies the origin",
+			"/api/rest/v1/account-123456/../account-987654/Atom", preflightHdr(mydomain, "GET")),
+		{desc: "§1 single-dot segment resolved: /api/rest/v1/./account-123456/x",
 			method: "OPTIONS", path: "/api/rest/v1/./account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 repeated slashes merged: /api/rest/v1//account-123456//x",
+		{desc: "§1 repeated slashes merged: /api/rest/v1//account-123456//x",
 			method: "OPTIONS", path: "//api//rest/v1//account-123456//x", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 percent-encoded account segment read decoded: account%2D123456 is account-123456",
+		{desc: "§1 percent-encoded account segment read decoded: account%2D123456 is account-123456",
 			method: "OPTIONS", path: "/api/rest/v1/account%2D123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 %2F and %2E decoded before cleaning: account-987654%2F%2E%2E%2Faccount-123456 belongs to account-123456",
+		{desc: "§1 %2F and %2E decoded before cleaning: account-987654%2F%2E%2E%2Faccount-123456 belongs to account-123456",
 			method: "OPTIONS", path: "/api/rest/v1/account-987654%2F%2E%2E%2Faccount-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§3 %2F decoded: account-123456%2F..%2Faccount-987654 belongs to account-987654",
-			method: "GET", path: "/api/rest/v1/account-123456%2F..%2Faccount-987654/x", reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		denyNormal("§1 %2F decoded: account-123456%2F..%2Faccount-987654 belongs to account-987654",
+			"GET", "/api/rest/v1/account-123456%2F..%2Faccount-987654/x", originHdr(mydomain)),
 
-		// §3: the Origin header.
-		{desc: "§3 Origin in upper case matches after normalisation; ACAO echoes it byte for byte",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("HTTPS://MyDomain.COM", "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("HTTPS://MyDomain.COM", "GET, POST, DELETE")},
-		{desc: "§3 Origin with the explicit default port :443 matches the rule without port",
-			method: "GET", path: pathA, reqHeaders: originHdr("https://mydomain.com:443"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("https://mydomain.com:443"), wantBody: "next", wantNextCalled: true},
-		{desc: "§3 http://localhost:80 is http://localhost, not the allowed http://localhost:8080: denied",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://localhost:80", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 http origin with port: GET only for http://localhost:8080",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://localhost:8080", "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("http://localhost:8080", "GET")},
-		{desc: "§3 IDN rule matches the punycode Origin a browser sends",
-			method: "OPTIONS", path: "/api/rest/v1/account-idn/x", reqHeaders: preflightHdr("https://xn--bcher-kva.example", "DELETE"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("https://xn--bcher-kva.example", "GET, POST, DELETE")},
-		{desc: "§3 IDN rule matches a Unicode Origin, normalised to punycode",
-			method: "GET", path: "/api/rest/v1/account-idn/x", reqHeaders: originHdr("https://BÜCHER.example"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("https://BÜCHER.example"), wantBody: "next", wantNextCalled: true},
-		{desc: "§3 IPv6 rule in long form matches the compressed Origin",
-			method: "OPTIONS", path: "/api/rest/v1/account-idn/x", reqHeaders: preflightHdr("http://[2001:db8::1]:8080", "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("http://[2001:db8::1]:8080", "GET")},
-		{desc: "§3 IPv6 Origin in another spelling is normalised",
-			method: "GET", path: "/api/rest/v1/account-idn/x", reqHeaders: originHdr("http://[2001:DB8:0::0:1]:8080"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("http://[2001:DB8:0::0:1]:8080"), wantBody: "next", wantNextCalled: true},
-		{desc: "§3 IPv6 Origin on another port is denied",
-			method: "OPTIONS", path: "/api/rest/v1/account-idn/x", reqHeaders: preflightHdr("http://[2001:db8::1]:8081", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 repeated Origin header lines match no rule, even when both are allowed",
-			method: "OPTIONS", path: pathA, reqHeaders: http.Header{"Origin": {mydomain, mydomain}, "Access-Control-Request-Method": {"GET"}},
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 repeated Origin on a normal request: next runs, only Vary: Origin",
-			method: "GET", path: pathA, reqHeaders: http.Header{"Origin": {mydomain, "https://evil.example"}},
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 Origin: null matches no rule",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("null", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 malformed Origin (no scheme) matches no rule",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("mydomain.com", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 malformed Origin (with a path) matches no rule",
-			method: "GET", path: pathA, reqHeaders: originHdr("https://mydomain.com/"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 two origins in one Origin line match no rule",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://mydomain.com, https://mydomain.com", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 http:// downgrade of an https origin is denied",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://mydomain.com", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 allowed host on another port is denied",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://mydomain.com:8443", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 suffix attack https://mydomain.com.evil.com is denied",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://mydomain.com.evil.com", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§3 prefix attack https://evilmydomain.com is denied",
-			method: "GET", path: pathA, reqHeaders: originHdr("https://evilmydomain.com"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§3 rule with a port: that port is allowed, with the default methods",
-			method: "OPTIONS", path: "/api/rest/v1/account-987654/x", reqHeaders: preflightHdr("https://app.example.org:8443", "DELETE"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("https://app.example.org:8443", "GET, POST, DELETE")},
-		{desc: "§3 rule with a port: the same host without the port is denied",
-			method: "OPTIONS", path: "/api/rest/v1/account-987654/x", reqHeaders: preflightHdr("https://app.example.org", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
+		// §1: the Origin header.
+		allowPreflight("§1 Origin in upper case matches after normalisation; ACAO echoes it byte for byte",
+			pathA, preflightHdr("HTTPS://MyDomain.COM", "GET"), "HTTPS://MyDomain.COM", "GET, POST, DELETE"),
+		allowNormal("§1 Origin with the explicit default port :443 matches the rule without port",
+			"GET", pathA, originHdr("https://mydomain.com:443"), "https://mydomain.com:443"),
+		denyPreflight("§1 http://localhost:80 is http://localhost, not the allowed http://localhost:8080: denied",
+			pathA, preflightHdr("http://localhost:80", "GET")),
+		allowPreflight("§1 http origin with port: GET only for http://localhost:8080",
+			pathA, preflightHdr("http://localhost:8080", "GET"), "http://localhost:8080", "GET"),
+		allowPreflight("§1 IDN rule matches the punycode Origin a browser sends",
+			"/api/rest/v1/account-idn/x", preflightHdr("https://xn--bcher-kva.example", "DELETE"), "https://xn--bcher-kva.example", "GET, POST, DELETE"),
+		allowNormal("§1 IDN rule matches a Unicode Origin, normalised to punycode",
+			"GET", "/api/rest/v1/account-idn/x", originHdr("https://BÜCHER.example"), "https://BÜCHER.example"),
+		allowPreflight("§1 IPv6 rule in long form matches the compressed Origin",
+			"/api/rest/v1/account-idn/x", preflightHdr("http://[2001:db8::1]:8080", "GET"), "http://[2001:db8::1]:8080", "GET"),
+		allowNormal("§1 IPv6 Origin in another spelling is normalised",
+			"GET", "/api/rest/v1/account-idn/x", originHdr("http://[2001:DB8:0::0:1]:8080"), "http://[2001:DB8:0::0:1]:8080"),
+		denyPreflight("§1 IPv6 Origin on another port is denied",
+			"/api/rest/v1/account-idn/x", preflightHdr("http://[2001:db8::1]:8081", "GET")),
+		denyPreflight("§1 repeated Origin header lines match no rule, even when both are allowed",
+			pathA, http.Header{"Origin": {mydomain, mydomain}, "Access-Control-Request-Method": {"GET"}}),
+		denyNormal("§1 repeated Origin on a normal request: next runs, only Vary: Origin",
+			"GET", pathA, http.Header{"Origin": {mydomain, "https://evil.example"}}),
+		denyPreflight("§1 Origin: null matches no rule",
+			pathA, preflightHdr("null", "GET")),
+		denyPreflight("§1 malformed Origin (no scheme) matches no rule",
+			pathA, preflightHdr("mydomain.com", "GET")),
+		denyNormal("§1 malformed Origin (with a path) matches no rule",
+			"GET", pathA, originHdr("https://mydomain.com/")),
+		denyPreflight("§1 two origins in one Origin line match no rule",
+			pathA, preflightHdr("https://mydomain.com, https://mydomain.com", "GET")),
+		denyPreflight("§1 http:// downgrade of an https origin is denied",
+			pathA, preflightHdr("http://mydomain.com", "GET")),
+		denyPreflight("§1 allowed host on another port is denied",
+			pathA, preflightHdr("https://mydomain.com:8443", "GET")),
+		denyPreflight("§1 suffix attack https://mydomain.com.evil.com is denied",
+			pathA, preflightHdr("https://mydomain.com.evil.com", "GET")),
+		denyNormal("§1 prefix attack https://evilmydomain.com is denied",
+			"GET", pathA, originHdr("https://evilmydomain.com")),
+		allowPreflight("§1 rule with a port: that port is allowed, with the default methods",
+			"/api/rest/v1/account-987654/x", preflightHdr("https://app.example.org:8443", "DELETE"), "https://app.example.org:8443", "GET, POST, DELETE"),
+		denyPreflight("§1 rule with a port: the same host without the port is denied",
+			"/api/rest/v1/account-987654/x", preflightHdr("https://app.example.org", "GET")),
 
-		// §4: preflights.
-		{desc: "§4 preflight, origin allowed, DELETE: 204 with all methods for the origin",
+		// §2: preflights.
+		{desc: "§2 preflight, origin allowed, DELETE: 204 with all methods for the origin",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "DELETE"),
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§4 preflight, origin allowed, method not allowed (PUT): 401, no Access-Control-*, same Vary, empty body",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "PUT"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight, origin not allowed: 401",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://evil.example", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight for an unknown account: 401",
-			method: "OPTIONS", path: "/api/rest/v1/account-000000/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight for an account with no rules: 401",
-			method: "OPTIONS", path: "/api/rest/v1/account-empty/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight, HEAD treated as GET: allowed where GET is",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("http://localhost:8080", "HEAD"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("http://localhost:8080", "GET")},
-		{desc: "§4 preflight, HEAD where only POST is allowed: 401",
-			method: "OPTIONS", path: "/api/rest/v1/account-post/x", reqHeaders: preflightHdr(mydomain, "HEAD"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight, method compared case-sensitively as in Fetch: delete is not DELETE",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "delete"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight, requested headers do not decide the outcome: 204 with the configured Allow-Headers",
+		denyPreflight("§2 preflight, origin allowed, method not allowed (PUT): 401, no Access-Control-*, same Vary, empty body",
+			pathA, preflightHdr(mydomain, "PUT")),
+		denyPreflight("§2 preflight, origin not allowed: 401",
+			pathA, preflightHdr("https://evil.example", "GET")),
+		denyPreflight("§2 preflight for an unknown account: 401",
+			"/api/rest/v1/account-000000/x", preflightHdr(mydomain, "GET")),
+		denyPreflight("§2 preflight for an account with no rules: 401",
+			"/api/rest/v1/account-empty/x", preflightHdr(mydomain, "GET")),
+		allowPreflight("§2 preflight, HEAD treated as GET: allowed where GET is",
+			pathA, preflightHdr("http://localhost:8080", "HEAD"), "http://localhost:8080", "GET"),
+		denyPreflight("§2 preflight, HEAD where only POST is allowed: 401",
+			"/api/rest/v1/account-post/x", preflightHdr(mydomain, "HEAD")),
+		denyPreflight("§2 preflight, method compared case-sensitively as in Fetch: delete is not DELETE",
+			pathA, preflightHdr(mydomain, "delete")),
+		{desc: "§2 preflight, requested headers do not decide the outcome: 204 with the configured Allow-Headers",
 			method: "OPTIONS", path: pathA, reqHeaders: http.Header{
 				"Origin": {mydomain}, "Access-Control-Request-Method": {"POST"},
 				"Access-Control-Request-Headers": {"x-not-allowed,x-evil"}},
 			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§4 preflight with two Access-Control-Request-Method lines: 401",
-			method: "OPTIONS", path: pathA, reqHeaders: http.Header{"Origin": {mydomain}, "Access-Control-Request-Method": {"GET", "POST"}},
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 preflight never reaches next: upstream CORS headers absent, ours exact",
+		denyPreflight("§2 preflight with two Access-Control-Request-Method lines: 401",
+			pathA, http.Header{"Origin": {mydomain}, "Access-Control-Request-Method": {"GET", "POST"}}),
+		{desc: "§2 preflight never reaches next: upstream CORS headers absent, ours exact",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "POST"),
 			next: nextUpstreamCORS, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§4 denied preflight never reaches next",
+		{desc: "§2 denied preflight never reaches next",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "PATCH"),
 			next: nextUpstreamCORS, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 allowed preflight extends an existing Vary, never replaces it",
+		{desc: "§2 allowed preflight extends an existing Vary, never replaces it",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "GET"),
 			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
 			next:       nextOK, wantStatus: 204, wantHeaders: func() http.Header {
@@ -524,67 +519,53 @@ func defaultCases() []behaviourCase {
 				h["Vary"] = []string{"Accept-Encoding", varyPre}
 				return h
 			}()},
-		{desc: "§4 denied preflight extends an existing Vary, never replaces it",
+		{desc: "§2 denied preflight extends an existing Vary, never replaces it",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://evil.example", "GET"),
 			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
 			next:       nextOK, wantStatus: 401, wantErr: true, wantHeaders: http.Header{"Vary": {"Accept-Encoding", varyPre}}},
-		{desc: "§4 same-origin rules merged: methods united in the order written (GET, PUT)",
-			method: "OPTIONS", path: "/api/rest/v1/account-merge/x", reqHeaders: preflightHdr(mydomain, "PUT"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK(mydomain, "GET, PUT")},
-		{desc: "§4 merged account: another origin keeps its own methods (POST only)",
-			method: "OPTIONS", path: "/api/rest/v1/account-merge/x", reqHeaders: preflightHdr("https://other.example", "POST"),
-			next: nextOK, wantStatus: 204, wantHeaders: wantPreflightOK("https://other.example", "POST")},
-		{desc: "§4 merged account: another origin is not given the merged methods",
-			method: "OPTIONS", path: "/api/rest/v1/account-merge/x", reqHeaders: preflightHdr("https://other.example", "GET"),
-			next: nextOK, wantStatus: 401, wantErr: true, wantHeaders: wantPreflightDenied},
-		{desc: "§4 OPTIONS without Access-Control-Request-Method is a normal request: next runs, Vary: Origin",
-			method: "OPTIONS", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§4 OPTIONS with an empty Access-Control-Request-Method is a normal request",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, ""),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§4 OPTIONS with Access-Control-Request-Method but no Origin is a normal request",
-			method: "OPTIONS", path: pathA, reqHeaders: http.Header{"Access-Control-Request-Method": {"GET"}},
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
+		allowPreflight("§2 same-origin rules merged: methods united in the order written (GET, PUT)",
+			"/api/rest/v1/account-merge/x", preflightHdr(mydomain, "PUT"), mydomain, "GET, PUT"),
+		allowPreflight("§2 merged account: another origin keeps its own methods (POST only)",
+			"/api/rest/v1/account-merge/x", preflightHdr("https://other.example", "POST"), "https://other.example", "POST"),
+		denyPreflight("§2 merged account: another origin is not given the merged methods",
+			"/api/rest/v1/account-merge/x", preflightHdr("https://other.example", "GET")),
+		denyNormal("§2 OPTIONS without Access-Control-Request-Method is a normal request: next runs, Vary: Origin",
+			"OPTIONS", pathA, originHdr(mydomain)),
+		denyNormal("§2 OPTIONS with an empty Access-Control-Request-Method is a normal request",
+			"OPTIONS", pathA, preflightHdr(mydomain, "")),
+		denyNormal("§2 OPTIONS with Access-Control-Request-Method but no Origin is a normal request",
+			"OPTIONS", pathA, http.Header{"Access-Control-Request-Method": {"GET"}}),
 
-		// §5: normal requests.
-		{desc: "§5 normal GET, origin allowed: next runs, ACAO and ACAC, Vary: Origin",
-			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK(mydomain), wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal POST, origin allowed",
-			method: "POST", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK(mydomain), wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal GET, origin not allowed: next's status stands, only Vary: Origin",
+		// §3: normal requests.
+		allowNormal("§3 normal GET, origin allowed: next runs, ACAO and ACAC, Vary: Origin",
+			"GET", pathA, originHdr(mydomain), mydomain),
+		allowNormal("§3 normal POST, origin allowed",
+			"POST", pathA, originHdr(mydomain), mydomain),
+		{desc: "§3 normal GET, origin not allowed: next's status stands, only Vary: Origin",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextNotFound, wantStatus: 404, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal PUT, method not allowed for the origin: next runs, only Vary: Origin",
-			method: "PUT", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal DELETE from an origin allowed GET only: only Vary: Origin",
-			method: "DELETE", path: pathA, reqHeaders: originHdr("http://localhost:8080"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal request without Origin: next runs, only Vary: Origin",
+		denyNormal("§3 normal PUT, method not allowed for the origin: next runs, only Vary: Origin",
+			"PUT", pathA, originHdr(mydomain)),
+		denyNormal("§3 normal DELETE from an origin allowed GET only: only Vary: Origin",
+			"DELETE", pathA, originHdr("http://localhost:8080")),
+		{desc: "§3 normal request without Origin: next runs, only Vary: Origin",
 			method: "GET", path: pathA,
 			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal HEAD treated as GET: allowed where GET is",
-			method: "HEAD", path: pathA, reqHeaders: originHdr("http://localhost:8080"),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalOK("http://localhost:8080"), wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal HEAD where only POST is allowed: only Vary: Origin",
-			method: "HEAD", path: "/api/rest/v1/account-post/x", reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal request for an unknown account: next runs, only Vary: Origin",
-			method: "GET", path: "/api/rest/v1/account-000000/x", reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 normal request for an account with no rules: only Vary: Origin",
-			method: "GET", path: "/api/rest/v1/account-empty/x", reqHeaders: originHdr(mydomain),
-			next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 allowed, a later handler fails (basic_auth 401): error passes through with ACAO and ACAC",
+		allowNormal("§3 normal HEAD treated as GET: allowed where GET is",
+			"HEAD", pathA, originHdr("http://localhost:8080"), "http://localhost:8080"),
+		denyNormal("§3 normal HEAD where only POST is allowed: only Vary: Origin",
+			"HEAD", "/api/rest/v1/account-post/x", originHdr(mydomain)),
+		denyNormal("§3 normal request for an unknown account: next runs, only Vary: Origin",
+			"GET", "/api/rest/v1/account-000000/x", originHdr(mydomain)),
+		denyNormal("§3 normal request for an account with no rules: only Vary: Origin",
+			"GET", "/api/rest/v1/account-empty/x", originHdr(mydomain)),
+		{desc: "§3 allowed, a later handler fails (basic_auth 401): error passes through with ACAO and ACAC",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextAuthError, wantStatus: 401, wantErr: true, wantHeaders: wantNormalOK(mydomain), wantNextCalled: true},
-		{desc: "§5 not allowed, a later handler fails (basic_auth 401): only Vary: Origin",
+		{desc: "§3 not allowed, a later handler fails (basic_auth 401): only Vary: Origin",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextAuthError, wantStatus: 401, wantErr: true, wantHeaders: wantNormalDenied, wantNextCalled: true},
-		{desc: "§5 allowed normal request extends an existing Vary, never replaces it",
+		{desc: "§3 allowed normal request extends an existing Vary, never replaces it",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
 			next:       nextOK, wantStatus: 200, wantHeaders: http.Header{
@@ -592,29 +573,29 @@ func defaultCases() []behaviourCase {
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Accept-Encoding", "Origin"},
 			}, wantBody: "next", wantNextCalled: true},
-		{desc: "§5 denied normal request extends an existing Vary; Origin already there is not repeated",
+		{desc: "§3 denied normal request extends an existing Vary; Origin already there is not repeated",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			respBefore: http.Header{"Vary": {"Accept-Encoding, origin"}},
 			next:       nextOK, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "origin"}},
 			wantBody: "next", wantNextCalled: true},
 
-		// §6: the module is the only CORS policy.
-		{desc: "§6 allowed: upstream ACAO * and other Access-Control-* removed, ours only, upstream Vary kept and extended",
+		// §4: the module is the only CORS policy.
+		{desc: "§4 allowed: upstream ACAO * and other Access-Control-* removed, ours only, upstream Vary kept and extended",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
 				"Access-Control-Allow-Origin":      {mydomain},
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Accept-Encoding", "Origin"},
 			}, wantBody: "next", wantNextCalled: true},
-		{desc: "§6 denied: upstream Access-Control-* removed, Vary kept and extended",
+		{desc: "§4 denied: upstream Access-Control-* removed, Vary kept and extended",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
 			wantBody: "next", wantNextCalled: true},
-		{desc: "§6 no Origin: upstream Access-Control-* removed",
+		{desc: "§4 no Origin: upstream Access-Control-* removed",
 			method: "GET", path: pathA,
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
 			wantBody: "next", wantNextCalled: true},
-		{desc: "§6 existing Vary before and upstream Vary after are both kept, Origin added once",
+		{desc: "§4 existing Vary before and upstream Vary after are both kept, Origin added once",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			respBefore: http.Header{"Vary": {"Cookie"}},
 			next:       nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
@@ -622,46 +603,46 @@ func defaultCases() []behaviourCase {
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Cookie", "Accept-Encoding", "Origin"},
 			}, wantBody: "next", wantNextCalled: true},
-		{desc: "§6 upstream's own Vary: Origin is not repeated",
+		{desc: "§4 upstream's own Vary: Origin is not repeated",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextUpstreamVaryOrigin, wantStatus: 200, wantHeaders: http.Header{
 				"Access-Control-Allow-Origin":      {mydomain},
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Origin", "Accept-Encoding"},
 			}, wantBody: "next", wantNextCalled: true},
-		{desc: "§6 allowed, error path: upstream headers set, then an error without writing: ours only",
+		{desc: "§4 allowed, error path: upstream headers set, then an error without writing: ours only",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true, wantHeaders: http.Header{
 				"Access-Control-Allow-Origin":      {mydomain},
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Accept-Encoding", "Origin"},
 			}, wantNextCalled: true},
-		{desc: "§6 denied, error path: upstream ACAO * removed",
+		{desc: "§4 denied, error path: upstream ACAO * removed",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true,
 			wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}}, wantNextCalled: true},
-		{desc: "§6 upstream writes the body without WriteHeader: headers still ours only",
+		{desc: "§4 upstream writes the body without WriteHeader: headers still ours only",
 			method: "POST", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextUpstreamWriteOnly, wantStatus: 200, wantHeaders: http.Header{
 				"Access-Control-Allow-Origin":      {mydomain},
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Accept-Encoding", "Origin"},
 			}, wantBody: "next", wantNextCalled: true},
-		{desc: "§6 upstream copies the body with io.Copy (ReadFrom): headers still ours only",
+		{desc: "§4 upstream copies the body with io.Copy (ReadFrom): headers still ours only",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextUpstreamReadFrom, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
 			wantBody: "next", wantNextCalled: true},
-		{desc: "§6 upstream flushes before writing: headers still ours only",
+		{desc: "§4 upstream flushes before writing: headers still ours only",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextUpstreamFlush, wantStatus: 200, wantHeaders: http.Header{
 				"Access-Control-Allow-Origin":      {mydomain},
 				"Access-Control-Allow-Credentials": {"true"},
 				"Vary":                             {"Accept-Encoding", "Origin"},
 			}, wantBody: "next", wantNextCalled: true},
-		{desc: "§6 upstream header keys in non-canonical case are removed too",
+		{desc: "§4 upstream header keys in non-canonical case are removed too",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextUpstreamLowerCase, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true},
-		{desc: "§6 upstream Set of our own header is replaced by our value",
+		{desc: "§4 upstream Set of our own header is replaced by our value",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			next: nextSetsOurHeader, wantStatus: 200, wantHeaders: wantNormalOK(mydomain), wantBody: "next", wantNextCalled: true},
 	}
@@ -752,22 +733,35 @@ func varyTokens(lines []string) []string {
 // header value of one response cannot change another response.
 func TestServeHTTPSharedValues(t *testing.T) {
 	h := mustProvision(t, behaviourConfig)
-	for range 2 {
-		req := httptest.NewRequest("OPTIONS", pathA, nil)
-		req.Header = preflightHdr(mydomain, "GET")
-		rec := httptest.NewRecorder()
-		if err := h.ServeHTTP(rec, req, nextHandler(nextOK)); err != nil {
-			t.Fatal(err)
-		}
-		assertCORSHeaders(t, rec.Header(), wantPreflightOK(mydomain, "GET, POST, DELETE"))
-		// A careless later handler appending to our slices.
-		for k := range rec.Header() {
-			rec.Header()[k] = append(rec.Header()[k], "tampered")
+	for _, tc := range []struct {
+		method string
+		hdr    http.Header
+		want   http.Header
+	}{
+		{"OPTIONS", preflightHdr(mydomain, "GET"), wantPreflightOK(mydomain, "GET, POST, DELETE")},
+		{"GET", originHdr(mydomain), wantNormalOK(mydomain)},
+		{"OPTIONS", preflightHdr(mydomain, "PUT"), wantPreflightDenied},
+		{"GET", originHdr("https://evil.example"), wantNormalDenied},
+	} {
+		for round := range 2 {
+			req := httptest.NewRequest(tc.method, pathA, nil)
+			req.Header = tc.hdr.Clone()
+			rec := httptest.NewRecorder()
+			_ = h.ServeHTTP(rec, req, nextHandler(nextOK))
+			assertCORSHeaders(t, rec.Header(), tc.want)
+			// A later handler rewriting values in place, as the header
+			// directive's replace operation does: if the handler shared
+			// a value slice between responses, the next round sees it.
+			for _, v := range rec.Header() {
+				for i := range v {
+					v[i] = "tampered in round " + strconv.Itoa(round)
+				}
+			}
 		}
 	}
 }
 
-// TestDecisionLog checks contract §7: each decision is logged at debug
+// TestDecisionLog checks docs/behaviour.md §8: each decision is logged at debug
 // level with account, origin, method, outcome and reason; nothing is
 // logged at info level.
 func TestDecisionLog(t *testing.T) {
@@ -839,7 +833,7 @@ func normaliseFields(m map[string]any) map[string]any {
 	return out
 }
 
-// TestProvisionValidation: every refusal of contract §2 is an error
+// TestProvisionValidation: every refusal of docs/behaviour.md §7 is an error
 // naming the account and the rule (0-based index, origin as written).
 func TestProvisionValidation(t *testing.T) {
 	// rule2 puts a bad rule third in account-123456 (index 2 in JSON): "rule 3".
@@ -956,7 +950,7 @@ func TestProvisionValidation(t *testing.T) {
 		})
 	}
 
-	t.Run("the contract §2 example is accepted", func(t *testing.T) {
+	t.Run("the docs/behaviour.md §7 example is accepted", func(t *testing.T) {
 		mustProvision(t, `{
 			"path_prefixes": ["/api/rest/v1/", "/partner/api/rest/v1/"],
 			"allow_headers": ["cache-control", "content-type", "expires", "last-modified",

@@ -21,7 +21,7 @@ import (
 // handler does can undo a deferred Access-Control-* operation there, so
 // such a request is refused with 500 and an error log naming the fix,
 // rather than answered with a CORS header the module did not decide
-// (README, "The only CORS policy").
+// (docs/behaviour.md §4).
 
 // deferredHeadersType is the type of the header handler's deferring
 // writer, found by running a header handler once: the type is not

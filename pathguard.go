@@ -15,8 +15,7 @@ import (
 // Where any of those readings names another account than Caddy's (or an
 // account where Caddy sees none, or none where Caddy sees one), a page
 // allowed by one account could read another's data, so the request is
-// refused before any CORS decision (README, "Paths a backend could read
-// differently").
+// refused before any CORS decision (docs/behaviour.md §5).
 //
 // Only targets with '%', ';', '\' or bytes that are not UTF-8 can be
 // read differently this way; every other path costs a scan for them.

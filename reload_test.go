@@ -1,7 +1,7 @@
 package atomspherecors
 
-// Live reconfiguration (contract §7, issue 3 §2) and the fleet example of
-// the README's "Operating" section (issue 3 §3), all on loopback:
+// Live reconfiguration (docs/behaviour.md §8) and the fleet example of
+// docs/operating.md, all on loopback:
 //
 //   - TestReloadUnderLoad keeps allowed and denied preflights and normal
 //     requests going from a few clients while it applies more than 50
@@ -554,7 +554,7 @@ func accountRules(t testing.TB, acct string) []Rule {
 	return rules
 }
 
-// TestFleetPullAndPush exercises the README's fleet example: every
+// TestFleetPullAndPush exercises the fleet example of docs/operating.md: every
 // server starts from testdata/fleet/bootstrap.json, which pulls
 // testdata/fleet/caddy.json from a central endpoint; that config pulls
 // again every load_delay, so a change published centrally reaches every

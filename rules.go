@@ -31,7 +31,7 @@ type Rule struct {
 	Methods []string `json:"methods,omitempty"`
 }
 
-// defaultMethods is the method set of the source document, used by a
+// defaultMethods is the method set of the AtomSphere API documentation, used by a
 // rule that lists none.
 var defaultMethods = []string{"GET", "POST", "DELETE"}
 
@@ -39,7 +39,7 @@ var defaultMethods = []string{"GET", "POST", "DELETE"}
 var defaultPathPrefixes = []string{"/api/rest/v1/", "/partner/api/rest/v1/"}
 
 // defaultAllowHeaders is the Access-Control-Allow-Headers list of the
-// source document, in its order.
+// AtomSphere API documentation, in its order.
 var defaultAllowHeaders = []string{
 	"cache-control", "content-type", "expires", "last-modified",
 	"accept", "content-language", "authorization", "pragma",

@@ -56,7 +56,7 @@ var testClient = &http.Client{
 // key becomes its own header line) and returns the response and body.
 // A request whose connection closes before any response byte is sent
 // again, at most twice, as browsers retry: Caddy's server swap during a
-// config load can close a connection it has just accepted (issue 3).
+// config load can close a connection it has just accepted.
 func doRequest(t testing.TB, method, url string, hdr http.Header) (*http.Response, string) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
@@ -93,7 +93,7 @@ func closedBeforeResponse(err error) bool {
 }
 
 // corsHeaders returns the Access-Control-* and Vary headers of h, the
-// set the contract speaks of, for exact comparison.
+// set docs/behaviour.md speaks of, for exact comparison.
 func corsHeaders(h http.Header) http.Header {
 	out := http.Header{}
 	for k, v := range h {

@@ -12,7 +12,7 @@ import (
 // and Caddyfiles alike. Each problem found carries its place in the
 // config, so that the Caddyfile adapter can point at the line it came
 // from, and the report of a refused config is bounded: a config of any
-// size yields a short answer (README, "Configuration and validation").
+// size yields a short answer (docs/behaviour.md §7).
 
 // place says where in a config a problem is.
 type place struct {

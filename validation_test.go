@@ -1,7 +1,7 @@
 package atomspherecors
 
 // Refusing bad configuration cheaply, and refusing what could never
-// work (README and docs/behaviour.md, "Configuration and validation").
+// work (docs/behaviour.md §7).
 // Each case is checked where a user meets it: Provision of a JSON config,
 // the Caddyfile adapter, POST /load and an admin-API edit of a running
 // Caddy (admin localhost:2992, site 127.0.0.1:9200, as the reload tests).
@@ -245,4 +245,3 @@ func BenchmarkValidateHeaders(b *testing.B) {
 		})
 	}
 }
-

@@ -1,6 +1,6 @@
 package bench
 
-// The module and github.com/rs/cors side by side, on issue 4's request
+// The module and github.com/rs/cors side by side, on the benchmarks' request
 // mix against 1 000 accounts of 3 rules. rs/cors is configured as one
 // policy with the target account's three origins, credentials, the same
 // methods, request headers and max-age: what a single-policy library
@@ -38,7 +38,7 @@ type benchCase struct {
 	allowed bool
 }
 
-// cases is the request mix of issue 4, aimed at account target.
+// cases is the request mix of docs/performance.md, aimed at account target.
 func cases(target int) []benchCase {
 	origins := accounts.Origins(target)
 	path := "/api/rest/v1/" + accounts.ID(target) + "/Atom/3456"
