@@ -78,6 +78,7 @@ http://:%d {
 	}
 	return `{
 	admin localhost:2991
+	default_bind 127.0.0.1
 }
 
 http://:9101, http://:9103 {
@@ -781,7 +782,12 @@ func TestBrowserDemoPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startCaddy(t, string(cfg))
+	// Loopback only: the example's sites listen on every interface.
+	const global = "\n{\n"
+	if !strings.Contains(string(cfg), global) {
+		t.Fatal("Caddyfile.example: no global options block to add default_bind to")
+	}
+	startCaddy(t, strings.Replace(string(cfg), global, global+"\tdefault_bind 127.0.0.1\n", 1))
 	b := newBrowser(t)
 	b.open("http://localhost:8080/")
 
