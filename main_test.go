@@ -11,6 +11,7 @@ package atomspherecors
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -103,10 +104,44 @@ func insideDir(dir, path string) bool {
 	return err == nil && filepath.IsAbs(path) && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
+// wantCaddyStateInTempHome checks, once this test binary's Caddy has
+// loaded a config containing marker, that Caddy's directories are inside
+// the temporary HOME, that Caddy saved the config there (so the last check
+// is not vacuous), and that the user's autosave.json does not hold it.
+func wantCaddyStateInTempHome(t *testing.T, marker string) {
+	t.Helper()
+	for name, path := range map[string]string{
+		"caddy.AppConfigDir()":     caddy.AppConfigDir(),
+		"caddy.AppDataDir()":       caddy.AppDataDir(),
+		"caddy.ConfigAutosavePath": caddy.ConfigAutosavePath,
+		"caddy.DefaultStorage":     caddy.DefaultStorage.Path,
+	} {
+		if !insideDir(testHome, path) {
+			t.Errorf("%s = %s, want it inside the temporary HOME %s", name, path, testHome)
+		}
+	}
+	saved, err := os.ReadFile(caddy.ConfigAutosavePath)
+	if err != nil || !bytes.Contains(saved, []byte(marker)) {
+		t.Errorf("autosave in the temporary HOME: %v, content %.200q; want the config holding %s", err, saved, marker)
+	}
+	after := stateOf(userAutosave)
+	if after.same(userAutosaveBefore) {
+		return
+	}
+	if user, _ := os.ReadFile(userAutosave); bytes.Contains(user, []byte(marker)) {
+		t.Errorf("the user's %s now holds this test's config (before the tests: %s, now: %s)", userAutosave, userAutosaveBefore, after)
+		return
+	}
+	// Another Caddy of this user, a server or the tests of another
+	// checkout, may save its own config meanwhile: not this test's doing.
+	t.Logf("the user's %s changed during the tests (%s, then %s), but not to this test's config", userAutosave, userAutosaveBefore, after)
+}
+
 // A Caddy started by the tests keeps its config and data in TestMain's
-// temporary HOME: the config it saved is there, and the user's own
-// autosave.json is as it was before the tests started (or still absent).
+// temporary HOME, and never saves its config to the user's autosave.json.
+// A random response body makes this test's config unlike any other.
 func TestCaddyStateStaysInTempHome(t *testing.T) {
+	nonce := rand.Text()
 	startCaddy(t, "caddyfile", `{
 	admin off
 }
@@ -118,32 +153,12 @@ http://127.0.0.1:9060 {
 			origin https://app.example.com GET
 		}
 	}
-	respond "ok" 200
+	respond "`+nonce+`" 200
 }
 `)
 	res, body := doRequest(t, "GET", "http://127.0.0.1:9060/api/rest/v1/acct-1/Atom", nil)
-	if res.StatusCode != 200 || body != "ok" {
-		t.Fatalf("the test site answered %d %q, want 200 \"ok\"", res.StatusCode, body)
+	if res.StatusCode != 200 || body != nonce {
+		t.Fatalf("the test site answered %d %q, want 200 %q", res.StatusCode, body, nonce)
 	}
-
-	for name, path := range map[string]string{
-		"caddy.AppConfigDir()":     caddy.AppConfigDir(),
-		"caddy.AppDataDir()":       caddy.AppDataDir(),
-		"caddy.ConfigAutosavePath": caddy.ConfigAutosavePath,
-		"caddy.DefaultStorage":     caddy.DefaultStorage.Path,
-	} {
-		if !insideDir(testHome, path) {
-			t.Errorf("%s = %s, want it inside the temporary HOME %s", name, path, testHome)
-		}
-	}
-
-	// Caddy did save the config (so the check below is not vacuous), in
-	// the temporary directory.
-	saved, err := os.ReadFile(caddy.ConfigAutosavePath)
-	if err != nil || !bytes.Contains(saved, []byte(`"127.0.0.1:9060"`)) {
-		t.Errorf("autosave in the temporary HOME: %v, content %.200q; want this test's config", err, saved)
-	}
-	if after := stateOf(userAutosave); !after.same(userAutosaveBefore) {
-		t.Errorf("the user's %s changed during the tests: before %s, after %s", userAutosave, userAutosaveBefore, after)
-	}
+	wantCaddyStateInTempHome(t, nonce)
 }
