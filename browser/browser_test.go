@@ -1,6 +1,6 @@
-package atomspherecors
+package browser
 
-// Real-browser tests (issue 3 §1). A headless Chromium, driven through the
+// Real-browser tests. A headless Chromium, driven through the
 // DevTools protocol with chromedp, loads a page from origin A and calls the
 // API on origin B with fetch(..., {credentials: 'include'}); the page's
 // script reports what it could see. Everything runs on loopback: Caddy in
@@ -30,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	_ "atomspherecors" // the atomsphere_cors handler and directive
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -77,10 +78,11 @@ http://:%d {
 	}
 	return `{
 	admin localhost:2991
+	default_bind 127.0.0.1
 }
 
 http://:9101, http://:9103 {
-	root * testdata/browser
+	root * testdata
 	file_server
 }
 ` + api(9102, "1h") + api(9104, "0s")
@@ -192,7 +194,7 @@ func init() {
 // stubAPI is the API behind reverse_proxy. It answers every request with
 // a JSON echo and a numbered X-Request-Id (listed in expose_headers), plus
 // headers a page must never see: X-Secret (not exposed) and CORS headers
-// of its own, which the module must replace (contract §6): were they to
+// of its own, which the module must remove (README, Behaviour): were they to
 // reach the browser, Allow-Origin "*" would fail every credentialed call
 // and Expose-Headers would reveal X-Secret.
 type stubAPI struct {
@@ -365,7 +367,7 @@ type fetchResult struct {
 	Error   string            `json:"error"` // set when fetch threw
 }
 
-// fetch runs call(url, init) of testdata/browser/index.html in the page.
+// fetch runs call(url, init) of testdata/index.html in the page.
 func (b *browser) fetch(url string, init map[string]any) fetchResult {
 	b.t.Helper()
 	u, _ := json.Marshal(url)
@@ -423,7 +425,7 @@ func startBrowserEnv(t *testing.T) *browserEnv {
 	chromiumPath(t) // skip before starting anything
 	api, upstream := newStubAPI(t)
 	spyReset()
-	startCaddy(t, "caddyfile", browserAPIConfig(upstream))
+	startCaddy(t, browserAPIConfig(upstream))
 	b := newBrowser(t)
 	b.open(pageOrigin + "/")
 	return &browserEnv{api: api, b: b}
@@ -606,14 +608,14 @@ func TestBrowserDeniedCallsFailInPage(t *testing.T) {
 		reqHdr    http.Header
 		check     func(t *testing.T, res *http.Response)
 	}{{
-		desc: "§4 origin the account does not allow: preflight denied with 401",
+		desc: "origin the account does not allow: preflight denied with 401",
 		page: otherOrigin, path: "/api/rest/v1/acct-1/Atom/other-origin",
 		init:     map[string]any{"headers": map[string]string{"Authorization": auth}},
 		wantCORS: network.CorsErrorPreflightMissingAllowOriginHeader, preflight: true,
 		reqHdr: http.Header{"Origin": {otherOrigin}, "Access-Control-Request-Method": {"GET"}, "Access-Control-Request-Headers": {"authorization"}},
 		check:  wantDeniedPreflight,
 	}, {
-		desc: "§5 origin the account does not allow, simple GET (no preflight): no Access-Control-Allow-Origin",
+		desc: "origin the account does not allow, simple GET (no preflight): no Access-Control-Allow-Origin",
 		page: otherOrigin, path: "/api/rest/v1/acct-1/Atom/other-origin-simple",
 		init:     map[string]any{},
 		wantCORS: network.CorsErrorMissingAllowOriginHeader,
@@ -626,21 +628,21 @@ func TestBrowserDeniedCallsFailInPage(t *testing.T) {
 			wantNoCORSHeaders(t, "simple GET from a disallowed origin", res.Header)
 		},
 	}, {
-		desc: "§4 method the rule does not allow (POST): preflight denied with 401",
+		desc: "method the rule does not allow (POST): preflight denied with 401",
 		page: pageOrigin, path: "/api/rest/v1/acct-1/Atom/post",
 		init:     map[string]any{"method": "POST", "headers": map[string]string{"Content-Type": "application/json", "Authorization": auth}, "body": "{}"},
 		wantCORS: network.CorsErrorPreflightMissingAllowOriginHeader, preflight: true,
 		reqHdr: http.Header{"Origin": {pageOrigin}, "Access-Control-Request-Method": {"POST"}, "Access-Control-Request-Headers": {"authorization,content-type"}},
 		check:  wantDeniedPreflight,
 	}, {
-		desc: "§4 account with no rules: preflight denied with 401",
+		desc: "account with no rules: preflight denied with 401",
 		page: pageOrigin, path: "/api/rest/v1/acct-none/Atom/1",
 		init:     map[string]any{"headers": map[string]string{"Authorization": auth}},
 		wantCORS: network.CorsErrorPreflightMissingAllowOriginHeader, preflight: true,
 		reqHdr: http.Header{"Origin": {pageOrigin}, "Access-Control-Request-Method": {"GET"}, "Access-Control-Request-Headers": {"authorization"}},
 		check:  wantDeniedPreflight,
 	}, {
-		desc: "§4 request header missing from allow_headers: preflight allowed, the browser refuses the header",
+		desc: "request header missing from allow_headers: preflight allowed, the browser refuses the header",
 		page: pageOrigin, path: "/api/rest/v1/acct-1/Atom/custom-header",
 		init:     map[string]any{"headers": map[string]string{"Authorization": auth, "X-Custom": "1"}},
 		wantCORS: network.CorsErrorHeaderDisallowedByPreflightResponse, wantParam: "x-custom", preflight: true,
@@ -728,7 +730,7 @@ func wantDeniedPreflight(t *testing.T, res *http.Response) {
 
 // A normal request that basic_auth rejects (allowed origin, wrong
 // password) shows its 401 to the script instead of an opaque CORS error:
-// the module's headers survive the error response (contract §5).
+// the module's headers survive the error response (README, Behaviour).
 //
 // The API is on 127.0.0.1, another site than the page on localhost. For a
 // same-site API (localhost:9101 to localhost:9102) Chromium first answers
@@ -775,11 +777,17 @@ func TestBrowserBasicAuthRejectionIsReadable(t *testing.T) {
 // demo/index.html shows the outcome the page promises.
 func TestBrowserDemoPage(t *testing.T) {
 	chromiumPath(t)
+	t.Chdir("..") // the repository root: Caddyfile.example serves its page from demo/
 	cfg, err := os.ReadFile("Caddyfile.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	startCaddy(t, "caddyfile", string(cfg))
+	// Loopback only: the example's sites listen on every interface.
+	const global = "\n{\n"
+	if !strings.Contains(string(cfg), global) {
+		t.Fatal("Caddyfile.example: no global options block to add default_bind to")
+	}
+	startCaddy(t, strings.Replace(string(cfg), global, global+"\tdefault_bind 127.0.0.1\n", 1))
 	b := newBrowser(t)
 	b.open("http://localhost:8080/")
 
