@@ -50,10 +50,10 @@ func TestAllocs(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := c.request()
-			w := &benchWriter{hdr: http.Header{}}
+			w := newTestWriter()
 			got := testing.AllocsPerRun(200, func() {
 				w.reset()
-				_ = h.ServeHTTP(w, r, benchNext)
+				_ = h.ServeHTTP(w, r, next200)
 			})
 			want, ok := budget[c.name]
 			if !ok {

@@ -20,7 +20,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -45,47 +44,11 @@ func boundsAccounts() map[string][]Rule {
 	}
 }
 
-// newBoundsHandler provisions the handler of the bounds cases, logging
-// to core (nil: no logging, as in production at info level).
+// newBoundsHandler loads the handler of the bounds cases, logging to
+// core (nil: info level, as in production).
 func newBoundsHandler(tb testing.TB, core zapcore.Core) *Handler {
 	tb.Helper()
-	h := &Handler{Accounts: boundsAccounts()}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	tb.Cleanup(cancel)
-	if err := h.Provision(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	if core == nil {
-		core = zapcore.NewNopCore()
-	}
-	h.logger = zap.New(core)
-	return h
-}
-
-// boundsWriter is a minimal ResponseWriter whose header map is reused.
-type boundsWriter struct {
-	hdr    http.Header
-	status int
-	body   int
-}
-
-func (w *boundsWriter) Header() http.Header { return w.hdr }
-func (w *boundsWriter) WriteHeader(s int) {
-	if w.status == 0 {
-		w.status = s
-	}
-}
-func (w *boundsWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	w.body += len(b)
-	return len(b), nil
-}
-
-func (w *boundsWriter) reset() {
-	clear(w.hdr)
-	w.status, w.body = 0, 0
+	return mustLoadHandler(tb, string(mustJSON(map[string]any{"accounts": boundsAccounts()})), core)
 }
 
 // boundsOutcome is what one request through the handler gave.
@@ -96,12 +59,6 @@ type boundsOutcome struct {
 	nextCalled bool
 }
 
-// boundsNext is the handler behind the module: it answers 200.
-var boundsNext = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-	w.WriteHeader(http.StatusOK)
-	return nil
-})
-
 func boundsRequest(method, path string, hdr http.Header) *http.Request {
 	r := &http.Request{Method: method, URL: &url.URL{Path: path}, Header: hdr,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: "example.test"}
@@ -109,11 +66,11 @@ func boundsRequest(method, path string, hdr http.Header) *http.Request {
 }
 
 func serveBounds(h *Handler, r *http.Request) boundsOutcome {
-	w := &boundsWriter{hdr: http.Header{}}
+	w := newTestWriter()
 	var called bool
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		called = true
-		return boundsNext(w, r)
+		return next200.ServeHTTP(w, r)
 	})
 	err := h.ServeHTTP(w, r, next)
 	return boundsOutcome{err: err, status: w.status, hdr: w.hdr, nextCalled: called}
@@ -401,12 +358,12 @@ func BenchmarkBounds(b *testing.B) {
 				if err := c.want(serveBounds(h, r)); err != nil {
 					b.Fatal(err)
 				}
-				w := &boundsWriter{hdr: http.Header{}}
+				w := newTestWriter()
 				b.ReportAllocs()
 				b.ResetTimer()
 				for b.Loop() {
 					w.reset()
-					_ = h.ServeHTTP(w, r, boundsNext)
+					_ = h.ServeHTTP(w, r, next200)
 				}
 			})
 		}

@@ -13,7 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -24,9 +23,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // benchRules returns the three rules of account i, as docs/performance.md describes
@@ -126,48 +123,6 @@ func (c benchCase) request() *http.Request {
 	return r
 }
 
-// benchWriter is the response recorder of the benchmarks: one per
-// benchmark, its header map cleared before each request, so that only
-// the handler's own allocations are counted. (httptest.ResponseRecorder
-// copies the header map on WriteHeader.)
-type benchWriter struct {
-	hdr    http.Header
-	status int
-}
-
-func (w *benchWriter) Header() http.Header         { return w.hdr }
-func (w *benchWriter) WriteHeader(s int)           { w.status = s }
-func (w *benchWriter) Write(b []byte) (int, error) { return len(b), nil }
-func (w *benchWriter) reset()                      { clear(w.hdr); w.status = 0 }
-
-// benchNext stands for Caddy's respond handler: a 200 with no body.
-var benchNext caddyhttp.Handler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-	w.WriteHeader(http.StatusOK)
-	return nil
-})
-
-// productionLogger logs at info level, as Caddy's default logger does,
-// so that the handler's debug entries are checked and skipped.
-var productionLogger = zap.New(zapcore.NewCore(
-	zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
-
-// loadHandler loads the handler from its JSON through Caddy's module
-// loader (decoding, Provision, Validate), as a config load does.
-func loadHandler(tb testing.TB, raw []byte) *Handler {
-	tb.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	mod, err := ctx.LoadModuleByID("http.handlers.atomsphere_cors", raw)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	h := mod.(*Handler)
-	// A context without a config gives a development logger (debug
-	// level); use what a real config gives.
-	h.logger = productionLogger
-	return h
-}
-
 // benchHandlers holds one provisioned handler per number of accounts,
 // built lazily and once per process: the 10^6 index takes seconds.
 var benchHandlers struct {
@@ -188,7 +143,7 @@ func benchHandler(tb testing.TB, n int) *Handler {
 	}
 	var h *Handler
 	if n <= 100_000 {
-		h = loadHandler(tb, benchConfigJSON(n))
+		h = mustLoadHandler(tb, string(benchConfigJSON(n)), nil)
 	} else {
 		h = &Handler{Accounts: make(map[string][]Rule, n)}
 		for i := 0; i < n; i++ {
@@ -201,7 +156,7 @@ func benchHandler(tb testing.TB, n int) *Handler {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		h.logger = productionLogger
+		h.logger = zap.NewNop()
 		runtime.GC()
 	}
 	if benchHandlers.m == nil {
@@ -231,11 +186,11 @@ func BenchmarkServeHTTP(b *testing.B) {
 			b.Run("case="+c.name+"/accounts="+strconv.Itoa(n), func(b *testing.B) {
 				h := benchHandler(b, n)
 				r := c.request()
-				w := &benchWriter{hdr: http.Header{}}
+				w := newTestWriter()
 				b.ReportAllocs()
 				for b.Loop() {
 					w.reset()
-					_ = h.ServeHTTP(w, r, benchNext)
+					_ = h.ServeHTTP(w, r, next200)
 				}
 			})
 		}

@@ -136,7 +136,7 @@ func TestCaddyfileProvisioned(t *testing.T) {
 			"Access-Control-Allow-Methods":     {tc.methods},
 			"Access-Control-Allow-Headers":     {"x-custom"},
 			"Access-Control-Max-Age":           {"120"},
-			"Vary":                             {varyPre},
+			"Vary":                             {wantVaryPreflight},
 		})
 	}
 }

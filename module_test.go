@@ -2,7 +2,6 @@ package atomspherecors
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -19,32 +18,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
-
-// provisionJSON decodes a handler's JSON config and provisions it as
-// Caddy does. The handler's logger is replaced by a no-op one.
-func provisionJSON(t testing.TB, cfg string) (*Handler, error) {
-	t.Helper()
-	var h Handler
-	dec := json.NewDecoder(strings.NewReader(cfg))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&h); err != nil {
-		t.Fatalf("decoding config %s: %v", cfg, err)
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	err := h.Provision(ctx)
-	h.logger = zap.NewNop()
-	return &h, err
-}
-
-func mustProvision(t testing.TB, cfg string) *Handler {
-	t.Helper()
-	h, err := provisionJSON(t, cfg)
-	if err != nil {
-		t.Fatalf("provisioning %s: %v", cfg, err)
-	}
-	return h
-}
 
 // nextHandler is a caddyhttp.Handler made of a function, as in
 // caddyserver/caddy modules/caddyhttp/headers/headers_test.go.
@@ -161,10 +134,8 @@ type behaviourCase struct {
 }
 
 const (
-	pathA       = "/api/rest/v1/account-123456/Atom/3456"
-	mydomain    = "https://mydomain.com"
-	varyPre     = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
-	defaultACAH = "cache-control,content-type,expires,last-modified,accept,content-language,authorization,pragma"
+	pathA    = "/api/rest/v1/account-123456/Atom/3456"
+	mydomain = "https://mydomain.com"
 )
 
 // preflightHdr is the request header of a preflight.
@@ -181,13 +152,13 @@ func wantPreflightOK(origin, methods string) http.Header {
 		"Access-Control-Allow-Origin":      {origin},
 		"Access-Control-Allow-Credentials": {"true"},
 		"Access-Control-Allow-Methods":     {methods},
-		"Access-Control-Allow-Headers":     {defaultACAH},
+		"Access-Control-Allow-Headers":     {wantAllowHeaders},
 		"Access-Control-Max-Age":           {"3600"},
-		"Vary":                             {varyPre},
+		"Vary":                             {wantVaryPreflight},
 	}
 }
 
-var wantPreflightDenied = http.Header{"Vary": {varyPre}}
+var wantPreflightDenied = http.Header{"Vary": {wantVaryPreflight}}
 
 func wantNormalOK(origin string) http.Header {
 	return http.Header{
@@ -273,7 +244,7 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Allow-Methods":     {"GET"},
 					"Access-Control-Allow-Headers":     {"x-custom,content-type"},
 					"Access-Control-Max-Age":           {"90"},
-					"Vary":                             {varyPre},
+					"Vary":                             {wantVaryPreflight},
 				}},
 			denyPreflight("§7 custom prefix: denied preflight is still a 401 error",
 				"/custom/acct/x", preflightHdr(mydomain, "POST")),
@@ -285,7 +256,7 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Allow-Methods":     {"GET"},
 					"Access-Control-Allow-Headers":     {"x-custom,content-type"},
 					"Access-Control-Max-Age":           {"90"},
-					"Vary":                             {varyPre},
+					"Vary":                             {wantVaryPreflight},
 				}},
 			{desc: "§1 with custom prefixes the default prefix is no account path: untouched",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
@@ -321,7 +292,7 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Allow-Credentials": {"true"},
 					"Access-Control-Allow-Methods":     {"GET, POST, DELETE"},
 					"Access-Control-Max-Age":           {"1"},
-					"Vary":                             {varyPre},
+					"Vary":                             {wantVaryPreflight},
 				}},
 		}},
 		{name: "max_age in integer nanoseconds, zero", config: `{
@@ -334,9 +305,9 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Allow-Origin":      {mydomain},
 					"Access-Control-Allow-Credentials": {"true"},
 					"Access-Control-Allow-Methods":     {"GET"},
-					"Access-Control-Allow-Headers":     {defaultACAH},
+					"Access-Control-Allow-Headers":     {wantAllowHeaders},
 					"Access-Control-Max-Age":           {"0"},
-					"Vary":                             {varyPre},
+					"Vary":                             {wantVaryPreflight},
 				}},
 		}},
 		{name: "max_age 2m in integer nanoseconds", config: `{
@@ -349,14 +320,14 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Allow-Origin":      {mydomain},
 					"Access-Control-Allow-Credentials": {"true"},
 					"Access-Control-Allow-Methods":     {"GET"},
-					"Access-Control-Allow-Headers":     {defaultACAH},
+					"Access-Control-Allow-Headers":     {wantAllowHeaders},
 					"Access-Control-Max-Age":           {"120"},
-					"Vary":                             {varyPre},
+					"Vary":                             {wantVaryPreflight},
 				}},
 		}},
 	}
 	for _, g := range groups {
-		h := mustProvision(t, g.config)
+		h := mustLoadHandler(t, g.config, nil)
 		for _, tc := range g.cases {
 			t.Run(g.name+"/"+tc.desc, func(t *testing.T) { runBehaviourCase(t, h, tc) })
 		}
@@ -516,13 +487,13 @@ func defaultCases() []behaviourCase {
 			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
 			next:       nextOK, wantStatus: 204, wantHeaders: func() http.Header {
 				h := wantPreflightOK(mydomain, "GET, POST, DELETE")
-				h["Vary"] = []string{"Accept-Encoding", varyPre}
+				h["Vary"] = []string{"Accept-Encoding", wantVaryPreflight}
 				return h
 			}()},
 		{desc: "§2 denied preflight extends an existing Vary, never replaces it",
 			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr("https://evil.example", "GET"),
 			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
-			next:       nextOK, wantStatus: 401, wantErr: true, wantHeaders: http.Header{"Vary": {"Accept-Encoding", varyPre}}},
+			next:       nextOK, wantStatus: 401, wantErr: true, wantHeaders: http.Header{"Vary": {"Accept-Encoding", wantVaryPreflight}}},
 		allowPreflight("§2 same-origin rules merged: methods united in the order written (GET, PUT)",
 			"/api/rest/v1/account-merge/x", preflightHdr(mydomain, "PUT"), mydomain, "GET, PUT"),
 		allowPreflight("§2 merged account: another origin keeps its own methods (POST only)",
@@ -732,7 +703,7 @@ func varyTokens(lines []string) []string {
 // TestServeHTTPSharedValues checks that a later writer appending to a
 // header value of one response cannot change another response.
 func TestServeHTTPSharedValues(t *testing.T) {
-	h := mustProvision(t, behaviourConfig)
+	h := mustLoadHandler(t, behaviourConfig, nil)
 	for _, tc := range []struct {
 		method string
 		hdr    http.Header
@@ -765,7 +736,7 @@ func TestServeHTTPSharedValues(t *testing.T) {
 // level with account, origin, method, outcome and reason; nothing is
 // logged at info level.
 func TestDecisionLog(t *testing.T) {
-	h := mustProvision(t, behaviourConfig)
+	h := mustLoadHandler(t, behaviourConfig, nil)
 	send := func(method string, hdr http.Header) {
 		req := httptest.NewRequest(method, pathA, nil)
 		req.Header = hdr
@@ -938,7 +909,7 @@ func TestProvisionValidation(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.desc, func(t *testing.T) {
-			_, err := provisionJSON(t, tc.config)
+			_, err := loadHandler(t, tc.config, nil)
 			if err == nil {
 				t.Fatalf("config accepted, want an error containing %q", tc.wantErr)
 			}
@@ -951,7 +922,7 @@ func TestProvisionValidation(t *testing.T) {
 	}
 
 	t.Run("the docs/behaviour.md §7 example is accepted", func(t *testing.T) {
-		mustProvision(t, `{
+		mustLoadHandler(t, `{
 			"path_prefixes": ["/api/rest/v1/", "/partner/api/rest/v1/"],
 			"allow_headers": ["cache-control", "content-type", "expires", "last-modified",
 			                  "accept", "content-language", "authorization", "pragma"],
@@ -964,7 +935,7 @@ func TestProvisionValidation(t *testing.T) {
 					{"origin": "http://localhost:8080", "methods": ["GET"]}
 				]
 			}
-		}`)
+		}`, nil)
 	})
 }
 

@@ -17,7 +17,6 @@ package atomspherecors
 // API), 9250 (fleet central endpoint).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -42,54 +41,7 @@ const (
 
 	fleetCentralAddr = "127.0.0.1:9250"
 	fleetAPI         = "http://127.0.0.1:9210"
-
-	// Values of the module's defaults, as a browser sees them.
-	wantAllowHeaders = "cache-control,content-type,expires,last-modified,accept,content-language,authorization,pragma"
-	wantVaryPre      = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 )
-
-// adminClient opens a new connection for every call: Caddy replaces its
-// admin server on each config change, and an edit (PUT, POST) must never
-// be sent twice by a transport retry.
-var adminClient = &http.Client{
-	Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
-	Timeout:   30 * time.Second,
-}
-
-// adminCall sends one admin API request with a JSON body (a string of
-// JSON, or nil for none) and returns the status and the response body.
-func adminCall(t testing.TB, method, path string, body []byte) (int, string) {
-	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, reloadAdmin+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	res, err := adminClient.Do(req)
-	if err != nil {
-		t.Fatalf("admin %s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	out, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("admin %s %s: reading body: %v", method, path, err)
-	}
-	return res.StatusCode, string(out)
-}
-
-func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
 
 // reloadConfig is the load test's whole Caddy config: the handler,
 // tagged "@id": "cors", in front of a static "ok".
@@ -139,7 +91,7 @@ func preflightProbe(base, acct, origin, method, allowed string) probe {
 	}
 	if allowed == "" {
 		p.status = http.StatusUnauthorized
-		p.cors = http.Header{"Vary": {wantVaryPre}}
+		p.cors = http.Header{"Vary": {wantVaryPreflight}}
 		return p
 	}
 	p.status = http.StatusNoContent
@@ -149,7 +101,7 @@ func preflightProbe(base, acct, origin, method, allowed string) probe {
 		"Access-Control-Allow-Methods":     {allowed},
 		"Access-Control-Allow-Headers":     {wantAllowHeaders},
 		"Access-Control-Max-Age":           {"3600"},
-		"Vary":                             {wantVaryPre},
+		"Vary":                             {wantVaryPreflight},
 	}
 	return p
 }
@@ -380,7 +332,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		if body != nil {
 			b = mustJSON(body)
 		}
-		status, out := adminCall(t, method, path, b)
+		status, out := adminCall(t, reloadAdmin, method, path, b)
 		what := fmt.Sprintf("%s %s %s", method, path, b)
 		if status != http.StatusOK {
 			t.Fatalf("%s: admin API answered %d %s", what, status, out)
@@ -441,7 +393,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			// A bad edit is refused, naming account, rule and origin,
 			// and the running rules keep serving unchanged.
 			bad := Rule{Origin: "https://bad.example/path", Methods: []string{"GET"}}
-			status, out := adminCall(t, "POST", "/id/"+reloadTag+"/accounts/busy", mustJSON(bad))
+			status, out := adminCall(t, reloadAdmin, "POST", "/id/"+reloadTag+"/accounts/busy", mustJSON(bad))
 			refused++
 			msg := apiError(t, out)
 			t.Logf("refused edit: POST /id/%s/accounts/busy %s -> %d %s", reloadTag, mustJSON(bad), status, strings.TrimSpace(out))
@@ -465,7 +417,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 			// The same mistake in a whole config sent to POST /load.
 			cfg := map[string][]Rule{"steady": initial["steady"], "busy": append(append([]Rule(nil), busy...), bad)}
-			status, out = adminCall(t, "POST", "/load", reloadConfig(cfg))
+			status, out = adminCall(t, reloadAdmin, "POST", "/load", reloadConfig(cfg))
 			refused++
 			msg = apiError(t, out)
 			t.Logf("refused load: POST /load -> %d %s", status, strings.TrimSpace(out))
@@ -490,7 +442,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				"busy":   busyBase,
 				"loaded": {{Origin: "https://loaded.example", Methods: []string{"POST"}}},
 			}
-			status, out := adminCall(t, "POST", "/load", reloadConfig(cfg))
+			status, out := adminCall(t, reloadAdmin, "POST", "/load", reloadConfig(cfg))
 			if status != http.StatusOK {
 				t.Fatalf("POST /load: %d %s", status, out)
 			}
@@ -543,7 +495,7 @@ func apiError(t testing.TB, body string) string {
 // accountRules reads one account's rules back from the admin API.
 func accountRules(t testing.TB, acct string) []Rule {
 	t.Helper()
-	status, out := adminCall(t, "GET", "/id/"+reloadTag+"/accounts/"+acct, nil)
+	status, out := adminCall(t, reloadAdmin, "GET", "/id/"+reloadTag+"/accounts/"+acct, nil)
 	if status != http.StatusOK {
 		t.Fatalf("GET account %s: %d %s", acct, status, out)
 	}
@@ -631,7 +583,7 @@ func TestFleetPullAndPush(t *testing.T) {
 	// one would to each server of the fleet; it holds at once.
 	v3 := withAccount(t, v2, "account-987654", nil)
 	publish(v3)
-	status, out := adminCall(t, "POST", "/load", v3)
+	status, out := adminCall(t, reloadAdmin, "POST", "/load", v3)
 	if status != http.StatusOK {
 		t.Fatalf("POST /load: %d %s", status, out)
 	}

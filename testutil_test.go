@@ -2,6 +2,9 @@ package atomspherecors
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +18,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile" // the caddyfile adapter
-	_ "github.com/caddyserver/caddy/v2/modules/standard"      // respond, basic_auth, reverse_proxy, file_server...
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	_ "github.com/caddyserver/caddy/v2/modules/standard" // respond, basic_auth, reverse_proxy, file_server...
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // startCaddy loads a config into this process's Caddy, as POST /load
@@ -132,4 +138,122 @@ func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*
 		t.Fatalf("%s %s: reading body: %v", method, target, err)
 	}
 	return res, string(body)
+}
+
+// Values of the module's defaults, as a browser sees them.
+const (
+	wantAllowHeaders  = "cache-control,content-type,expires,last-modified,accept,content-language,authorization,pragma"
+	wantVaryPreflight = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+)
+
+// loadHandler loads a handler from its JSON config through Caddy's module
+// loader (strict decoding, then Provision), as a config load does. It
+// logs to core; nil is Caddy's default, info level, at which the
+// handler's debug entries are checked and skipped.
+func loadHandler(tb testing.TB, cfg string, core zapcore.Core) (*Handler, error) {
+	tb.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	mod, err := ctx.LoadModuleByID("http.handlers.atomsphere_cors", json.RawMessage(cfg))
+	if err != nil {
+		return nil, err
+	}
+	h := mod.(*Handler)
+	if core == nil {
+		core = zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.InfoLevel)
+	}
+	// A context without a config gives a development logger (debug
+	// level); use what a real config gives.
+	h.logger = zap.New(core)
+	return h, nil
+}
+
+// mustLoadHandler is loadHandler for a config that must load.
+func mustLoadHandler(tb testing.TB, cfg string, core zapcore.Core) *Handler {
+	tb.Helper()
+	h, err := loadHandler(tb, cfg, core)
+	if err != nil {
+		tb.Fatalf("loading %.200s: %v", cfg, err)
+	}
+	return h
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// testWriter is a minimal ResponseWriter for driving ServeHTTP directly:
+// its header map is reused between requests (reset clears it), so only
+// the handler's own allocations count; the first status written stands.
+// (httptest.ResponseRecorder copies the header map on WriteHeader.)
+type testWriter struct {
+	hdr    http.Header
+	status int // 0: nothing written
+	body   int
+}
+
+func newTestWriter() *testWriter { return &testWriter{hdr: http.Header{}} }
+
+func (w *testWriter) Header() http.Header { return w.hdr }
+func (w *testWriter) WriteHeader(s int) {
+	if w.status == 0 {
+		w.status = s
+	}
+}
+func (w *testWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.body += len(b)
+	return len(b), nil
+}
+func (w *testWriter) reset() {
+	clear(w.hdr)
+	w.status, w.body = 0, 0
+}
+
+// next200 stands for Caddy's respond handler after the module: a 200
+// with no body.
+var next200 caddyhttp.Handler = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	w.WriteHeader(http.StatusOK)
+	return nil
+})
+
+// adminClient opens a new connection for every call: Caddy replaces its
+// admin server on each config change, and an edit (PUT, POST) must never
+// be sent twice by a transport retry.
+var adminClient = &http.Client{
+	Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
+	Timeout:   30 * time.Second,
+}
+
+// adminCall sends one request to the admin API at base with a JSON body
+// (nil for none) and returns the status and the response body.
+func adminCall(t testing.TB, base, method, path string, body []byte) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, base+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := adminClient.Do(req)
+	if err != nil {
+		t.Fatalf("admin %s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	out, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("admin %s %s: reading body: %v", method, path, err)
+	}
+	return res.StatusCode, string(out)
 }

@@ -46,7 +46,7 @@ func TestValidationReportIsBounded(t *testing.T) {
 	for _, rules := range []int{1, 1000, 3000} {
 		t.Run(strconv.Itoa(rules)+" rules", func(t *testing.T) {
 			cfg := mustJSON(map[string]any{"accounts": hostileAccounts(rules)})
-			_, err := provisionJSON(t, string(cfg))
+			_, err := loadHandler(t, string(cfg), nil)
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -121,7 +121,7 @@ func TestValidationRunningCaddy(t *testing.T) {
 			[]byte(`["/api/", "/api/rest/v1/"]`), `path prefix "/api/rest/v1/" is never used: the earlier prefix "/api/" matches every path it would`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body := adminCall(t, tc.method, tc.path, tc.body)
+			status, body := adminCall(t, reloadAdmin, tc.method, tc.path, tc.body)
 			if status < 400 {
 				t.Fatalf("accepted: %d %.200s", status, body)
 			}
@@ -167,7 +167,7 @@ func TestValidationRefusesWhatNeverMatches(t *testing.T) {
 			`max_age 3.6µs is under one second, and would be sent as 0: a JSON number is nanoseconds, so write a duration such as "3600s" or "1h"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := provisionJSON(t, tc.cfg)
+			_, err := loadHandler(t, tc.cfg, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
@@ -180,7 +180,7 @@ func TestValidationRefusesWhatNeverMatches(t *testing.T) {
 		`{"max_age":0,"accounts":{}}`,
 		`{"accounts":{"a":[{"origin":"https://x.example"}]}}`,
 	} {
-		if _, err := provisionJSON(t, cfg); err != nil {
+		if _, err := loadHandler(t, cfg, nil); err != nil {
 			t.Errorf("%s refused: %v", cfg, err)
 		}
 	}
@@ -214,7 +214,7 @@ func TestValidationReportInConfigOrder(t *testing.T) {
 		rules[i] = Rule{Origin: "https://ok" + strconv.Itoa(i) + ".example"}
 	}
 	rules[1].Origin, rules[9].Origin = "ftp://two.example", "ftp://ten.example"
-	_, err := provisionJSON(t, string(mustJSON(map[string]any{"accounts": map[string][]Rule{"b": rules, "a": {{Origin: "null"}}}})))
+	_, err := loadHandler(t, string(mustJSON(map[string]any{"accounts": map[string][]Rule{"b": rules, "a": {{Origin: "null"}}}})), nil)
 	if err == nil {
 		t.Fatal("accepted")
 	}
