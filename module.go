@@ -4,6 +4,7 @@
 package atomspherecors
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -119,14 +120,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.errLogger = ctx.Logger(errorLog{})
 	h.warnDeferred = new(sync.Once)
-	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Errors != nil && len(srv.Errors.Routes) > 0 {
-		h.errs = &errorRoutes{srv: srv}
-	}
 	idx, err := newIndex(h)
 	if err != nil {
 		return err
 	}
 	h.idx = idx
+	// Errors on account paths go through the server's error routes, which
+	// start with a route of ours (see errorpolicy.go); this handler runs
+	// them itself, inside its own writer.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		if installErrorPolicy(ctx, srv, h) || srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+			h.errs = &errorRoutes{srv: srv}
+		}
+	}
 	// The index holds everything requests need; Caddy keeps its own copy
 	// of the JSON, so let the decoded rules go (a large config would
 	// otherwise be held twice).
@@ -173,7 +179,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// deciding anything (docs/behaviour.md §5).
 	if !h.DisablePathGuard && guardedPath(r) && h.idx.ambiguous(r, id, ok) {
 		h.log("path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
-		return h.refuse(w, r, errAmbiguousPath, "")
+		return h.refuse(w, r, errAmbiguousPath, "Origin")
 	}
 	if !ok {
 		// Not an account path: not ours.
@@ -314,6 +320,7 @@ func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
 	}
 	restoreOriginal(r)
 	er := h.errs.srv.Errors.WithError(r, err)
+	er = er.WithContext(context.WithValue(er.Context(), inModuleWriterKey{}, true))
 	err2 := h.errs.compiled().ServeHTTP(cw, er)
 
 	status, msg := http.StatusInternalServerError, err.Error()
@@ -522,7 +529,7 @@ func withoutCORSNames(lines []string) []string {
 }
 
 // addVary adds value (one line, of capacity 1 so that no later append
-// writes into it) to Vary unless Vary names its first token (or "*")
+// writes into it) to Vary unless Vary names each of its tokens (or "*")
 // already: Vary is extended, never replaced.
 func addVary(hdr http.Header, value []string) {
 	v := hdr[hdrVary]
@@ -530,9 +537,13 @@ func addVary(hdr http.Header, value []string) {
 		hdr[hdrVary] = value
 		return
 	}
-	first, _, _ := strings.Cut(value[0], ",")
-	if !varyHas(v, first) {
-		hdr[hdrVary] = append(v, value[0])
+	for rest := value[0]; rest != ""; {
+		var token string
+		token, rest, _ = strings.Cut(rest, ",")
+		if !varyHas(v, strings.TrimSpace(token)) {
+			hdr[hdrVary] = append(v, value[0])
+			return
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ package atomspherecors
 // Ports: admin localhost:2994, site 127.0.0.1:9400 (loopback only).
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"golang.org/x/net/idna"
 )
 
@@ -785,6 +787,139 @@ http://:9408 {
 				if tc.method == "GET" && res.Header.Get("Access-Control-Max-Age") != "" {
 					t.Errorf("a CORS header set before the module went out on a normal response")
 				}
+			}
+		})
+	}
+}
+
+// TestSecurityErrorsBeforeTheModule: an error raised before the module
+// runs (a failing matcher, a request_body limit) goes to the site's error
+// routes without passing through the module; on an account path those
+// routes still cannot add Access-Control-* headers, and the answer varies
+// with Origin. The same holds for a server without error routes of its
+// own, and for a subroute's error routes (JSON), whose answer to the
+// module's refusals is the module's.
+func TestSecurityErrorsBeforeTheModule(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	upAddr := up.Listener.Addr().String()
+	cf := fmt.Sprintf(`{
+	admin localhost:2994
+	default_bind 127.0.0.1
+}
+http://:9409 {
+	@big expression `+"`int({query.page}) > 100`"+`
+	header @big X-Big-Page yes
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+		}
+	}
+	reverse_proxy %[1]s
+	handle_errors {
+		reverse_proxy %[1]s
+	}
+}
+http://:9410 {
+	request_body {
+		max_size 10
+	}
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+		}
+	}
+	reverse_proxy %[1]s
+	handle_errors {
+		header Access-Control-Allow-Origin "https://evil.example"
+		header Access-Control-Allow-Credentials true
+		respond "error {http.error.status_code}"
+	}
+}
+http://:9411 {
+	header Access-Control-Allow-Origin "*"
+	request_body {
+		max_size 10
+	}
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+		}
+	}
+	reverse_proxy %[1]s
+}`, upAddr)
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fourth server, in JSON: the module inside a subroute whose own
+	// error routes set CORS headers.
+	var cfg map[string]any
+	if err := json.Unmarshal(adapted, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	servers := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+	var sub map[string]any
+	if err := json.Unmarshal([]byte(`{
+		"listen": ["127.0.0.1:9412"],
+		"routes": [{"handle": [{"handler": "subroute",
+			"routes": [
+				{"handle": [{"handler": "atomsphere_cors", "accounts": {"account-123456": [{"origin": "https://mydomain.com"}]}}]},
+				{"handle": [{"handler": "error", "status_code": 502}]}
+			],
+			"errors": {"routes": [{"handle": [
+				{"handler": "headers", "response": {"set": {"Access-Control-Allow-Origin": ["https://evil.example"], "Access-Control-Allow-Credentials": ["true"]}}},
+				{"handler": "static_response", "status_code": 200, "body": "subroute errors {http.error.status_code}"}
+			]}]}
+		}]}]
+	}`), &sub); err != nil {
+		t.Fatal(err)
+	}
+	servers["subroute"] = sub
+	startCaddy(t, "json", string(mustJSON(cfg)))
+
+	evil := "https://evil.example"
+	body20 := "01234567890123456789"
+	for _, tc := range []struct {
+		name, addr, method, target, body string
+		lines                            [][2]string
+		status                           int
+		acao                             string
+	}{
+		{"a matcher error before the module, error route proxies to a reflecting upstream", "127.0.0.1:9409",
+			"GET", acctA + "/x?page=abc", "", hdrs(hOrigin(evil)), 200, ""},
+		{"control: the same request without the error is the module's", "127.0.0.1:9409",
+			"GET", acctA + "/x?page=2", "", hdrs(hOrigin(evil)), 200, ""},
+		{"control: outside the account paths the error routes answer as they like", "127.0.0.1:9409",
+			"GET", "/static/x?page=abc", "", hdrs(hOrigin(evil)), 200, evil},
+		{"request_body limit before the module, error route sets CORS headers", "127.0.0.1:9410",
+			"POST", acctA + "/x", body20, hdrs(hOrigin(evil), [2]string{"Content-Type", "text/plain"}), 413, ""},
+		{"request_body limit before the module, allowed origin", "127.0.0.1:9410",
+			"POST", acctA + "/x", body20, hdrs(hOrigin(secAllowed), [2]string{"Content-Type", "text/plain"}), 413, ""},
+		{"request_body limit before the module, no error routes, site-level header", "127.0.0.1:9411",
+			"POST", acctA + "/x", body20, hdrs(hOrigin(evil), [2]string{"Content-Type", "text/plain"}), 413, ""},
+		{"subroute error routes: denied preflight", "127.0.0.1:9412",
+			"OPTIONS", acctA + "/x", "", hdrs(hOrigin(evil), hACRM("GET")), 401, ""},
+		{"subroute error routes: path guard refusal", "127.0.0.1:9412",
+			"GET", acctB + "/..;/account-123456/x", "", hdrs(hOrigin(evil)), 400, ""},
+		{"subroute error routes: allowed origin, later handler fails", "127.0.0.1:9412",
+			"GET", acctA + "/x", "", hdrs(hOrigin(secAllowed)), 502, secAllowed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, body := rawRequestBody(t, tc.addr, tc.method, tc.target, tc.lines, tc.body)
+			if res.StatusCode != tc.status {
+				t.Errorf("status %d, want %d (body %q)", res.StatusCode, tc.status, body)
+			}
+			ac := corsHeaders(res.Header)
+			delete(ac, "Vary")
+			switch {
+			case tc.acao == "" && len(ac) != 0:
+				t.Errorf("Access-Control-* headers %v, want none", ac)
+			case tc.acao != "" && res.Header.Get("Access-Control-Allow-Origin") != tc.acao:
+				t.Errorf("Access-Control-Allow-Origin %q, want %q (all: %v)", res.Header.Get("Access-Control-Allow-Origin"), tc.acao, ac)
+			}
+			if strings.HasPrefix(tc.target, "/api/") && !varyHasToken(res.Header, "Origin") {
+				t.Errorf("Vary %q lacks Origin", res.Header["Vary"])
 			}
 		})
 	}

@@ -114,6 +114,13 @@ func corsHeaders(h http.Header) http.Header {
 // header lines exactly as given, and reads the response.
 func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*http.Response, string) {
 	t.Helper()
+	return rawRequestBody(t, addr, method, target, lines, "")
+}
+
+// rawRequestBody is rawRequest with a request body (sent with its
+// Content-Length when not empty).
+func rawRequestBody(t testing.TB, addr, method, target string, lines [][2]string, body string) (*http.Response, string) {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +132,11 @@ func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*
 	for _, l := range lines {
 		fmt.Fprintf(&b, "%s: %s\r\n", l[0], l[1])
 	}
+	if body != "" {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
+	}
 	b.WriteString("Connection: close\r\n\r\n")
+	b.WriteString(body)
 	if _, err := io.WriteString(conn, b.String()); err != nil {
 		t.Fatal(err)
 	}
@@ -133,11 +144,11 @@ func rawRequest(t testing.TB, addr, method, target string, lines [][2]string) (*
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, target, err)
 	}
-	body, err := io.ReadAll(res.Body)
+	got, err := io.ReadAll(res.Body)
 	if err != nil {
 		t.Fatalf("%s %s: reading body: %v", method, target, err)
 	}
-	return res, string(body)
+	return res, string(got)
 }
 
 // Values of the module's defaults, as a browser sees them.
