@@ -924,3 +924,43 @@ http://:9411 {
 		})
 	}
 }
+
+// TestSecurityEncodedSlashSnippet: the matcher docs/behaviour.md §9
+// gives for backends that route on the raw path refuses encoded slashes
+// and dots before the module, and nothing else.
+func TestSecurityEncodedSlashSnippet(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin localhost:2994
+	default_bind 127.0.0.1
+}
+http://:9413 {
+	@encoded expression `+"`{http.request.uri}.matches('^[^?]*(?i:%%2f|%%2e)')`"+`
+	error @encoded 400
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET
+		}
+	}
+	reverse_proxy %s
+}`, up.Listener.Addr().String()))
+	for _, tc := range []struct {
+		target string
+		status int
+	}{
+		{acctA + "/x%2f..%2f..%2faccount-987654/y", 400},
+		{acctA + "/x%2F..%2F..%2Faccount-987654/y", 400},
+		{acctA + "/%2e%2e/account-987654/y", 400},
+		{acctA + "/x?next=%2f..%2f", 200},
+		{acctA + "/my%20file", 200},
+	} {
+		res, _ := rawRequest(t, "127.0.0.1:9413", "GET", tc.target, hdrs(hOrigin("https://evil.example")))
+		if res.StatusCode != tc.status {
+			t.Errorf("GET %s: %d, want %d", tc.target, res.StatusCode, tc.status)
+		}
+		if ac := corsHeaders(res.Header); len(ac["Access-Control-Allow-Origin"]) != 0 {
+			t.Errorf("GET %s: Access-Control-Allow-Origin %q", tc.target, ac["Access-Control-Allow-Origin"])
+		}
+	}
+}
