@@ -210,6 +210,8 @@ func TestSecurityAttackTable(t *testing.T) {
 		{"prefix with a dotted capital I (lower-cases to i, as Caddy's path matchers read it)", "/ap%C4%B0/rest/v1/account-987654/x"},
 		{"account ID in other case is another, unknown account", "/api/rest/v1/ACCOUNT-123456/Atom"},
 		{"account ID with a trailing dot segment is still B", acctB + "/."},
+		{"single-dot segment before B", "/api/rest/v1/./account-987654/x"},
+		{"B's ID percent-encoded is B", "/api/rest/v1/account-%39%387654/x"},
 	} {
 		add(both("path "+pc.name+" "+pc.target, pc.target, hOrigin(secAllowed))...)
 	}
@@ -219,6 +221,14 @@ func TestSecurityAttackTable(t *testing.T) {
 	add(secRow{name: "caveat: dot-dot from B to A is A by Caddy's reading; the upstream receives the raw path",
 		method: "GET", target: acctB + "/../account-123456/Atom", headers: hdrs(hOrigin(secAllowed)),
 		status: 200, acao: secAllowed, upstreamTarget: acctB + "/../account-123456/Atom"})
+
+	// Leaving the prefix with a dot-dot segment leaves the module's
+	// scope: the request passes untouched, the upstream's headers too.
+	add(secRow{name: "dot-dot out of the prefix: not an account path, untouched", method: "OPTIONS",
+		target: "/api/rest/v1/../account-123456/x", headers: hdrs(hOrigin("https://evil.com"), hACRM("GET")),
+		status: 200, outside: true})
+	add(secRow{name: "A's ID percent-encoded is A", method: "GET", target: "/api/rest/v1/account-%31%323456/x",
+		headers: hdrs(hOrigin(secAllowed)), status: 200, acao: secAllowed})
 
 	// A hostile or careless upstream.
 	add(secRow{name: "upstream answers Access-Control-Allow-Origin: * for an account that does not allow the origin",
