@@ -328,7 +328,7 @@ func TestBoundsLongOriginNotParsed(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := newBoundsHandler(t, core)
 	short := "HTTPS://MYDOMAIN.COM/X" // short enough to be parsed
-	long := longOrigin(h.idx.maxOriginLen + 1)
+	long := longOrigin(h.ix.maxOriginLen + 1)
 	for _, tc := range []struct{ origin, reason string }{
 		{short, "malformed Origin header"},
 		{long, "origin not allowed"},
@@ -344,7 +344,7 @@ func TestBoundsLongOriginNotParsed(t *testing.T) {
 			t.Fatalf("Origin of %d bytes: %d log entries, want 1", len(tc.origin), len(entries))
 		}
 		if got := entries[0].ContextMap()["reason"]; got != tc.reason {
-			t.Errorf("Origin of %d bytes (limit %d): reason %q, want %q", len(tc.origin), h.idx.maxOriginLen, got, tc.reason)
+			t.Errorf("Origin of %d bytes (limit %d): reason %q, want %q", len(tc.origin), h.ix.maxOriginLen, got, tc.reason)
 		}
 	}
 }

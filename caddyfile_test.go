@@ -450,3 +450,19 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestCaddyfilePathPrefixesAlias: path_prefixes, the JSON key's name, is
+// accepted for path_prefix, and the two are one subdirective.
+func TestCaddyfilePathPrefixesAlias(t *testing.T) {
+	var h Handler
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("atomsphere_cors {\n\tpath_prefixes /a/ /b/\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(h.PathPrefixes, []string{"/a/", "/b/"}) {
+		t.Errorf("path_prefixes gave %q", h.PathPrefixes)
+	}
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("atomsphere_cors {\n\tpath_prefix /a/\n\tpath_prefixes /b/\n}"))
+	if err == nil || !strings.Contains(err.Error(), "path_prefixes already specified, at Testfile:3") {
+		t.Errorf("both spellings: %v", err)
+	}
+}

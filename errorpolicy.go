@@ -73,11 +73,11 @@ func installErrorPolicy(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) bo
 // r, under Caddy's reading of its path or a backend's.
 func (p *errorPolicy) accountPath(r *http.Request) bool {
 	for _, h := range p.handlers {
-		if h.idx == nil {
+		if h.ix == nil {
 			continue
 		}
-		id, ok := h.idx.accountOf(r.URL.Path)
-		if ok || (!h.DisablePathGuard && guardedPath(r) && h.idx.ambiguous(r, id, ok)) {
+		id, ok := h.ix.accountOf(r.URL.Path)
+		if ok || (!h.DisablePathGuard && guardedPath(r) && h.ix.ambiguous(r, id, ok)) {
 			return true
 		}
 	}
@@ -94,7 +94,7 @@ func (p *errorPolicy) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		err = next.ServeHTTP(w, r)
 	} else {
 		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, vary: true}
-		cw.vals[3] = "Origin"
+		cw.v.vary[0] = "Origin"
 		err = next.ServeHTTP(cw, r)
 		if cw.wroteHeader {
 			dropCORSTrailers(w.Header())

@@ -87,7 +87,7 @@ type Handler struct {
 	// origin are merged, their methods united.
 	Accounts map[string][]Rule `json:"accounts"`
 
-	idx       *index
+	ix        *index
 	logger    *zap.Logger
 	errLogger *zap.Logger
 
@@ -120,11 +120,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.errLogger = ctx.Logger(errorLog{})
 	h.warnDeferred = new(sync.Once)
-	idx, err := newIndex(h)
+	ix, err := newIndex(h)
 	if err != nil {
 		return err
 	}
-	h.idx = idx
+	h.ix = ix
 	// Errors on account paths go through the server's error routes, which
 	// start with a route of ours (see errorpolicy.go); this handler runs
 	// them itself, inside its own writer.
@@ -174,10 +174,10 @@ var errAmbiguousPath error = caddyhttp.HandlerError{
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	id, ok := h.idx.accountOf(r.URL.Path)
+	id, ok := h.ix.accountOf(r.URL.Path)
 	// Refuse a target the upstream could read as another account before
 	// deciding anything (docs/behaviour.md §5).
-	if !h.DisablePathGuard && guardedPath(r) && h.idx.ambiguous(r, id, ok) {
+	if !h.DisablePathGuard && guardedPath(r) && h.ix.ambiguous(r, id, ok) {
 		h.log("path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
 		return h.refuse(w, r, errAmbiguousPath, "Origin")
 	}
@@ -201,7 +201,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, origin, reqMethod []string) error {
-	ao, reason := h.idx.match(id, origin)
+	ao, reason := h.ix.match(id, origin)
 	if ao != nil {
 		switch {
 		case len(reqMethod) > 1:
@@ -219,44 +219,44 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, o
 	// that handlers before it set (a site-level header directive).
 	hdr := w.Header()
 	dropCORS(hdr)
-	// One backing array for every value this response sets: no value
-	// slice is shared with another request, whatever a later writer does
-	// to it (https://github.com/rs/cors/issues/198).
-	vals := make([]string, 6)
-	vals[0] = origin[0] // the request's Origin, byte for byte
-	vals[1] = "true"
-	vals[2] = ao.methods.header
-	vals[3] = h.idx.maxAge
-	vals[4] = h.idx.allowHeaders
-	vals[5] = varyPreflight
-	hdr[hdrAllowOrigin] = vals[0:1:1]
-	hdr[hdrAllowCreds] = vals[1:2:2]
-	hdr[hdrAllowMethods] = vals[2:3:3]
-	hdr[hdrMaxAge] = vals[3:4:4]
-	if vals[4] != "" {
-		hdr[hdrAllowHeaders] = vals[4:5:5]
+	// One allocation for every value this response sets (see
+	// preflightValues).
+	v := &preflightValues{
+		allowOrigin:  [1]string{origin[0]}, // the request's Origin, byte for byte
+		allowCreds:   [1]string{"true"},
+		allowMethods: [1]string{ao.methods.header},
+		maxAge:       [1]string{h.ix.maxAge},
+		allowHeaders: [1]string{h.ix.allowHeaders},
+		vary:         [1]string{varyPreflight},
+	}
+	hdr[hdrAllowOrigin] = v.allowOrigin[:]
+	hdr[hdrAllowCreds] = v.allowCreds[:]
+	hdr[hdrAllowMethods] = v.allowMethods[:]
+	hdr[hdrMaxAge] = v.maxAge[:]
+	if h.ix.allowHeaders != "" {
+		hdr[hdrAllowHeaders] = v.allowHeaders[:]
 	}
 	// Add to Vary, never replace it.
-	if v := hdr[hdrVary]; v != nil {
-		hdr[hdrVary] = append(v, varyPreflight)
+	if old := hdr[hdrVary]; old != nil {
+		hdr[hdrVary] = append(old, varyPreflight)
 	} else {
-		hdr[hdrVary] = vals[5:6:6]
+		hdr[hdrVary] = v.vary[:]
 	}
-	w.WriteHeader(h.idx.status)
+	w.WriteHeader(h.ix.status)
 	return nil
 }
 
 func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string, origin []string) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	ao, reason := h.idx.match(id, origin)
+	ao, reason := h.ix.match(id, origin)
 	if ao != nil && !ao.methods.allows(r.Method) {
 		ao, reason = nil, "method not allowed"
 	}
 	if ao != nil {
-		cw.vals = [4]string{origin[0], "true", h.idx.exposeHeaders}
+		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = origin[0], "true", h.ix.exposeHeaders
 		cw.allowed = true
 	}
-	cw.vals[3] = "Origin"
+	cw.v.vary[0] = "Origin"
 	cw.vary = true
 	h.log("request", id, origin, r.Method, ao != nil, reason)
 
@@ -292,7 +292,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, vary
 	}
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	if vary != "" {
-		cw.vals[3] = vary
+		cw.v.vary[0] = vary
 		cw.vary = true
 	}
 	err = h.serveError(cw, r, err)
@@ -431,14 +431,27 @@ func (h *Handler) log(kind, id string, origin []string, method string, allowed b
 	ce.Write(fields...)
 }
 
+// preflightValues are the header values of one allowed preflight, each
+// its own one-element array: sliced into the header map, no value slice
+// is shared with another response or has room for a later append to
+// write into (https://github.com/rs/cors/issues/198).
+type preflightValues struct {
+	allowOrigin, allowCreds, allowMethods, maxAge, allowHeaders, vary [1]string
+}
+
+// responseValues are the header values of one normal response, likewise.
+type responseValues struct {
+	allowOrigin, allowCreds, exposeHeaders, vary [1]string
+}
+
 // corsWriter makes this handler's CORS headers the only ones on a
 // response of an account path (docs/behaviour.md §4). It
 // applies them when the response header is written; the handler applies
 // them itself when nothing was written (an error goes back to Caddy).
 type corsWriter struct {
 	caddyhttp.ResponseWriterWrapper
-	vals        [4]string // Allow-Origin, Allow-Credentials, Expose-Headers, Vary
-	vary        bool      // add vals[3] to Vary unless Vary names it already
+	v           responseValues
+	vary        bool // add v.vary to Vary unless Vary names it already
 	allowed     bool
 	wroteHeader bool
 }
@@ -449,14 +462,14 @@ func (cw *corsWriter) finish() {
 	hdr := cw.ResponseWriter.Header()
 	dropCORS(hdr)
 	if cw.allowed {
-		hdr[hdrAllowOrigin] = cw.vals[0:1:1]
-		hdr[hdrAllowCreds] = cw.vals[1:2:2]
-		if cw.vals[2] != "" {
-			hdr[hdrExposeHeaders] = cw.vals[2:3:3]
+		hdr[hdrAllowOrigin] = cw.v.allowOrigin[:]
+		hdr[hdrAllowCreds] = cw.v.allowCreds[:]
+		if cw.v.exposeHeaders[0] != "" {
+			hdr[hdrExposeHeaders] = cw.v.exposeHeaders[:]
 		}
 	}
 	if cw.vary {
-		addVary(hdr, cw.vals[3:4:4])
+		addVary(hdr, cw.v.vary[:])
 	}
 }
 
