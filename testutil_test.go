@@ -5,18 +5,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"atomspherecors/internal/testkit"
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile" // the caddyfile adapter
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard" // respond, basic_auth, reverse_proxy, file_server...
@@ -24,91 +22,17 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// startCaddy loads a config into this process's Caddy, as POST /load
-// does, and stops Caddy when the test ends. adapter is "json" or
-// "caddyfile". Each test file uses its own admin and HTTP ports (all on
-// loopback), so test binaries run side by side do not collide.
-func startCaddy(t testing.TB, adapter, cfg string) {
-	t.Helper()
-	cfgJSON := []byte(cfg)
-	if adapter != "json" {
-		a := caddyconfig.GetAdapter(adapter)
-		if a == nil {
-			t.Fatalf("no config adapter %q", adapter)
-		}
-		var err error
-		cfgJSON, _, err = a.Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
-		if err != nil {
-			t.Fatalf("adapting config: %v", err)
-		}
-	}
-	if err := caddy.Load(cfgJSON, true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-}
+// startCaddy, testClient, doRequest and corsHeaders: see testkit.
+func startCaddy(t testing.TB, adapter, cfg string) { t.Helper(); testkit.StartCaddy(t, adapter, cfg) }
 
-// testClient talks to the Caddy under test: no proxy, no redirects
-// followed, bounded in time.
-var testClient = &http.Client{
-	Transport: &http.Transport{Proxy: nil, DisableKeepAlives: false, MaxIdleConnsPerHost: 16},
-	Timeout:   10 * time.Second,
-	CheckRedirect: func(*http.Request, []*http.Request) error {
-		return http.ErrUseLastResponse
-	},
-}
+var testClient = testkit.Client
 
-// doRequest sends one request with the given headers (each value of a
-// key becomes its own header line) and returns the response and body.
-// A request whose connection closes before any response byte is sent
-// again, at most twice, as browsers retry: Caddy's server swap during a
-// config load can close a connection it has just accepted.
 func doRequest(t testing.TB, method, url string, hdr http.Header) (*http.Response, string) {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
-		req, err := http.NewRequest(method, url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k, vs := range hdr {
-			for _, v := range vs {
-				req.Header.Add(k, v)
-			}
-		}
-		res, err := testClient.Do(req)
-		if err != nil && attempt < 3 && closedBeforeResponse(err) {
-			t.Logf("%s %s: %v; sending again", method, url, err)
-			continue
-		}
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, url, err)
-		}
-		defer res.Body.Close()
-		body, err := io.ReadAll(res.Body)
-		if err != nil {
-			t.Fatalf("%s %s: reading body: %v", method, url, err)
-		}
-		return res, string(body)
-	}
+	return testkit.Do(t, method, url, hdr)
 }
 
-// closedBeforeResponse reports whether a client error means the
-// connection closed before any byte of a response arrived.
-func closedBeforeResponse(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
-// corsHeaders returns the Access-Control-* and Vary headers of h, the
-// set docs/behaviour.md speaks of, for exact comparison.
-func corsHeaders(h http.Header) http.Header {
-	out := http.Header{}
-	for k, v := range h {
-		if k == "Vary" || strings.HasPrefix(strings.ToLower(k), "access-control-") {
-			out[k] = v
-		}
-	}
-	return out
-}
+func corsHeaders(h http.Header) http.Header { return testkit.CORSHeaders(h) }
 
 // rawRequest writes one HTTP/1.1 request by hand, request-target and
 // header lines exactly as given, and reads the response.

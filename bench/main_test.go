@@ -1,139 +1,17 @@
 package bench
 
-// Tests never write outside temporary directories. Caddy saves every
-// config it loads to autosave.json in its config directory (unless
-// persist_config off) and keeps its data (instance.uuid, locks,
-// certificates) in its data directory, both found from HOME,
-// XDG_CONFIG_HOME and XDG_DATA_HOME; see
-// https://caddyserver.com/docs/conventions#file-locations. TestMain points
-// all three at a fresh temporary directory before any test runs, and
-// removes it when the tests are done.
+// Tests never write outside temporary directories: TestMain runs them
+// with a temporary HOME (see internal/testkit).
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"errors"
-	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
-	"github.com/caddyserver/caddy/v2"
-)
-
-var (
-	// testHome is the temporary HOME of this test binary.
-	testHome string
-	// userAutosave is the autosave.json of the user running the tests,
-	// found from the environment as it was before TestMain changed it,
-	// and userAutosaveBefore its state then.
-	userAutosave       string
-	userAutosaveBefore fileState
+	"atomspherecors/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runInTempHome(m))
-}
-
-func runInTempHome(m *testing.M) int {
-	userAutosave = filepath.Join(caddy.AppConfigDir(), "autosave.json")
-	userAutosaveBefore = stateOf(userAutosave)
-
-	dir, err := os.MkdirTemp("", "atomspherecors-bench-test-home-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "TestMain:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	testHome = dir
-	for k, v := range map[string]string{
-		"HOME":            dir,
-		"XDG_CONFIG_HOME": filepath.Join(dir, "config"),
-		"XDG_DATA_HOME":   filepath.Join(dir, "data"),
-	} {
-		if err := os.Setenv(k, v); err != nil {
-			fmt.Fprintln(os.Stderr, "TestMain:", err)
-			return 1
-		}
-	}
-	// Caddy derived these two from the environment when its package was
-	// initialised, before TestMain ran: derive them again, as the caddy
-	// command does after reading an --envfile.
-	caddy.ConfigAutosavePath = filepath.Join(caddy.AppConfigDir(), "autosave.json")
-	caddy.DefaultStorage.Path = caddy.AppDataDir()
-	return m.Run()
-}
-
-// fileState is what the tests compare of a file that must not change.
-type fileState struct {
-	exists  bool
-	modTime time.Time
-	sum     [sha256.Size]byte
-}
-
-func stateOf(path string) fileState {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fileState{}
-	}
-	st := fileState{exists: true, sum: sha256.Sum256(b)}
-	if fi, err := os.Stat(path); err == nil {
-		st.modTime = fi.ModTime()
-	}
-	return st
-}
-
-func (a fileState) String() string {
-	if !a.exists {
-		return "absent"
-	}
-	return fmt.Sprintf("modified %s, sha256 %x", a.modTime.Format(time.RFC3339Nano), a.sum[:8])
-}
-
-func (a fileState) same(b fileState) bool {
-	return a.exists == b.exists && a.sum == b.sum && a.modTime.Equal(b.modTime)
-}
-
-// insideDir reports whether path is dir or below it.
-func insideDir(dir, path string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && filepath.IsAbs(path) && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
-}
-
-// wantCaddyStateInTempHome checks, once this test binary's Caddy has
-// loaded a config containing marker, that Caddy's directories are inside
-// the temporary HOME, that Caddy saved the config there (so the last check
-// is not vacuous), and that the user's autosave.json does not hold it.
-func wantCaddyStateInTempHome(t *testing.T, marker string) {
-	t.Helper()
-	for name, path := range map[string]string{
-		"caddy.AppConfigDir()":     caddy.AppConfigDir(),
-		"caddy.AppDataDir()":       caddy.AppDataDir(),
-		"caddy.ConfigAutosavePath": caddy.ConfigAutosavePath,
-		"caddy.DefaultStorage":     caddy.DefaultStorage.Path,
-	} {
-		if !insideDir(testHome, path) {
-			t.Errorf("%s = %s, want it inside the temporary HOME %s", name, path, testHome)
-		}
-	}
-	saved, err := os.ReadFile(caddy.ConfigAutosavePath)
-	if err != nil || !bytes.Contains(saved, []byte(marker)) {
-		t.Errorf("autosave in the temporary HOME: %v, content %.200q; want the config holding %s", err, saved, marker)
-	}
-	after := stateOf(userAutosave)
-	if after.same(userAutosaveBefore) {
-		return
-	}
-	if user, _ := os.ReadFile(userAutosave); bytes.Contains(user, []byte(marker)) {
-		t.Errorf("the user's %s now holds this test's config (before the tests: %s, now: %s)", userAutosave, userAutosaveBefore, after)
-		return
-	}
-	// Another Caddy of this user, a server or the tests of another
-	// checkout, may save its own config meanwhile: not this test's doing.
-	t.Logf("the user's %s changed during the tests (%s, then %s), but not to this test's config", userAutosave, userAutosaveBefore, after)
+	os.Exit(testkit.Run(m, "atomspherecors-bench-test-home"))
 }
 
 // The Caddy that the benchmarks and tests run in keeps its config and
@@ -141,5 +19,5 @@ func wantCaddyStateInTempHome(t *testing.T, marker string) {
 // user's autosave.json.
 func TestCaddyStateStaysInTempHome(t *testing.T) {
 	loadModule(t)
-	wantCaddyStateInTempHome(t, `"output":"discard"`)
+	testkit.Check(t, `"output":"discard"`)
 }
