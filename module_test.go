@@ -170,6 +170,17 @@ func wantNormalOK(origin string) http.Header {
 
 var wantNormalDenied = http.Header{"Vary": {"Origin"}}
 
+// withHeader is h with header k set to v (deleted when v is "").
+func withHeader(h http.Header, k, v string) http.Header {
+	h = h.Clone()
+	if v == "" {
+		h.Del(k)
+	} else {
+		h.Set(k, v)
+	}
+	return h
+}
+
 // Row builders of the behaviour table: each row says only what differs
 // from the plain case (next is a plain API answering 200 "next").
 
@@ -190,6 +201,12 @@ func allowPreflight(desc, path string, hdr http.Header, origin, methods string) 
 func denyNormal(desc, method, path string, hdr http.Header) behaviourCase {
 	return behaviourCase{desc: desc, method: method, path: path, reqHeaders: hdr,
 		next: nextOK, wantStatus: 200, wantHeaders: wantNormalDenied, wantBody: "next", wantNextCalled: true}
+}
+
+// untouched: not an account path; next runs, no CORS header, no Vary.
+func untouched(desc, method, path string, hdr http.Header) behaviourCase {
+	return behaviourCase{desc: desc, method: method, path: path, reqHeaders: hdr,
+		next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true}
 }
 
 // allowNormal: next runs, and the answer carries the headers for origin.
@@ -258,9 +275,8 @@ func TestServeHTTP(t *testing.T) {
 					"Access-Control-Max-Age":           {"90"},
 					"Vary":                             {wantVaryPreflight},
 				}},
-			{desc: "§1 with custom prefixes the default prefix is no account path: untouched",
-				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+			untouched("§1 with custom prefixes the default prefix is no account path: untouched",
+				"OPTIONS", "/api/rest/v1/acct/x", preflightHdr(mydomain, "GET")),
 			{desc: "§3 expose_headers configured: allowed normal response lists them, lower-cased",
 				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
 				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
@@ -301,14 +317,7 @@ func TestServeHTTP(t *testing.T) {
 		}`, cases: []behaviourCase{
 			{desc: "§7 max_age 0 is sent as 0, not replaced by the default",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Allow-Methods":     {"GET"},
-					"Access-Control-Allow-Headers":     {wantAllowHeaders},
-					"Access-Control-Max-Age":           {"0"},
-					"Vary":                             {wantVaryPreflight},
-				}},
+				next: nextOK, wantStatus: 204, wantHeaders: withHeader(wantPreflightOK(mydomain, "GET"), "Access-Control-Max-Age", "0")},
 		}},
 		{name: "max_age 2m in integer nanoseconds", config: `{
 			"max_age": 120000000000,
@@ -316,14 +325,7 @@ func TestServeHTTP(t *testing.T) {
 		}`, cases: []behaviourCase{
 			{desc: "§7 max_age as integer nanoseconds is sent in seconds",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Allow-Methods":     {"GET"},
-					"Access-Control-Allow-Headers":     {wantAllowHeaders},
-					"Access-Control-Max-Age":           {"120"},
-					"Vary":                             {wantVaryPreflight},
-				}},
+				next: nextOK, wantStatus: 204, wantHeaders: withHeader(wantPreflightOK(mydomain, "GET"), "Access-Control-Max-Age", "120")},
 		}},
 	}
 	for _, g := range groups {
@@ -352,58 +354,44 @@ func defaultCases() []behaviourCase {
 	allOK := wantPreflightOK(mydomain, "GET, POST, DELETE")
 	return []behaviourCase{
 		// §1: which requests it acts on.
-		{desc: "§1 path outside every prefix: untouched, next runs, no CORS headers, no Vary",
-			method: "OPTIONS", path: "/other/account-123456/x", reqHeaders: preflightHdr(mydomain, "DELETE"),
-			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		untouched("§1 path outside every prefix: untouched, next runs, no CORS headers, no Vary",
+			"OPTIONS", "/other/account-123456/x", preflightHdr(mydomain, "DELETE")),
 		{desc: "§1 path outside every prefix: a later handler's CORS headers are left alone",
 			method: "GET", path: "/other/x", reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
-		{desc: "§1 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
-			method: "OPTIONS", path: "/api/rest/v1", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§1 empty account segment (/api/rest/v1/): untouched",
-			method: "OPTIONS", path: "/api/rest/v1/", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
+		untouched("§1 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
+			"OPTIONS", "/api/rest/v1", preflightHdr(mydomain, "GET")),
+		untouched("§1 empty account segment (/api/rest/v1/): untouched",
+			"OPTIONS", "/api/rest/v1/", preflightHdr(mydomain, "GET")),
 		{desc: "§1 empty account segment after merging slashes (/api/rest/v1//): untouched",
 			method: "GET", path: "/api/rest/v1//", reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
-		{desc: "§1 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
-			method: "OPTIONS", path: "/api/rest/v1/account-123456/../", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§1 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
-			method: "OPTIONS", path: "/api/rest/v1/../account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 200, wantHeaders: http.Header{}, wantBody: "next", wantNextCalled: true},
-		{desc: "§1 first default prefix: account is the next segment",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§1 second default prefix /partner/api/rest/v1/: account is the next segment",
-			method: "OPTIONS", path: "/partner/api/rest/v1/account-123456/Atom/1", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§1 account path with nothing after the account ID",
-			method: "OPTIONS", path: "/api/rest/v1/account-123456", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§1 prefix in another case matches, as Caddy path matchers do",
-			method: "OPTIONS", path: "/API/Rest/V1/account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		untouched("§1 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
+			"OPTIONS", "/api/rest/v1/account-123456/../", preflightHdr(mydomain, "GET")),
+		untouched("§1 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
+			"OPTIONS", "/api/rest/v1/../account-123456/x", preflightHdr(mydomain, "GET")),
+		allowPreflight("§1 first default prefix: account is the next segment",
+			pathA, preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 second default prefix /partner/api/rest/v1/: account is the next segment",
+			"/partner/api/rest/v1/account-123456/Atom/1", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 account path with nothing after the account ID",
+			"/api/rest/v1/account-123456", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 prefix in another case matches, as Caddy path matchers do",
+			"/API/Rest/V1/account-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
 		denyPreflight("§1 account IDs are exact: ACCOUNT-123456 is an unknown account, preflight 401",
 			"/api/rest/v1/ACCOUNT-123456/x", preflightHdr(mydomain, "GET")),
-		{desc: "§1 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
-			method: "OPTIONS", path: "/api/rest/v1/account-987654/../account-123456/Atom", reqHeaders: preflightHdr(mydomain, "DELETE"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		allowPreflight("§1 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
+			"/api/rest/v1/account-987654/../account-123456/Atom", preflightHdr(mydomain, "DELETE"), mydomain, "GET, POST, DELETE"),
 		denyPreflight("§1 dot-segments resolved: account-123456/../account-987654 belongs to account-987654, which denies the origin",
 			"/api/rest/v1/account-123456/../account-987654/Atom", preflightHdr(mydomain, "GET")),
-		{desc: "§1 single-dot segment resolved: /api/rest/v1/./account-123456/x",
-			method: "OPTIONS", path: "/api/rest/v1/./account-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§1 repeated slashes merged: /api/rest/v1//account-123456//x",
-			method: "OPTIONS", path: "//api//rest/v1//account-123456//x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§1 percent-encoded account segment read decoded: account%2D123456 is account-123456",
-			method: "OPTIONS", path: "/api/rest/v1/account%2D123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
-		{desc: "§1 %2F and %2E decoded before cleaning: account-987654%2F%2E%2E%2Faccount-123456 belongs to account-123456",
-			method: "OPTIONS", path: "/api/rest/v1/account-987654%2F%2E%2E%2Faccount-123456/x", reqHeaders: preflightHdr(mydomain, "GET"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		allowPreflight("§1 single-dot segment resolved: /api/rest/v1/./account-123456/x",
+			"/api/rest/v1/./account-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 repeated slashes merged: /api/rest/v1//account-123456//x",
+			"//api//rest/v1//account-123456//x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 percent-encoded account segment read decoded: account%2D123456 is account-123456",
+			"/api/rest/v1/account%2D123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 %2F and %2E decoded before cleaning: account-987654%2F%2E%2E%2Faccount-123456 belongs to account-123456",
+			"/api/rest/v1/account-987654%2F%2E%2E%2Faccount-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
 		denyNormal("§1 %2F decoded: account-123456%2F..%2Faccount-987654 belongs to account-987654",
 			"GET", "/api/rest/v1/account-123456%2F..%2Faccount-987654/x", originHdr(mydomain)),
 
@@ -452,9 +440,8 @@ func defaultCases() []behaviourCase {
 			"/api/rest/v1/account-987654/x", preflightHdr("https://app.example.org", "GET")),
 
 		// §2: preflights.
-		{desc: "§2 preflight, origin allowed, DELETE: 204 with all methods for the origin",
-			method: "OPTIONS", path: pathA, reqHeaders: preflightHdr(mydomain, "DELETE"),
-			next: nextOK, wantStatus: 204, wantHeaders: allOK},
+		allowPreflight("§2 preflight, origin allowed, DELETE: 204 with all methods for the origin",
+			pathA, preflightHdr(mydomain, "DELETE"), mydomain, "GET, POST, DELETE"),
 		denyPreflight("§2 preflight, origin allowed, method not allowed (PUT): 401, no Access-Control-*, same Vary, empty body",
 			pathA, preflightHdr(mydomain, "PUT")),
 		denyPreflight("§2 preflight, origin not allowed: 401",
