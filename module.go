@@ -86,6 +86,10 @@ type Handler struct {
 	// origin are merged, their methods united.
 	Accounts map[string][]Rule `json:"accounts"`
 
+	// Takes the accounts from a rules store in Caddy's storage instead
+	// of from Accounts, which must then be empty (docs/store.md).
+	Store *StoreConfig `json:"store,omitempty"`
+
 	idx       *index
 	logger    *zap.Logger
 	errLogger *zap.Logger
@@ -127,6 +131,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.idx = idx
+	if err := h.provisionStore(ctx); err != nil {
+		return err
+	}
 	// The index holds everything requests need; Caddy keeps its own copy
 	// of the JSON, so let the decoded rules go (a large config would
 	// otherwise be held twice).
