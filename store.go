@@ -179,8 +179,8 @@ const logRetain = 10000
 // storageKeys names one store's keys.
 type storageKeys string
 
-func (k storageKeys) head() string         { return string(k) + "head" }
-func (k storageKeys) accountsDir() string  { return string(k) + "accounts" }
+func (k storageKeys) head() string        { return string(k) + "head" }
+func (k storageKeys) accountsDir() string { return string(k) + "accounts" }
 func (k storageKeys) account(id string) string {
 	return string(k) + "accounts/" + escapeID(id)
 }
