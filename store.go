@@ -656,12 +656,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	defer s.writeMu.Unlock()
 	st, _ := s.storage()
 	lockName := "atomsphere_cors_" + s.name
-	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := st.Lock(lctx, lockName); err != nil {
-		if lctx.Err() != nil {
-			return nil, errStoreBusy
-		}
+	if err := lockStore(ctx, st, lockName); err != nil {
 		return nil, err
 	}
 	defer func() { _ = st.Unlock(context.Background(), lockName) }()
