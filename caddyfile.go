@@ -125,6 +125,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.DisablePathGuard = true
 
+		case "store":
+			at(place{field: "store"})
+			st, err := parseStoreBlock(d)
+			if err != nil {
+				return err
+			}
+			h.Store = st
+
 		case "account":
 			var id string
 			if !d.AllArgs(&id) {

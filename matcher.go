@@ -27,6 +27,10 @@ type index struct {
 	allowHeaders  string // Access-Control-Allow-Headers, "" to omit
 	exposeHeaders string // Access-Control-Expose-Headers, "" to omit
 	maxAge        string // Access-Control-Max-Age, whole seconds
+
+	// live holds the accounts of a handler with a store (store.go),
+	// which replace accounts above; nil for inline accounts.
+	live *accountStore
 }
 
 // account holds one account's allowed origins, rules with the same
@@ -167,6 +171,9 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
 	}
 	// Most requests without Origin are same-origin: they need no lookup.
 	acct := ix.accounts[id]
+	if ix.live != nil {
+		acct = ix.live.get(id)
+	}
 	if len(acct.origins) == 0 {
 		return nil, "account has no rules"
 	}
@@ -271,6 +278,7 @@ func newIndex(h *Handler) (*index, error) {
 		maxAge = int64(time.Duration(*h.MaxAge) / time.Second)
 	}
 	ix.maxAge = strconv.FormatInt(maxAge, 10)
+	checkStore(h, &p)
 
 	// Accounts in ID order: a JSON object has no order of its own, and
 	// this keeps reports the same from one run to the next. (It is also

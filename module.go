@@ -87,6 +87,10 @@ type Handler struct {
 	// origin are merged, their methods united.
 	Accounts map[string][]Rule `json:"accounts"`
 
+	// Takes the accounts from a rules store in Caddy's storage instead
+	// of from Accounts, which must then be empty (docs/store.md).
+	Store *StoreConfig `json:"store,omitempty"`
+
 	ix        *index
 	logger    *zap.Logger
 	errLogger *zap.Logger
@@ -125,6 +129,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.ix = ix
+	if err := h.provisionStore(ctx); err != nil {
+		return err
+	}
 	// Errors on account paths go through the server's error routes, which
 	// start with a route of ours (see errorpolicy.go); this handler runs
 	// them itself, inside its own writer.

@@ -1,0 +1,362 @@
+package atomspherecors
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI serves the routes of the rules stores on Caddy's admin
+// endpoint, under its listener and origin checks (docs/store.md):
+//
+//	GET    /atomsphere_cors/<name>                   the store's status on this server
+//	GET    /atomsphere_cors/<name>/accounts?after=&limit=
+//	GET    /atomsphere_cors/<name>/accounts/<id>
+//	PUT    /atomsphere_cors/<name>/accounts/<id>     a rules array
+//	DELETE /atomsphere_cors/<name>/accounts/<id>
+//	POST   /atomsphere_cors/<name>/import            NDJSON records
+//	GET    /atomsphere_cors/<name>/export            NDJSON records
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.atomsphere_cors",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the store routes.
+func (a *adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/atomsphere_cors/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+const (
+	maxRulesBody   = 1 << 20 // a PUT body, and one import line
+	defaultPage    = 100
+	maxPage        = 10000
+	importChunk    = 1000 // accounts per storage commit of an import
+	ndjsonType     = "application/x-ndjson"
+	maxImportLines = 10_000_000
+)
+
+func apiErr(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.EscapedPath(), "/atomsphere_cors/")
+	parts := strings.Split(rest, "/")
+	s := lookupStore(parts[0])
+	if s == nil {
+		return apiErr(http.StatusNotFound, "no store %s on this server", q(parts[0]))
+	}
+	switch {
+	case len(parts) == 1 || len(parts) == 2 && parts[1] == "":
+		return only(r, http.MethodGet, func() error { return writeJSON(w, http.StatusOK, s.status()) })
+	case len(parts) == 2 && parts[1] == "accounts":
+		return only(r, http.MethodGet, func() error { return a.list(w, r, s) })
+	case len(parts) == 3 && parts[1] == "accounts":
+		id, err := unescapeID(parts[2])
+		if err != nil {
+			return apiErr(http.StatusBadRequest, "account ID %s: %v", q(parts[2]), err)
+		}
+		switch r.Method {
+		case http.MethodGet:
+			acct, ok := s.view.Load().get(id)
+			if !ok {
+				return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
+			}
+			return writeJSON(w, http.StatusOK, rulesOf(acct))
+		case http.MethodPut:
+			return a.put(w, r, s, id)
+		case http.MethodDelete:
+			return a.delete(w, r, s, id)
+		}
+		return apiErr(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+	case len(parts) == 2 && parts[1] == "import":
+		return only(r, http.MethodPost, func() error { return a.importNDJSON(w, r, s) })
+	case len(parts) == 2 && parts[1] == "export":
+		return only(r, http.MethodGet, func() error { return a.export(w, s) })
+	}
+	return apiErr(http.StatusNotFound, "resource not found: %s", r.URL.Path)
+}
+
+func only(r *http.Request, method string, f func() error) error {
+	if r.Method != method {
+		return apiErr(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+	}
+	return f()
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// decodeStrict decodes one JSON value with no unknown fields and nothing
+// after it, as Caddy decodes a config.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("more than one JSON value")
+	}
+	return nil
+}
+
+// storeError is the answer to a write the storage did not take.
+func storeError(s *accountStore, err error) error {
+	return apiErr(http.StatusServiceUnavailable, "store %s: nothing changed: %v", q(s.name), err)
+}
+
+func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, id string) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRulesBody+1))
+	if err != nil {
+		return apiErr(http.StatusBadRequest, "reading body: %v", err)
+	}
+	if len(body) > maxRulesBody {
+		return apiErr(http.StatusRequestEntityTooLarge, "body over %d bytes", maxRulesBody)
+	}
+	var rules []Rule
+	if err := decodeStrict(body, &rules); err != nil {
+		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: %v", q(id), short(err.Error()))
+	}
+	if rules == nil {
+		rules = []Rule{}
+	}
+	acct, err := s.compile(id, rules)
+	if err != nil {
+		return apiErr(http.StatusBadRequest, "%s", err.Error())
+	}
+	existed, err := s.commit(r.Context(), []change{{id: id, rules: rules, acct: acct}})
+	if err != nil {
+		return storeError(s, err)
+	}
+	status := http.StatusCreated
+	if existed[0] {
+		status = http.StatusOK
+	}
+	return writeJSON(w, status, rulesOf(*acct))
+}
+
+func (a *adminAPI) delete(w http.ResponseWriter, r *http.Request, s *accountStore, id string) error {
+	if err := checkAccountID(id); err != nil {
+		return apiErr(http.StatusBadRequest, "%s", err.Error())
+	}
+	existed, err := s.commit(r.Context(), []change{{id: id, delete: true}})
+	if err != nil {
+		return storeError(s, err)
+	}
+	if !existed[0] {
+		return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+type accountPage struct {
+	Accounts []string `json:"accounts"`
+	// The after value of the next page; empty on the last page.
+	Next string `json:"next,omitempty"`
+}
+
+func (a *adminAPI) list(w http.ResponseWriter, r *http.Request, s *accountStore) error {
+	qs := r.URL.Query()
+	limit := defaultPage
+	if l := qs.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > maxPage {
+			return apiErr(http.StatusBadRequest, "limit %s is not 1-%d", q(l), maxPage)
+		}
+		limit = n
+	}
+	ids, more := s.view.Load().idsAfter(qs.Get("after"), limit)
+	page := accountPage{Accounts: ids}
+	if more && len(ids) > 0 {
+		page.Next = ids[len(ids)-1]
+	}
+	return writeJSON(w, http.StatusOK, page)
+}
+
+// export streams the accounts this server serves, one record a line, in
+// ID order, from one consistent state.
+func (a *adminAPI) export(w http.ResponseWriter, s *accountStore) error {
+	v := s.view.Load()
+	w.Header().Set("Content-Type", ndjsonType)
+	bw := bufio.NewWriterSize(w, 1<<16)
+	enc := json.NewEncoder(bw)
+	var after string
+	for {
+		ids, more := v.idsAfter(after, 4096)
+		for _, id := range ids {
+			acct, _ := v.get(id)
+			if err := enc.Encode(record{Account: id, Rules: rulesOf(acct)}); err != nil {
+				return err
+			}
+		}
+		if !more || len(ids) == 0 {
+			break
+		}
+		after = ids[len(ids)-1]
+	}
+	return bw.Flush()
+}
+
+// importNDJSON validates every line first (a bad line refuses the whole
+// import and nothing is written), spooling the body to a temporary file
+// rather than to memory; then writes the accounts in commits of
+// importChunk. Lines of an account given twice: the last one wins.
+func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accountStore) error {
+	spool, err := os.CreateTemp("", "atomsphere-cors-import-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	sw := bufio.NewWriterSize(spool, 1<<16)
+
+	var bad problems
+	lines, n := 0, 0
+	rd := bufio.NewReaderSize(r.Body, 1<<16)
+	for lines < maxImportLines {
+		line, tooLong, err := readLine(rd, maxRulesBody)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return apiErr(http.StatusBadRequest, "reading line %d: %v", lines+1, err)
+		}
+		if len(line) > 0 || tooLong || !errors.Is(err, io.EOF) {
+			lines++
+		}
+		at := place{field: "import", rule: lines}
+		switch {
+		case tooLong:
+			bad.add(at, fmt.Errorf("line %d: longer than %d bytes", lines, maxRulesBody))
+		case len(bytes.TrimSpace(line)) == 0:
+		default:
+			var rec record
+			if derr := decodeStrict(line, &rec); derr != nil {
+				bad.add(at, fmt.Errorf("line %d: not a JSON record {\"account\": ..., \"rules\": [...]}: %s", lines, short(derr.Error())))
+				break
+			}
+			if rec.Rules == nil {
+				rec.Rules = []Rule{}
+			}
+			if _, cerr := s.compile(rec.Account, rec.Rules); cerr != nil {
+				var rep *report
+				if errors.As(cerr, &rep) {
+					for _, e := range rep.list {
+						bad.add(at, fmt.Errorf("line %d: %w", lines, e))
+					}
+					for range rep.more {
+						bad.skip()
+					}
+				} else {
+					bad.add(at, fmt.Errorf("line %d: %w", lines, cerr))
+				}
+				break
+			}
+			if bad.err() == nil {
+				b, _ := json.Marshal(rec)
+				_, _ = sw.Write(append(b, '\n'))
+				n++
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+	}
+	if err := bad.err(); err != nil {
+		return apiErr(http.StatusBadRequest, "import refused, nothing written: %v", err)
+	}
+	if err := sw.Flush(); err != nil {
+		return err
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+
+	done, created := 0, 0
+	dec := json.NewDecoder(bufio.NewReaderSize(spool, 1<<16))
+	batch := make([]change, 0, importChunk)
+	flush := func(ctx context.Context) error {
+		if len(batch) == 0 {
+			return nil
+		}
+		existed, err := s.commit(ctx, batch)
+		if err != nil {
+			return apiErr(http.StatusServiceUnavailable, "store %s: import stopped after %d of %d accounts: %v", q(s.name), done, n, err)
+		}
+		for _, e := range existed {
+			if !e {
+				created++
+			}
+		}
+		done += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	for dec.More() {
+		var rec record
+		if err := dec.Decode(&rec); err != nil {
+			return err
+		}
+		acct, err := s.compile(rec.Account, rec.Rules)
+		if err != nil {
+			return err
+		}
+		batch = append(batch, change{id: rec.Account, rules: rec.Rules, acct: acct})
+		if len(batch) == importChunk {
+			if err := flush(r.Context()); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(r.Context()); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]int{"imported": done, "created": created, "replaced": done - created})
+}
+
+// readLine reads one line, without its end; a line longer than limit is
+// consumed and reported as too long.
+func readLine(rd *bufio.Reader, limit int) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, isPrefix, err := rd.ReadLine()
+		if len(line)+len(chunk) > limit {
+			tooLong = true
+			line = nil
+		} else if !tooLong {
+			line = append(line, chunk...)
+		}
+		if err != nil || !isPrefix {
+			return line, tooLong, err
+		}
+	}
+}
+
+var (
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+)

@@ -1,0 +1,824 @@
+package atomspherecors
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// StoreConfig takes a handler's accounts from a rules store kept in
+// Caddy's storage instead of from its config (docs/store.md). Every
+// server whose handler names the same store in the same storage serves
+// the same accounts; they are edited through the admin API routes under
+// /atomsphere_cors/<name>/.
+type StoreConfig struct {
+	// The store's name: its accounts live under the storage keys
+	// atomsphere_cors/<name>/. Letters, digits, ".", "_" and "-", at
+	// most 64 characters.
+	Name string `json:"name"`
+
+	// How often the store is polled for other servers' writes.
+	// Default: 1s.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
+	// The storage module holding the store. Default: Caddy's storage
+	// (the global storage option; file_system in Caddy's data
+	// directory unless set).
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
+}
+
+const defaultPollInterval = time.Second
+
+// checkStore adds the problems of a handler's store settings to p.
+func checkStore(h *Handler, p *problems) {
+	s := h.Store
+	if s == nil {
+		return
+	}
+	at := place{field: "store"}
+	if len(h.Accounts) > 0 {
+		p.add(at, fmt.Errorf("store %s: a handler takes its accounts from its config or from a store, not both: "+
+			"remove the %d inline accounts (import them with POST /atomsphere_cors/%s/import) or the store", q(s.Name), len(h.Accounts), s.Name))
+	}
+	if err := checkStoreName(s.Name); err != nil {
+		p.add(at, err)
+	}
+	if s.PollInterval < 0 || s.PollInterval > 0 && time.Duration(s.PollInterval) < 10*time.Millisecond {
+		p.add(at, fmt.Errorf("store %s: poll_interval %s is below 10ms", q(s.Name), time.Duration(s.PollInterval)))
+	}
+}
+
+func checkStoreName(name string) error {
+	if name == "" || len(name) > 64 || name == "." || name == ".." {
+		return fmt.Errorf("store name %s must be 1-64 characters, not a dot segment", q(name))
+	}
+	for _, c := range []byte(name) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("store name %s may only have letters, digits, '.', '_' and '-'", q(name))
+		}
+	}
+	return nil
+}
+
+// stores holds one accountStore per store name and storage config, for
+// every handler that uses it: a reload that keeps the store settings
+// reuses the loaded accounts, and the last handler to go stops it.
+var stores = caddy.NewUsagePool()
+
+// provisionStore attaches the handler's index to its store's accounts.
+func (h *Handler) provisionStore(ctx caddy.Context) error {
+	if h.Store == nil {
+		return nil
+	}
+	st := ctx.Storage()
+	var storageKey string
+	if h.Store.StorageRaw != nil {
+		var b bytes.Buffer
+		if err := json.Compact(&b, h.Store.StorageRaw); err != nil {
+			return fmt.Errorf("store %s: storage: %v", q(h.Store.Name), err)
+		}
+		storageKey = b.String()
+		mod, err := ctx.LoadModule(h.Store, "StorageRaw")
+		if err != nil {
+			return fmt.Errorf("store %s: loading storage module: %v", q(h.Store.Name), err)
+		}
+		conv, ok := mod.(caddy.StorageConverter)
+		if !ok {
+			return fmt.Errorf("store %s: module %T is not a storage", q(h.Store.Name), mod)
+		}
+		if st, err = conv.CertMagicStorage(); err != nil {
+			return fmt.Errorf("store %s: storage: %v", q(h.Store.Name), err)
+		}
+	} else {
+		if st == nil {
+			return fmt.Errorf("store %s: Caddy has no storage", q(h.Store.Name))
+		}
+		cfg, err := json.Marshal(st)
+		if err != nil {
+			cfg = []byte(fmt.Sprintf("%p", st))
+		}
+		storageKey = fmt.Sprintf("global %T %s", st, cfg)
+	}
+	interval := time.Duration(h.Store.PollInterval)
+	if interval == 0 {
+		interval = defaultPollInterval
+	}
+	key := h.Store.Name + "\n" + storageKey
+	logger := ctx.Logger().Named("store")
+	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return openStore(h.Store.Name, key, st, logger, interval), nil
+	})
+	if err != nil {
+		return err
+	}
+	s := val.(*accountStore)
+	s.addUser(h, st, logger, interval)
+	h.ix.live = s
+	h.ix.maxOriginLen = maxStoreOriginLen
+	return nil
+}
+
+// Cleanup lets go of the handler's store: the last handler using it
+// stops its poller.
+func (h *Handler) Cleanup() error {
+	if h.ix == nil || h.ix.live == nil {
+		return nil
+	}
+	s := h.ix.live
+	s.removeUser(h)
+	_, err := stores.Delete(s.key)
+	return err
+}
+
+var _ caddy.CleanerUpper = (*Handler)(nil)
+
+// The store's layout in the storage, under atomsphere_cors/<name>/:
+//
+//	head            {"seq": N, "epoch": "..."}: the last committed change
+//	log/<seq>       {"accounts": [...]}: the accounts change seq touched
+//	accounts/<id>   {"account": "<id>", "rules": [...]}: one account
+//
+// A poll reads head alone when nothing changed; otherwise the log
+// entries since the last seen seq, and the accounts they name. A writer
+// holds the storage lock atomsphere_cors_<name> and writes the log
+// entry, then the accounts, then head, so a writer killed half way
+// leaves a log entry past head that the next writer adopts.
+type storeHead struct {
+	Seq   uint64 `json:"seq"`
+	Epoch string `json:"epoch"`
+}
+
+type logEntry struct {
+	Accounts []string `json:"accounts"`
+}
+
+// record is one account as stored, and one line of import and export.
+type record struct {
+	Account string `json:"account"`
+	Rules   []Rule `json:"rules"`
+}
+
+// logRetain is the number of log entries kept: a server further behind
+// than that reads every account again.
+const logRetain = 10000
+
+// storageKeys names one store's keys.
+type storageKeys string
+
+func (k storageKeys) head() string        { return string(k) + "head" }
+func (k storageKeys) accountsDir() string { return string(k) + "accounts" }
+func (k storageKeys) account(id string) string {
+	return string(k) + "accounts/" + escapeID(id)
+}
+func (k storageKeys) log(seq uint64) string { return string(k) + "log/" + fmt.Sprintf("%020d", seq) }
+
+// escapeID makes an account ID one safe storage key segment: bytes
+// other than letters, digits, "-", "_" and "." are percent-encoded, as
+// is a leading ".".
+func escapeID(id string) string {
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' && i > 0 {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
+
+func unescapeID(seg string) (string, error) { return url.PathUnescape(seg) }
+
+// accountStore is the live state of one store on this server, shared by
+// every handler that uses it.
+type accountStore struct {
+	name string
+	key  string // the pool key
+	keys storageKeys
+
+	view atomic.Pointer[accountsView]
+
+	mu       sync.Mutex // everything below, and applying changes
+	users    []storeUser
+	interval time.Duration
+	seq      uint64 // the last change of the store read
+	epoch    string
+	source   string    // "none", "snapshot" or "store"
+	loadedAt time.Time // last successful read of the store
+	failures int
+	lastErr  string
+	gen      uint64            // counts local writes
+	local    map[string]uint64 // account -> gen of its last local write
+	refused  map[string]string // account -> why its record was refused
+	cache    *methodCache
+	dirty    bool // changed since the snapshot was written
+	snapAt   time.Time
+
+	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type storeUser struct {
+	h      *Handler
+	st     certmagic.Storage
+	logger *zap.Logger
+}
+
+// openStore starts a store: from the local snapshot if there is one,
+// then one read of the store (bounded in time), then the poller.
+func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *accountStore {
+	s := &accountStore{
+		name: name, key: key, keys: storageKeys("atomsphere_cors/" + name + "/"),
+		interval: interval, source: "none",
+		local: map[string]uint64{}, refused: map[string]string{},
+		cache: &methodCache{sets: make(map[string]*methodSet)},
+		done:  make(chan struct{}),
+	}
+	s.users = []storeUser{{st: st, logger: logger}}
+	s.view.Store(newView(nil))
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.loadSnapshot(); err != nil {
+		logger.Warn("local snapshot of the store not used", zap.String("store", name), zap.Error(err))
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	err := s.poll(ctx)
+	cancel()
+	s.afterPoll(err)
+	registerStore(s)
+	go s.run()
+	return s
+}
+
+func (s *accountStore) addUser(h *Handler, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.users) == 1 && s.users[0].h == nil {
+		s.users = s.users[:0] // the opener's placeholder
+	}
+	s.users = append(s.users, storeUser{h: h, st: st, logger: logger})
+	s.interval = interval
+	registerStore(s)
+}
+
+func (s *accountStore) removeUser(h *Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, u := range s.users {
+		if u.h == h && len(s.users) > 1 {
+			s.users = append(s.users[:i:i], s.users[i+1:]...)
+			return
+		}
+	}
+}
+
+// storage is the storage of the newest handler using the store (each
+// config loads its own, with the same settings).
+func (s *accountStore) storage() (certmagic.Storage, *zap.Logger) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := s.users[len(s.users)-1]
+	return u.st, u.logger
+}
+
+func (s *accountStore) logger() *zap.Logger { _, l := s.storage(); return l }
+
+// get is the per-request lookup: lock-free.
+func (s *accountStore) get(id string) account {
+	a, _ := s.view.Load().get(id)
+	return a
+}
+
+// Destruct stops the poller and writes the snapshot.
+func (s *accountStore) Destruct() error {
+	s.cancel()
+	<-s.done
+	unregisterStore(s)
+	s.mu.Lock()
+	dirty := s.dirty && s.source == "store"
+	s.mu.Unlock()
+	if dirty {
+		if err := s.writeSnapshot(); err != nil {
+			s.logger().Error("writing the local snapshot of the store", zap.String("store", s.name), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// run polls until the store is destructed, backing off while the
+// storage fails, and writes the snapshot now and then.
+func (s *accountStore) run() {
+	defer close(s.done)
+	t := time.NewTimer(s.pollDelay())
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		err := s.poll(ctx)
+		cancel()
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.afterPoll(err)
+		s.mu.Lock()
+		snap := s.dirty && s.source == "store" && time.Since(s.snapAt) >= snapshotEvery
+		s.mu.Unlock()
+		if snap {
+			if err := s.writeSnapshot(); err != nil {
+				s.logger().Error("writing the local snapshot of the store", zap.String("store", s.name), zap.Error(err))
+			}
+		}
+		t.Reset(s.pollDelay())
+	}
+}
+
+// maxBackoff bounds the wait between polls of a failing storage.
+const maxBackoff = 30 * time.Second
+
+func (s *accountStore) pollDelay() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.interval
+	for i := 0; i < s.failures && d < maxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, max(maxBackoff, s.interval))
+}
+
+// afterPoll records a poll's outcome and logs changes of state, never
+// once per poll: the first failure as a warning, then an error at most
+// once a minute, and the recovery.
+func (s *accountStore) afterPoll(err error) {
+	s.mu.Lock()
+	failures, since, source, seq := s.failures, s.loadedAt, s.source, s.seq
+	if err == nil {
+		s.failures, s.lastErr = 0, ""
+		s.loadedAt = time.Now()
+	} else {
+		s.failures++
+		s.lastErr = err.Error()
+	}
+	s.mu.Unlock()
+	logger := s.logger()
+	fields := []zap.Field{zap.String("store", s.name), zap.String("serving", source), zap.Uint64("seq", seq)}
+	switch {
+	case err == nil && failures > 0:
+		logger.Info("store readable again", append(fields, zap.Int("failed_polls", failures))...)
+	case err != nil && failures == 0:
+		logger.Warn("store unreadable: serving the last rules loaded, retrying with backoff", append(fields, zap.Error(err))...)
+	case err != nil && failures >= 4 && failures%2 == 0: // about once a minute once backed off
+		stale := "never loaded"
+		if !since.IsZero() {
+			stale = time.Since(since).Round(time.Second).String()
+		}
+		logger.Error("store still unreadable", append(fields, zap.Int("failed_polls", failures+1), zap.String("stale_for", stale), zap.Error(err))...)
+	}
+}
+
+// poll brings the accounts up to the store's head: nothing but one read
+// of head when nothing changed, the log entries and changed accounts
+// otherwise, every account when this server is too far behind (or has
+// never read the store).
+func (s *accountStore) poll(ctx context.Context) error {
+	st, logger := s.storage()
+	s.mu.Lock()
+	gen0, last, epoch, fromStore := s.gen, s.seq, s.epoch, s.source != "none"
+	s.mu.Unlock()
+
+	head, err := readHead(ctx, st, s.keys)
+	if err != nil {
+		return err
+	}
+	if fromStore && head.Epoch == epoch && head.Seq == last {
+		s.mu.Lock()
+		s.source = "store"
+		s.mu.Unlock()
+		return nil
+	}
+	if !fromStore || head.Epoch != epoch || head.Seq < last || head.Seq-last > logRetain/2 {
+		return s.loadAll(ctx, st, logger, head, gen0)
+	}
+	ids := map[string]bool{}
+	for seq := last + 1; seq <= head.Seq; seq++ {
+		b, err := st.Load(ctx, s.keys.log(seq))
+		if errors.Is(err, fs.ErrNotExist) {
+			return s.loadAll(ctx, st, logger, head, gen0)
+		}
+		if err != nil {
+			return err
+		}
+		var e logEntry
+		if err := json.Unmarshal(b, &e); err != nil {
+			logger.Error("store log entry unreadable: reading every account", zap.String("store", s.name), zap.Uint64("seq", seq), zap.Error(err))
+			return s.loadAll(ctx, st, logger, head, gen0)
+		}
+		for _, id := range e.Accounts {
+			ids[id] = true
+		}
+	}
+	changes := make(map[string]*account, len(ids))
+	refused := map[string]string{}
+	for id := range ids {
+		b, err := st.Load(ctx, s.keys.account(id))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			changes[id] = nil
+		case err != nil:
+			return err
+		default:
+			a, why := s.compileRecord(id, b)
+			if why != "" {
+				refused[id] = why
+			}
+			changes[id] = a
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range changes {
+		if s.local[id] > gen0 {
+			delete(changes, id) // written here since the poll began: newer than what it read
+			delete(refused, id)
+		} else if _, ok := refused[id]; !ok {
+			delete(s.refused, id)
+		}
+	}
+	s.noteRefused(logger, refused)
+	if len(changes) > 0 {
+		s.view.Store(s.view.Load().with(changes))
+		s.dirty = true
+	}
+	s.seq, s.epoch, s.source = head.Seq, head.Epoch, "store"
+	s.forgetLocal(gen0)
+	return nil
+}
+
+// loadAll reads every account of the store.
+func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64) error {
+	keys, err := st.List(ctx, s.keys.accountsDir(), false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	type loaded struct {
+		id  string
+		b   []byte
+		err error
+	}
+	// Read in parallel (a network storage answers each read in a round
+	// trip); compile in one goroutine, in order.
+	const workers = 16
+	in := make(chan string)
+	out := make(chan loaded, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range in {
+				seg := k[strings.LastIndexByte(k, '/')+1:]
+				id, err := unescapeID(seg)
+				if err != nil {
+					out <- loaded{id: seg, err: fmt.Errorf("key %q: %v", k, err)}
+					continue
+				}
+				b, err := st.Load(ctx, k)
+				out <- loaded{id: id, b: b, err: err}
+			}
+		}()
+	}
+	go func() {
+		defer close(in)
+		for _, k := range keys {
+			select {
+			case in <- k:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(out) }()
+	accounts := make(map[string]account, len(keys))
+	refused := map[string]string{}
+	var firstErr error
+	for l := range out {
+		switch {
+		case errors.Is(l.err, fs.ErrNotExist): // deleted since listed
+		case l.err != nil:
+			if firstErr == nil {
+				firstErr = l.err
+			}
+		case firstErr == nil:
+			a, why := s.compileRecord(l.id, l.b)
+			if why != "" {
+				refused[l.id] = why
+			} else {
+				accounts[l.id] = *a
+			}
+		}
+	}
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	if firstErr != nil {
+		return firstErr
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.view.Load()
+	for id, g := range s.local {
+		if g > gen0 { // written here since the load began
+			if a, ok := cur.get(id); ok {
+				accounts[id] = a
+			} else {
+				delete(accounts, id)
+			}
+			delete(refused, id)
+		}
+	}
+	s.refused = map[string]string{}
+	s.noteRefused(logger, refused)
+	s.view.Store(newView(accounts))
+	s.seq, s.epoch, s.source, s.dirty = head.Seq, head.Epoch, "store", true
+	s.forgetLocal(gen0)
+	logger.Info("store loaded", zap.String("store", s.name), zap.Int("accounts", len(accounts)), zap.Uint64("seq", head.Seq))
+	return nil
+}
+
+// compileRecord compiles a stored account; a record that does not read
+// or does not validate is refused (nil, and why).
+func (s *accountStore) compileRecord(id string, b []byte) (*account, string) {
+	var rec record
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rec); err != nil {
+		return nil, "unreadable record: " + short(err.Error())
+	}
+	if rec.Account != id {
+		return nil, fmt.Sprintf("record names account %s", q(rec.Account))
+	}
+	a, err := s.compile(id, rec.Rules)
+	if err != nil {
+		return nil, err.Error()
+	}
+	return a, ""
+}
+
+// compile checks and compiles one account as a config's account is.
+func (s *accountStore) compile(id string, rules []Rule) (*account, error) {
+	var p problems
+	if err := checkAccountID(id); err != nil {
+		p.add(place{field: "accounts", account: id, rule: -1}, err)
+		return nil, p.err()
+	}
+	s.mu.Lock()
+	a := compileAccount(id, rules, s.cache, &p)
+	s.mu.Unlock()
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// noteRefused logs newly refused records; s.mu is held.
+func (s *accountStore) noteRefused(logger *zap.Logger, refused map[string]string) {
+	for id, why := range refused {
+		if s.refused[id] != why {
+			logger.Error("store record refused: the account allows no origin until it is written again",
+				zap.String("store", s.name), zap.String("account", id), zap.String("problem", why))
+		}
+		if len(s.refused) < 1000 {
+			s.refused[id] = why
+		}
+	}
+}
+
+// forgetLocal drops the marks of local writes that a poll begun after
+// them has read; s.mu is held.
+func (s *accountStore) forgetLocal(gen0 uint64) {
+	for id, g := range s.local {
+		if g <= gen0 {
+			delete(s.local, id)
+		}
+	}
+}
+
+func readHead(ctx context.Context, st certmagic.Storage, keys storageKeys) (storeHead, error) {
+	var h storeHead
+	b, err := st.Load(ctx, keys.head())
+	if errors.Is(err, fs.ErrNotExist) {
+		return h, nil
+	}
+	if err != nil {
+		return h, err
+	}
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, fmt.Errorf("store head %s unreadable: %v", keys.head(), err)
+	}
+	return h, nil
+}
+
+// change is one account to write: rules, or a deletion.
+type change struct {
+	id     string
+	rules  []Rule
+	acct   *account // compiled rules; nil deletes
+	delete bool
+}
+
+var errStoreBusy = errors.New("the store's lock was not obtained in time")
+
+// commit persists a batch of changes under the storage lock, then
+// applies it to this server's accounts. existed reports, for each
+// change, whether the account was in the store before.
+func (s *accountStore) commit(ctx context.Context, changes []change) (existed []bool, err error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	st, _ := s.storage()
+	lockName := "atomsphere_cors_" + s.name
+	if err := lockStore(ctx, st, lockName); err != nil {
+		return nil, err
+	}
+	defer func() { _ = st.Unlock(context.Background(), lockName) }()
+
+	head, err := readHead(ctx, st, s.keys)
+	if err != nil {
+		return nil, err
+	}
+	if head.Epoch == "" {
+		head.Epoch = newEpoch()
+	}
+	// Adopt the log entries of writers killed before they wrote head:
+	// the accounts they name are read again by every server.
+	for range 3 {
+		if !st.Exists(ctx, s.keys.log(head.Seq+1)) {
+			break
+		}
+		head.Seq++
+	}
+	seq := head.Seq + 1
+	ids := make([]string, len(changes))
+	existed = make([]bool, len(changes))
+	for i, c := range changes {
+		ids[i] = c.id
+		existed[i] = st.Exists(ctx, s.keys.account(c.id))
+	}
+	entry, _ := json.Marshal(logEntry{Accounts: ids})
+	if err := st.Store(ctx, s.keys.log(seq), entry); err != nil {
+		return nil, err
+	}
+	for i, c := range changes {
+		if c.delete {
+			if !existed[i] {
+				continue
+			}
+			if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+			continue
+		}
+		b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
+		if err := st.Store(ctx, s.keys.account(c.id), b); err != nil {
+			return nil, err
+		}
+	}
+	head.Seq = seq
+	hb, _ := json.Marshal(head)
+	if err := st.Store(ctx, s.keys.head(), hb); err != nil {
+		return nil, err
+	}
+	if seq > logRetain {
+		_ = st.Delete(ctx, s.keys.log(seq-logRetain))
+	}
+
+	// Persisted: this server serves it from its next request on.
+	s.mu.Lock()
+	s.gen++
+	batch := make(map[string]*account, len(changes))
+	for _, c := range changes {
+		s.local[c.id] = s.gen
+		delete(s.refused, c.id)
+		batch[c.id] = c.acct
+	}
+	s.view.Store(s.view.Load().with(batch))
+	s.dirty = true
+	s.mu.Unlock()
+	return existed, nil
+}
+
+func newEpoch() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// storeStatus is the admin API's view of a store on this server.
+type storeStatus struct {
+	Name                string            `json:"name"`
+	Serving             string            `json:"serving"` // none, snapshot, store
+	Accounts            int               `json:"accounts"`
+	Seq                 uint64            `json:"seq"`
+	Epoch               string            `json:"epoch"`
+	PollInterval        string            `json:"poll_interval"`
+	LastRead            string            `json:"last_read,omitempty"`
+	Stale               bool              `json:"stale"`
+	StaleSeconds        float64           `json:"stale_seconds"`
+	ConsecutiveFailures int               `json:"consecutive_failures"`
+	LastError           string            `json:"last_error,omitempty"`
+	Refused             map[string]string `json:"refused,omitempty"`
+}
+
+func (s *accountStore) status() storeStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := storeStatus{
+		Name: s.name, Serving: s.source, Accounts: s.view.Load().count, Seq: s.seq, Epoch: s.epoch,
+		PollInterval: s.interval.String(), ConsecutiveFailures: s.failures, LastError: s.lastErr,
+		Stale: s.failures > 0 || s.source != "store",
+	}
+	if !s.loadedAt.IsZero() {
+		st.LastRead = s.loadedAt.UTC().Format(time.RFC3339Nano)
+		if st.Stale {
+			st.StaleSeconds = time.Since(s.loadedAt).Seconds()
+		}
+	}
+	if len(s.refused) > 0 {
+		st.Refused = make(map[string]string, min(len(s.refused), 20))
+		for id, why := range s.refused {
+			if len(st.Refused) == 20 {
+				break
+			}
+			st.Refused[id] = why
+		}
+	}
+	return st
+}
+
+// registry: the stores the admin API routes reach, by name; the newest
+// of a name first (a reload that changes a store's storage runs both
+// for a moment).
+var registry struct {
+	sync.Mutex
+	byName map[string][]*accountStore
+}
+
+func registerStore(s *accountStore) {
+	registry.Lock()
+	defer registry.Unlock()
+	if registry.byName == nil {
+		registry.byName = map[string][]*accountStore{}
+	}
+	list := registry.byName[s.name]
+	for i, o := range list {
+		if o == s {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	registry.byName[s.name] = append(list, s)
+}
+
+func unregisterStore(s *accountStore) {
+	registry.Lock()
+	defer registry.Unlock()
+	list := registry.byName[s.name]
+	for i, o := range list {
+		if o == s {
+			registry.byName[s.name] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(registry.byName[s.name]) == 0 {
+		delete(registry.byName, s.name)
+	}
+}
+
+func lookupStore(name string) *accountStore {
+	registry.Lock()
+	defer registry.Unlock()
+	list := registry.byName[name]
+	if len(list) == 0 {
+		return nil
+	}
+	return list[len(list)-1]
+}

@@ -1,0 +1,385 @@
+package atomspherecors
+
+// The rules store in one process: the copy-on-write view, two stores
+// sharing one file_system storage as two servers would, the Caddyfile
+// and JSON settings, and the admin routes against Caddy loaded in this
+// process (docs/store.md). Ports: admin 127.0.0.1:2969, HTTP
+// 127.0.0.1:9699.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+func TestAccountsViewMatchesAMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := map[string]bool{}
+	v := newView(nil)
+	one := account{origins: []allowedOrigin{{origin: "https://a.example", methods: &methodSet{list: []string{"GET"}}}}}
+	for step := range 5000 {
+		batch := map[string]*account{}
+		for range 1 + rng.IntN(3) {
+			id := fmt.Sprintf("acct-%04d", rng.IntN(1500))
+			if rng.IntN(3) == 0 {
+				batch[id] = nil
+				delete(want, id)
+			} else {
+				batch[id] = &one
+				want[id] = true
+			}
+		}
+		v = v.with(batch)
+		if v.count != len(want) {
+			t.Fatalf("step %d: count %d, want %d", step, v.count, len(want))
+		}
+		if step%500 == 0 {
+			var got []string
+			after := ""
+			for range 1000 {
+				ids, more := v.idsAfter(after, 7)
+				got = append(got, ids...)
+				if !more {
+					break
+				}
+				after = ids[len(ids)-1]
+			}
+			wantIDs := make([]string, 0, len(want))
+			for id := range want {
+				wantIDs = append(wantIDs, id)
+			}
+			slices.Sort(wantIDs)
+			if !slices.Equal(got, wantIDs) {
+				t.Fatalf("step %d: listed %d IDs, want %d", step, len(got), len(wantIDs))
+			}
+		}
+	}
+	for i := range 1500 {
+		id := fmt.Sprintf("acct-%04d", i)
+		if _, ok := v.get(id); ok != want[id] {
+			t.Fatalf("%s: present %v, want %v", id, ok, want[id])
+		}
+	}
+}
+
+// testStores opens n stores on one file_system directory, as n servers
+// sharing it would; the snapshots go to a temporary data directory.
+func testStores(t *testing.T, dir string, n int) []*accountStore {
+	t.Helper()
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	out := make([]*accountStore, n)
+	for i := range out {
+		st := &certmagic.FileStorage{Path: dir}
+		out[i] = openStore("t", fmt.Sprintf("t\n%d", i), st, zap.NewNop(), time.Hour)
+		s := out[i]
+		t.Cleanup(func() { _ = s.Destruct() })
+	}
+	return out
+}
+
+func put(t *testing.T, s *accountStore, id string, rules ...Rule) {
+	t.Helper()
+	a, err := s.compile(id, rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.commit(context.Background(), []change{{id: id, rules: rules, acct: a}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allows(s *accountStore, id, origin string) bool {
+	a := s.get(id)
+	return a.find(origin) != nil
+}
+
+func TestStoreWritesConverge(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	a, b := ss[0], ss[1]
+	ctx := context.Background()
+	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
+	if !allows(a, "acct-1", "https://one.example") {
+		t.Fatal("the writing server does not serve its write")
+	}
+	if allows(b, "acct-1", "https://one.example") {
+		t.Fatal("served before a poll")
+	}
+	if err := b.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !allows(b, "acct-1", "https://one.example") {
+		t.Fatal("the other server did not pick the write up")
+	}
+	// Writes to different accounts from both servers at once: none lost.
+	var wg sync.WaitGroup
+	for i, s := range ss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				put(t, s, fmt.Sprintf("s%d-%d", i, j), Rule{Origin: fmt.Sprintf("https://s%d-%d.example", i, j)})
+			}
+		}()
+	}
+	wg.Wait()
+	for _, s := range ss {
+		if err := s.poll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i := range ss {
+			for j := range 20 {
+				if !allows(s, fmt.Sprintf("s%d-%d", i, j), fmt.Sprintf("https://s%d-%d.example", i, j)) {
+					t.Errorf("%s lacks s%d-%d", s.key, i, j)
+				}
+			}
+		}
+	}
+	// A deletion reaches the other server.
+	if _, err := b.commit(ctx, []change{{id: "acct-1", delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.view.Load().get("acct-1"); ok {
+		t.Error("deleted account still served by the other server")
+	}
+}
+
+func TestStoreCorruptRecordAndInterruptedWrite(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	a, b := ss[0], ss[1]
+	ctx := context.Background()
+	put(t, a, "good", Rule{Origin: "https://good.example"})
+	put(t, a, "bad", Rule{Origin: "https://bad.example"})
+	// A writer killed after its log entry and part of its accounts.
+	st := &certmagic.FileStorage{Path: dir}
+	head, _ := readHead(ctx, st, a.keys)
+	_ = st.Store(ctx, a.keys.log(head.Seq+1), mustJSON(logEntry{Accounts: []string{"bad"}}))
+	_ = st.Store(ctx, a.keys.account("bad"), []byte(`{"account":"bad","rules":[{"origin":"https://bad.example/x"}]}`))
+	// The next writer adopts the entry: every server reads "bad" again.
+	put(t, a, "other", Rule{Origin: "https://other.example"})
+	if err := b.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if allows(b, "bad", "https://bad.example") {
+		t.Error("an invalid record is served")
+	}
+	if !allows(b, "good", "https://good.example") || !allows(b, "other", "https://other.example") {
+		t.Error("other accounts stopped working")
+	}
+	if st := b.status(); !strings.Contains(st.Refused["bad"], "must not have a path") {
+		t.Errorf("status does not report the refused record: %+v", st)
+	}
+	// Written again correctly, it is served again.
+	put(t, a, "bad", Rule{Origin: "https://bad.example"})
+	if err := b.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !allows(b, "bad", "https://bad.example") || len(b.status().Refused) != 0 {
+		t.Error("a record written again is not served")
+	}
+}
+
+func TestStoreSameAccountLastWriterWins(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 3)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i, s := range ss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 10 {
+				put(t, s, "shared", Rule{Origin: fmt.Sprintf("https://w%d-%d.example", i, j)})
+			}
+		}()
+	}
+	wg.Wait()
+	b, err := os.ReadFile(filepath.Join(dir, "atomsphere_cors", "t", "accounts", "shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ss {
+		if err := s.poll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := rulesOf(s.get("shared")); !reflect.DeepEqual(got[0].Origin, rec.Rules[0].Origin) {
+			t.Errorf("%s serves %v, the store holds %v", s.key, got, rec.Rules)
+		}
+	}
+}
+
+func TestStoreConfigRefusals(t *testing.T) {
+	for _, tc := range []struct{ name, cfg, want string }{
+		{"both", `{"store":{"name":"s"},"accounts":{"a":[{"origin":"https://a.example"}]}}`, "not both"},
+		{"bad name", `{"store":{"name":"a/b"}}`, "may only have"},
+		{"empty name", `{"store":{"name":""}}`, "must be 1-64"},
+		{"poll", `{"store":{"name":"s","poll_interval":"1ms"}}`, "below 10ms"},
+	} {
+		var h Handler
+		if err := json.Unmarshal([]byte(tc.cfg), &h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := newIndex(&h); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+	cf := "{\n\tadmin off\n}\n:9699 {\n\tatomsphere_cors {\n\t\tstore s {\n\t\t\tpoll_interval 2s\n\t\t\tstorage file_system /tmp/x\n\t\t}\n\t}\n}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(out, []byte(`"store":{"name":"s","poll_interval":2000000000,"storage":{"module":"file_system","root":"/tmp/x"}}`)) {
+		t.Errorf("adapted: %s", out)
+	}
+	cf = strings.Replace(cf, "\t\tstore s", "\t\taccount a {\n\t\t\torigin https://a.example\n\t\t}\n\t\tstore s", 1)
+	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"}); err == nil ||
+		!strings.Contains(err.Error(), "not both") || !strings.Contains(err.Error(), "Caddyfile:9") {
+		t.Errorf("inline accounts and a store: %v", err)
+	}
+}
+
+const (
+	storeAdmin = "http://127.0.0.1:2969"
+	storeHTTP  = "http://127.0.0.1:9699"
+)
+
+func storeCall(t testing.TB, admin, method, path, body string) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, admin+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := adminClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func TestStoreAdminRoutesInProcess(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`{"admin":{"listen":"127.0.0.1:2969","config":{"persist":false}},
+	"storage":{"module":"file_system","root":%q},
+	"logging":{"logs":{"default":{"level":"WARN"}}},
+	"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:9699"],"protocols":["h1"],"routes":[{"handle":[
+		{"handler":"atomsphere_cors","store":{"name":"main"}},
+		{"handler":"static_response","status_code":200,"body":"ok"}]}]}}}}}`, dir)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	c := newProbeClient()
+	check := func(what string, p probe) {
+		t.Helper()
+		if r := send(c, p); r.err != nil {
+			t.Errorf("%s: %v", what, r.err)
+		}
+	}
+	check("empty store", preflightProbe(storeHTTP, "a1", "https://a.example", "GET", ""))
+
+	st, out := storeCall(t, storeAdmin, "PUT", "/atomsphere_cors/main/accounts/a1", `[{"origin":"HTTPS://A.example:443","methods":["get","put"]}]`)
+	if st != http.StatusCreated || out != `[{"origin":"https://a.example","methods":["GET","PUT"]}]`+"\n" {
+		t.Fatalf("PUT: %d %s", st, out)
+	}
+	check("after PUT", preflightProbe(storeHTTP, "a1", "https://a.example", "PUT", "GET, PUT"))
+	check("after PUT", normalProbe(storeHTTP, "a1", "https://a.example", true, "ok"))
+	if st, _ := storeCall(t, storeAdmin, "PUT", "/atomsphere_cors/main/accounts/a1", `[{"origin":"https://a.example"}]`); st != http.StatusOK {
+		t.Errorf("PUT again: %d", st)
+	}
+	check("after replace", preflightProbe(storeHTTP, "a1", "https://a.example", "PUT", ""))
+
+	st, out = storeCall(t, storeAdmin, "PUT", "/atomsphere_cors/main/accounts/a1", `[{"origin":"https://a.example"},{"origin":"ftp://b.example","methods":["GTE"]}]`)
+	if st != http.StatusBadRequest || !strings.Contains(out, `account \"a1\", rule 2 (origin \"ftp://b.example\")`) {
+		t.Errorf("bad PUT: %d %s", st, out)
+	}
+	check("after a refused PUT", preflightProbe(storeHTTP, "a1", "https://a.example", "DELETE", "GET, POST, DELETE"))
+
+	if st, out := storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/accounts/a1", ""); st != 200 || !strings.Contains(out, `"methods":["GET","POST","DELETE"]`) {
+		t.Errorf("GET: %d %s", st, out)
+	}
+	if st, _ := storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/accounts/nope", ""); st != 404 {
+		t.Errorf("GET unknown: %d", st)
+	}
+	if st, _ := storeCall(t, storeAdmin, "DELETE", "/atomsphere_cors/main/accounts/nope", ""); st != 404 {
+		t.Errorf("DELETE unknown: %d", st)
+	}
+
+	var imp strings.Builder
+	for i := range 250 {
+		fmt.Fprintf(&imp, `{"account":"imp-%03d","rules":[{"origin":"https://imp-%d.example","methods":["GET"]}]}`+"\n", i, i)
+	}
+	bad := imp.String() + `{"account":"x","rules":[{"origin":"https://x.example/"}]}` + "\nnot json\n"
+	st, out = storeCall(t, storeAdmin, "POST", "/atomsphere_cors/main/import", bad)
+	if st != 400 || !strings.Contains(out, "line 251: account \\\"x\\\", rule 1") || !strings.Contains(out, "line 252: not a JSON record") {
+		t.Errorf("bad import: %d %s", st, out)
+	}
+	check("after a refused import", preflightProbe(storeHTTP, "imp-001", "https://imp-1.example", "GET", ""))
+	st, out = storeCall(t, storeAdmin, "POST", "/atomsphere_cors/main/import", imp.String())
+	if st != 200 || !strings.Contains(out, `"imported":250`) {
+		t.Fatalf("import: %d %s", st, out)
+	}
+	check("after import", preflightProbe(storeHTTP, "imp-249", "https://imp-249.example", "GET", "GET"))
+
+	st, out = storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/accounts?after=imp-247&limit=2", "")
+	if st != 200 || out != `{"accounts":["imp-248","imp-249"]}`+"\n" {
+		t.Errorf("list: %d %s", st, out)
+	}
+	st, out = storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/accounts?limit=2", "")
+	if st != 200 || out != `{"accounts":["a1","imp-000"],"next":"imp-000"}`+"\n" {
+		t.Errorf("list: %d %s", st, out)
+	}
+	st, out = storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/export", "")
+	if st != 200 || strings.Count(out, "\n") != 251 || !strings.HasPrefix(out, `{"account":"a1","rules":[{"origin":"https://a.example","methods":["GET","POST","DELETE"]}]}`) {
+		t.Errorf("export: %d %d lines", st, strings.Count(out, "\n"))
+	}
+	if st, _ := storeCall(t, storeAdmin, "DELETE", "/atomsphere_cors/main/accounts/a1", ""); st != http.StatusNoContent {
+		t.Errorf("DELETE: %d", st)
+	}
+	check("after DELETE", preflightProbe(storeHTTP, "a1", "https://a.example", "GET", ""))
+
+	// A reload that keeps the store settings reuses the loaded store.
+	before := lookupStore("main")
+	if err := caddy.Load([]byte(strings.Replace(cfg, `"body":"ok"`, `"body":"ok2"`, 1)), true); err != nil {
+		t.Fatal(err)
+	}
+	if lookupStore("main") != before {
+		t.Error("a reload with the same store settings opened the store again")
+	}
+	check("after reload", preflightProbe(storeHTTP, "imp-249", "https://imp-249.example", "GET", "GET"))
+	st, out = storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main", "")
+	if st != 200 || !strings.Contains(out, `"serving":"store"`) || !strings.Contains(out, `"accounts":250`) {
+		t.Errorf("status: %d %s", st, out)
+	}
+}
