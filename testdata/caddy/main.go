@@ -1,0 +1,14 @@
+// Command caddy is Caddy with its standard modules and atomsphere_cors,
+// built by the tests that run the explain command as a real binary.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "atomspherecors"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func main() {
+	caddycmd.Main()
+}
