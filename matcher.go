@@ -170,10 +170,7 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
 		return nil, "repeated Origin header"
 	}
 	// Most requests without Origin are same-origin: they need no lookup.
-	acct := ix.accounts[id]
-	if ix.live != nil {
-		acct = ix.live.get(id)
-	}
+	acct := ix.account(id)
 	if len(acct.origins) == 0 {
 		return nil, "account has no rules"
 	}
@@ -227,6 +224,15 @@ func isSerialised(o string) bool {
 		}
 	}
 	return !strings.HasSuffix(o, ":443") && !strings.HasSuffix(o, ":80")
+}
+
+// account returns the rules of account id: from the store when the
+// handler has one, else from the config.
+func (ix *index) account(id string) account {
+	if ix.live != nil {
+		return ix.live.get(id)
+	}
+	return ix.accounts[id]
 }
 
 func (a *account) find(o string) *allowedOrigin {

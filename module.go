@@ -102,6 +102,10 @@ type Handler struct {
 	// errs are the error routes of the server, which this handler runs
 	// itself on account paths; nil when the server has none.
 	errs *errorRoutes
+
+	// obs receives every decision: metrics, access log, explain
+	// (decision.go).
+	obs observation
 }
 
 // errorRoutes are a server's error routes, compiled on first use: they
@@ -124,6 +128,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.errLogger = ctx.Logger(errorLog{})
 	h.warnDeferred = new(sync.Once)
+	if err := h.provisionObservability(ctx); err != nil {
+		return err
+	}
 	ix, err := newIndex(h)
 	if err != nil {
 		return err
@@ -185,7 +192,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Refuse a target the upstream could read as another account before
 	// deciding anything (docs/behaviour.md §5).
 	if !h.DisablePathGuard && guardedPath(r) && h.ix.ambiguous(r, id, ok) {
-		h.log("path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
+		h.decided(r, "path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
 		return h.refuse(w, r, errAmbiguousPath, "Origin")
 	}
 	if !ok {
@@ -193,6 +200,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	if below := deferredCORSWriter(w); below != nil {
+		h.decided(r, "header operations", id, r.Header[hdrOrigin], r.Method, false, reasonDeferred)
 		return h.refuseDeferredCORS(below)
 	}
 	origin := r.Header[hdrOrigin]
@@ -217,7 +225,7 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, o
 			ao, reason = nil, "method not allowed"
 		}
 	}
-	h.log("preflight", id, origin, reqMethod[0], ao != nil, reason)
+	h.decided(r, "preflight", id, origin, reqMethod[0], ao != nil, reason)
 	if ao == nil {
 		return h.refuse(w, r, errPreflightDenied, varyPreflight)
 	}
@@ -265,7 +273,7 @@ func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	cw.v.vary[0] = "Origin"
 	cw.vary = true
-	h.log("request", id, origin, r.Method, ao != nil, reason)
+	h.decided(r, "request", id, origin, r.Method, ao != nil, reason)
 
 	err := next.ServeHTTP(cw, r)
 	if err != nil {

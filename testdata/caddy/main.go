@@ -1,5 +1,6 @@
 // Command caddy is Caddy with its standard modules and atomsphere_cors,
-// built by fleet_test.go to run several real servers.
+// built by the tests that run real servers (fleet_test.go) and the explain
+// command (explain_test.go).
 package main
 
 import (

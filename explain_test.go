@@ -1,0 +1,285 @@
+package atomspherecors
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// explainBinary builds Caddy with this module (testdata/caddy) into dir.
+func explainBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "caddy")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/caddy")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./testdata/caddy: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runExplain runs the binary's explain subcommand and returns its
+// stdout, stderr and exit status.
+func runExplainBinary(t *testing.T, bin string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"atomsphere-cors", "explain"}, args...)...)
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir(), "XDG_DATA_HOME="+t.TempDir())
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("running %v: %v", cmd.Args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// explainJSON runs explain --json and decodes its answer.
+func explainJSON(t *testing.T, bin string, args ...string) Explanation {
+	t.Helper()
+	out, errOut, code := runExplainBinary(t, bin, append([]string{"--json"}, args...)...)
+	if code != 0 {
+		t.Fatalf("explain %v: exit status %d\n%s%s", args, code, out, errOut)
+	}
+	var e Explanation
+	if err := json.Unmarshal([]byte(out), &e); err != nil {
+		t.Fatalf("explain %v: %v\n%s", args, err, out)
+	}
+	if strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("explain --json: want one line, got %q", out)
+	}
+	return e
+}
+
+const obsExplainCaddyfile = `{
+	admin off
+	persist_config off
+	default_bind 127.0.0.1
+	http_port 9798
+}
+
+http://127.0.0.1:9710 {
+	atomsphere_cors {
+		account account-123456 {
+			origin https://mydomain.com GET POST DELETE
+			origin http://localhost:8080 GET
+		}
+		account account-idn {
+			origin https://bücher.example GET
+		}
+	}
+	respond "api" 200
+}
+
+http://127.0.0.1:9712 {
+	respond "no cors here" 200
+}
+`
+
+// explainCase is one explain run with its known answer.
+type explainCase struct {
+	name    string
+	args    []string // flags before METHOD URL
+	method  string
+	url     string
+	account string
+	pre     bool
+	outcome string
+	reason  string
+	status  int
+	next    bool
+	headers http.Header
+	norm    string // origin_normalised, when checked
+}
+
+func (c explainCase) check(t *testing.T, e Explanation) {
+	t.Helper()
+	if e.Account != c.account || e.Preflight != c.pre || e.Outcome != c.outcome || e.Reason != c.reason ||
+		e.Status != c.status || e.NextHandler != c.next {
+		t.Errorf("%s: got account %q preflight %v outcome %q reason %q status %d next %v,\n"+
+			"want account %q preflight %v outcome %q reason %q status %d next %v",
+			c.name, e.Account, e.Preflight, e.Outcome, e.Reason, e.Status, e.NextHandler,
+			c.account, c.pre, c.outcome, c.reason, c.status, c.next)
+	}
+	if fmt.Sprint(e.Headers) != fmt.Sprint(c.headers) {
+		t.Errorf("%s: headers %v, want %v", c.name, e.Headers, c.headers)
+	}
+	if c.norm != "" && e.OriginNormalised != c.norm {
+		t.Errorf("%s: origin normalised %q, want %q", c.name, e.OriginNormalised, c.norm)
+	}
+}
+
+// explainCases are requests with known answers against
+// obsExplainCaddyfile (base is its site), including the tricky readings
+// of behaviour §1 and §6.
+func explainCases(base string) []explainCase {
+	my := []string{"--origin", "https://mydomain.com"}
+	preOK := func(origin, methods string) http.Header {
+		return http.Header{
+			"Access-Control-Allow-Origin":      {origin},
+			"Access-Control-Allow-Credentials": {"true"},
+			"Access-Control-Allow-Methods":     {methods},
+			"Access-Control-Allow-Headers":     {"cache-control,content-type,expires,last-modified,accept,content-language,authorization,pragma"},
+			"Access-Control-Max-Age":           {"3600"},
+			"Vary":                             {varyPreflight},
+		}
+	}
+	preDenied := http.Header{"Vary": {varyPreflight}}
+	normalOK := func(origin string) http.Header {
+		return http.Header{"Access-Control-Allow-Origin": {origin}, "Access-Control-Allow-Credentials": {"true"}, "Vary": {"Origin"}}
+	}
+	a := base + "/api/rest/v1/account-123456/Atom"
+	return []explainCase{
+		{name: "allowed preflight", args: append(slices.Clone(my), "--request-method", "DELETE"), method: "OPTIONS", url: a,
+			account: "account-123456", pre: true, outcome: "allowed", status: 204,
+			headers: preOK("https://mydomain.com", "GET, POST, DELETE"), norm: "https://mydomain.com"},
+		{name: "denied preflight", args: append(slices.Clone(my), "--request-method", "PUT"), method: "OPTIONS", url: a,
+			account: "account-123456", pre: true, outcome: "denied", reason: "method not allowed", status: 401, headers: preDenied},
+		{name: "upper-case prefix", args: append(slices.Clone(my), "--request-method", "GET"), method: "OPTIONS",
+			url: base + "/API/Rest/V1/account-123456/Atom", account: "account-123456", pre: true, outcome: "allowed", status: 204,
+			headers: preOK("https://mydomain.com", "GET, POST, DELETE")},
+		{name: "dot segments", args: my, method: "GET", url: base + "/api/rest/v1/account-987654/../account-123456/Atom",
+			account: "account-123456", outcome: "allowed", status: 200, next: true, headers: normalOK("https://mydomain.com")},
+		{name: "default port", args: []string{"--origin", "https://mydomain.com:443", "--request-method", "POST"}, method: "OPTIONS",
+			url: a, account: "account-123456", pre: true, outcome: "allowed", status: 204,
+			headers: preOK("https://mydomain.com:443", "GET, POST, DELETE"), norm: "https://mydomain.com"},
+		{name: "IDN origin, punycode", args: []string{"--origin", "https://xn--bcher-kva.example", "--request-method", "GET"},
+			method: "OPTIONS", url: base + "/api/rest/v1/account-idn/x", account: "account-idn", pre: true, outcome: "allowed",
+			status: 204, headers: preOK("https://xn--bcher-kva.example", "GET"), norm: "https://xn--bcher-kva.example"},
+		{name: "IDN origin, Unicode", args: []string{"--origin", "https://bücher.example"}, method: "GET",
+			url: base + "/api/rest/v1/account-idn/x", account: "account-idn", outcome: "allowed", status: 200, next: true,
+			headers: normalOK("https://bücher.example"), norm: "https://xn--bcher-kva.example"},
+		{name: "repeated Origin", args: append(append(slices.Clone(my), my...), "--request-method", "GET"), method: "OPTIONS",
+			url: a, account: "account-123456", pre: true, outcome: "denied", reason: "repeated Origin header", status: 401,
+			headers: preDenied},
+		{name: "origin not allowed, normal request", args: []string{"--origin", "https://evil.example"}, method: "GET", url: a,
+			account: "account-123456", outcome: "denied", reason: "origin not allowed", status: 200, next: true,
+			headers: http.Header{"Vary": {"Origin"}}},
+		{name: "ambiguous path", args: append(slices.Clone(my), "--request-method", "GET"), method: "OPTIONS",
+			url: base + "/api/rest/v1/account-123456/..;/account-987654/x", account: "account-123456", pre: true,
+			outcome: "denied", reason: "ambiguous path", status: 400, headers: http.Header{}},
+		{name: "not an account path", args: my, method: "GET", url: base + "/api/rest/v1/", outcome: "untouched",
+			reason: "not an account path", status: 200, next: true, headers: http.Header{}},
+		{name: "no handler on the site", args: my, method: "GET", url: "http://127.0.0.1:9712/api/rest/v1/account-123456/x",
+			outcome: "untouched", reason: "no atomsphere_cors handler is reached by this URL", headers: http.Header{}},
+	}
+}
+
+// TestExplainCommand runs the explain subcommand of a Caddy built with
+// this module: against a Caddyfile, and against a running server's admin
+// API, whose answers follow an admin API edit.
+func TestExplainCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds Caddy")
+	}
+	storage := obsIsolate(t)
+	dir := t.TempDir()
+	bin := explainBinary(t, dir)
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(obsExplainCaddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("config", func(t *testing.T) {
+		for _, c := range explainCases("http://127.0.0.1:9710") {
+			args := append(append([]string{"--config", cfg}, c.args...), c.method, c.url)
+			c.check(t, explainJSON(t, bin, args...))
+		}
+		// The handler's place in the config, as the admin API names it.
+		e := explainJSON(t, bin, "--config", cfg, "--origin", "https://mydomain.com", "GET",
+			"http://127.0.0.1:9710/api/rest/v1/account-123456/x")
+		if !strings.HasPrefix(e.Handler, "/config/apps/http/servers/") || len(e.Rules) != 2 ||
+			e.Rules[0] != (ExplainRule{"https://mydomain.com", "GET, POST, DELETE"}) {
+			t.Errorf("handler %q, rules %v", e.Handler, e.Rules)
+		}
+	})
+
+	t.Run("text", func(t *testing.T) {
+		out, errOut, code := runExplainBinary(t, bin, "--config", cfg, "--origin", "https://mydomain.com",
+			"--request-method", "PUT", "OPTIONS", "http://127.0.0.1:9710/api/rest/v1/account-123456/Atom")
+		if code != 0 {
+			t.Fatalf("exit status %d\n%s%s", code, out, errOut)
+		}
+		for _, want := range []string{
+			"account:   account-123456 (prefix /api/rest/v1/)\n",
+			"rules:     https://mydomain.com GET, POST, DELETE\n           http://localhost:8080 GET\n",
+			"origin:    https://mydomain.com, normalised https://mydomain.com\n",
+			"preflight: yes (Access-Control-Request-Method: PUT)\n",
+			"decision:  denied: method not allowed\n",
+			"status:    401\n",
+			"headers:\n  Vary: " + varyPreflight + "\n",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("no answer", func(t *testing.T) {
+		bad := filepath.Join(dir, "bad.caddyfile")
+		if err := os.WriteFile(bad, []byte("http://127.0.0.1:9713 {\n\tatomsphere_cors {\n\t\taccount a {\n\t\t\torigin ftp://x.example\n\t\t}\n\t}\n}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"--config", bad, "--origin", "https://x.example", "GET", "http://127.0.0.1:9713/api/rest/v1/a/x"},
+			{"--config", filepath.Join(dir, "missing"), "--origin", "https://x.example", "GET", "http://127.0.0.1:9713/"},
+			{"--address", obsAdminNone, "--origin", "https://x.example", "GET", "http://127.0.0.1:9713/"},
+			{"--config", cfg, "--origin", "https://x.example", "GET", "ftp://127.0.0.1:9710/"},
+			{"--config", cfg, "GET", "http://127.0.0.1:9710/"},
+		} {
+			out, errOut, code := runExplainBinary(t, bin, args...)
+			if code == 0 {
+				t.Errorf("explain %v: exit status 0, want non-zero\n%s%s", args, out, errOut)
+			}
+		}
+	})
+
+	t.Run("address", func(t *testing.T) {
+		startCaddy(t, "caddyfile", strings.Replace(strings.Replace(obsExplainCaddyfile,
+			"admin off", "admin "+obsAdminLive+"\n\t"+storage, 1), "9710", "9711", -1))
+		for _, c := range explainCases("http://127.0.0.1:9711") {
+			args := append(append([]string{"--address", obsAdminLive}, c.args...), c.method, c.url)
+			c.check(t, explainJSON(t, bin, args...))
+		}
+		// The live rules: remove the account's first rule through the
+		// admin API, and the same preflight is denied.
+		e := explainJSON(t, bin, "--address", obsAdminLive, "--origin", "https://mydomain.com", "--request-method", "GET",
+			"OPTIONS", "http://127.0.0.1:9711/api/rest/v1/account-123456/x")
+		if e.Outcome != "allowed" {
+			t.Fatalf("before the edit: %+v", e)
+		}
+		req, err := http.NewRequest("DELETE", "http://"+obsAdminLive+e.Handler+"/accounts/account-123456/0", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := testClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("DELETE %s: status %d", req.URL, res.StatusCode)
+		}
+		e = explainJSON(t, bin, "--address", obsAdminLive, "--origin", "https://mydomain.com", "--request-method", "GET",
+			"OPTIONS", "http://127.0.0.1:9711/api/rest/v1/account-123456/x")
+		if e.Outcome != "denied" || e.Reason != "origin not allowed" || len(e.Rules) != 1 {
+			t.Errorf("after the edit: %+v", e)
+		}
+	})
+}

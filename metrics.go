@@ -1,0 +1,225 @@
+package atomspherecors
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics. The module's collectors are created once per process and
+// registered in the metrics registry of every config that provisions a
+// handler, so they appear on Caddy's /metrics next to Caddy's own, and
+// keep counting across config reloads (each reload, and each admin API
+// edit, has a registry of its own). Labels never carry an account ID or
+// an origin: their sets are small and fixed, whatever the config or the
+// traffic (docs/operating.md, "Metrics").
+
+// Label values of the kind label.
+const (
+	kindPreflight = "preflight"
+	kindNormal    = "normal"
+)
+
+// reasonOther counts a denial whose reason is none of decisionReasons,
+// so that a reason added later is counted before it gets its own value.
+const reasonOther = "other"
+
+// reasonDeferred is the reason of a request refused because a header
+// handler before this one defers Access-Control-* operations.
+const reasonDeferred = "deferred Access-Control-* header operations"
+
+// decisionReasons are the reasons of denials, as the debug log names
+// them, and for each whether a preflight or a normal request can have
+// it (a preflight always has an Origin; only a preflight has an
+// Access-Control-Request-Method).
+var decisionReasons = []struct {
+	reason            string
+	preflight, normal bool
+}{
+	{"no Origin header", false, true},
+	{"repeated Origin header", true, true},
+	{"account has no rules", true, true},
+	{"origin not allowed", true, true},
+	{"malformed Origin header", true, true},
+	{"method not allowed", true, true},
+	{"repeated Access-Control-Request-Method header", true, false},
+	{"ambiguous path", true, true},
+	{reasonDeferred, true, true},
+	{reasonOther, true, true},
+}
+
+// requestsTotal counts decisions; see decisionCounters.
+var requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy",
+	Subsystem: "atomsphere_cors",
+	Name:      "requests_total",
+	Help: "Requests on account paths decided by atomsphere_cors, by kind (preflight, normal), " +
+		"outcome (allowed, denied) and reason of a denial (empty when allowed).",
+}, []string{"kind", "outcome", "reason"})
+
+// decisionCounter holds the counters of one kind of request, resolved
+// once so that a request costs one atomic add and no label lookup. A
+// reason the kind cannot have counts as other.
+type decisionCounter struct {
+	allowed, noOrigin, repeatedOrigin, noRules, originNotAllowed, malformed,
+	methodNotAllowed, repeatedReqMethod, ambiguous, deferred, other prometheus.Counter
+}
+
+var (
+	preflightCounters = newDecisionCounter(kindPreflight)
+	normalCounters    = newDecisionCounter(kindNormal)
+)
+
+func newDecisionCounter(kind string) *decisionCounter {
+	denied := make(map[string]prometheus.Counter)
+	for _, r := range decisionReasons {
+		if kind == kindPreflight && r.preflight || kind == kindNormal && r.normal {
+			denied[r.reason] = requestsTotal.WithLabelValues(kind, "denied", r.reason)
+		}
+	}
+	get := func(reason string) prometheus.Counter {
+		if c := denied[reason]; c != nil {
+			return c
+		}
+		return denied[reasonOther]
+	}
+	return &decisionCounter{
+		allowed:           requestsTotal.WithLabelValues(kind, "allowed", ""),
+		noOrigin:          get("no Origin header"),
+		repeatedOrigin:    get("repeated Origin header"),
+		noRules:           get("account has no rules"),
+		originNotAllowed:  get("origin not allowed"),
+		malformed:         get("malformed Origin header"),
+		methodNotAllowed:  get("method not allowed"),
+		repeatedReqMethod: get("repeated Access-Control-Request-Method header"),
+		ambiguous:         get("ambiguous path"),
+		deferred:          get(reasonDeferred),
+		other:             get(reasonOther),
+	}
+}
+
+// count counts one decision. The reasons are a handful of constant
+// strings: a switch on them compiles to a few comparisons.
+func (c *decisionCounter) count(allowed bool, reason string) {
+	var ctr prometheus.Counter
+	switch {
+	case allowed:
+		ctr = c.allowed
+	default:
+		switch reason {
+		case "origin not allowed":
+			ctr = c.originNotAllowed
+		case "no Origin header":
+			ctr = c.noOrigin
+		case "method not allowed":
+			ctr = c.methodNotAllowed
+		case "account has no rules":
+			ctr = c.noRules
+		case "repeated Origin header":
+			ctr = c.repeatedOrigin
+		case "malformed Origin header":
+			ctr = c.malformed
+		case "repeated Access-Control-Request-Method header":
+			ctr = c.repeatedReqMethod
+		case "ambiguous path":
+			ctr = c.ambiguous
+		case reasonDeferred:
+			ctr = c.deferred
+		default:
+			ctr = c.other
+		}
+	}
+	ctr.Inc()
+}
+
+// isPreflight reports whether r is a preflight (behaviour §2.1), for
+// the decisions made before ServeHTTP tells them apart.
+func isPreflight(r *http.Request) bool {
+	if r.Method != http.MethodOptions || len(r.Header[hdrOrigin]) == 0 {
+		return false
+	}
+	m := r.Header[hdrReqMethod]
+	return len(m) > 1 || len(m) == 1 && m[0] != ""
+}
+
+// Metrics of the rules store. The store calls these functions; until it
+// does, the series do not exist (they are registered by
+// registerStoreMetrics, which the store calls from its Provision).
+var (
+	storeAccounts = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_accounts",
+		Help: "Accounts loaded in the atomsphere_cors rules store.",
+	})
+	storeLastSync = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_last_sync_timestamp_seconds",
+		Help: "Unix time of the rules store's last successful sync.",
+	})
+	storeSyncErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_sync_errors_total",
+		Help: "Failed syncs of the rules store.",
+	})
+	storeEditSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_edit_duration_seconds",
+		Help:    "Time from an edit of the rules store to its taking effect.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+	})
+	storePollSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_poll_duration_seconds",
+		Help:    "Time one poll of the rules store took.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+	})
+)
+
+// registerStoreMetrics registers the rules store's metrics in the
+// config's registry; call it from the store's Provision.
+func registerStoreMetrics(ctx caddy.Context) error {
+	return registerOnce(ctx, storeAccounts, storeLastSync, storeSyncErrors, storeEditSeconds, storePollSeconds)
+}
+
+// storeLoaded records how many accounts the store holds.
+func storeLoaded(accounts int) { storeAccounts.Set(float64(accounts)) }
+
+// storeSynced records the end of a sync: its time when it succeeded,
+// one more error when it failed.
+func storeSynced(at time.Time, err error) {
+	if err != nil {
+		storeSyncErrors.Inc()
+		return
+	}
+	storeLastSync.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// storeEdited records how long an edit took to take effect.
+func storeEdited(d time.Duration) { storeEditSeconds.Observe(d.Seconds()) }
+
+// storePolled records how long a poll took.
+func storePolled(d time.Duration) { storePollSeconds.Observe(d.Seconds()) }
+
+// registerMetrics registers the decision counters in the config's
+// registry.
+func registerMetrics(ctx caddy.Context) error {
+	return registerOnce(ctx, requestsTotal)
+}
+
+// registerOnce registers collectors in ctx's registry. Every handler of
+// a config provisions with the same registry: a collector registered
+// already is not an error.
+func registerOnce(ctx caddy.Context, cs ...prometheus.Collector) error {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return nil
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) && are.ExistingCollector == c {
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
