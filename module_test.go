@@ -253,6 +253,10 @@ const behaviourConfig = `{
 	}
 }`
 
+// TestServeHTTP is the behaviour table: each case's name starts with the
+// section of docs/behaviour.md it checks (§1 which requests, §2
+// preflights, §3 normal requests, §4 the only CORS policy, §6 origins, §7
+// configuration), then says the rule in a sentence.
 func TestServeHTTP(t *testing.T) {
 	groups := []struct {
 		name   string
@@ -688,7 +692,7 @@ func varyTokens(lines []string) []string {
 	return out
 }
 
-// TestServeHTTPSharedValues checks that a later writer appending to a
+// TestServeHTTPSharedValues checks that a later writer rewriting a
 // header value of one response cannot change another response.
 func TestServeHTTPSharedValues(t *testing.T) {
 	h := mustLoadHandler(t, behaviourConfig, nil)
