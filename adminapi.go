@@ -30,6 +30,7 @@ func init() {
 //	DELETE /atomsphere_cors/<name>/accounts/<id>
 //	POST   /atomsphere_cors/<name>/import            NDJSON records
 //	GET    /atomsphere_cors/<name>/export            NDJSON records
+//	GET    /atomsphere_cors/explain?method=&url=&origin=  the explain command
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -40,9 +41,13 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the store routes.
+// Routes returns the store routes and the explain command's route
+// (explainapi.go).
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/atomsphere_cors/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+	return []caddy.AdminRoute{
+		{Pattern: "/atomsphere_cors/", Handler: caddy.AdminHandlerFunc(a.serve)},
+		{Pattern: explainPath, Handler: caddy.AdminHandlerFunc(serveExplain)},
+	}
 }
 
 const (

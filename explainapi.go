@@ -10,34 +10,17 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-func init() {
-	caddy.RegisterModule(explainAPI{})
-}
-
-// explainAPI serves GET /atomsphere_cors/explain on Caddy's admin API:
-// the explain command's answer (explain.go) from the running config, so
-// that it sees the rules as they are now, admin API edits included.
+// The explain command's admin route, GET /atomsphere_cors/explain, is
+// served by the module's admin API (adminapi.go): the explain command's
+// answer (explain.go) from the running config, so that it sees the rules
+// as they are now, admin API edits included.
 //
 // Query parameters: method and url (required), origin and
 // request_method (each may be repeated, one header line each). The
 // answer is an Explanation in JSON.
-type explainAPI struct{}
-
-// CaddyModule returns the Caddy module information.
-func (explainAPI) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "admin.api.atomsphere_cors",
-		New: func() caddy.Module { return new(explainAPI) },
-	}
-}
 
 // explainPath is the admin route of the explain command.
 const explainPath = "/atomsphere_cors/explain"
-
-// Routes returns the explain route.
-func (explainAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: explainPath, Handler: caddy.AdminHandlerFunc(serveExplain)}}
-}
 
 func serveExplain(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
@@ -68,6 +51,3 @@ func serveExplain(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(e)
 }
-
-// Interface guards
-var _ caddy.AdminRouter = explainAPI{}

@@ -52,12 +52,7 @@ func newFleet(t *testing.T) *fleet {
 		t.Skip("builds and runs Caddy processes")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "caddy")
-	out, err := exec.Command("go", "build", "-o", bin, "./testdata/caddy").CombinedOutput()
-	if err != nil {
-		t.Fatalf("building Caddy: %v\n%s", err, out)
-	}
-	f := &fleet{t: t, bin: bin, storage: filepath.Join(dir, "store")}
+	f := &fleet{t: t, bin: caddyBinary(t), storage: filepath.Join(dir, "store")}
 	t.Cleanup(func() {
 		for _, s := range f.servers {
 			s.kill()

@@ -66,6 +66,9 @@ func checkStoreName(name string) error {
 	if name == "" || len(name) > 64 || name == "." || name == ".." {
 		return fmt.Errorf("store name %s must be 1-64 characters, not a dot segment", q(name))
 	}
+	if name == "explain" {
+		return errors.New(`store name "explain" is taken by the explain command's admin route`)
+	}
 	for _, c := range []byte(name) {
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
 			return fmt.Errorf("store name %s may only have letters, digits, '.', '_' and '-'", q(name))
@@ -83,6 +86,9 @@ var stores = caddy.NewUsagePool()
 func (h *Handler) provisionStore(ctx caddy.Context) error {
 	if h.Store == nil {
 		return nil
+	}
+	if err := registerStoreMetrics(ctx); err != nil {
+		return err
 	}
 	st := ctx.Storage()
 	var storageKey string
@@ -335,10 +341,16 @@ func (s *accountStore) run() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		start := time.Now()
 		err := s.poll(ctx)
 		cancel()
 		if s.ctx.Err() != nil {
 			return
+		}
+		storePolled(time.Since(start))
+		storeSynced(time.Now(), err)
+		if err == nil {
+			storeLoaded(s.view.Load().count)
 		}
 		s.afterPoll(err)
 		s.mu.Lock()
@@ -652,6 +664,13 @@ var errStoreBusy = errors.New("the store's lock was not obtained in time")
 // applies it to this server's accounts. existed reports, for each
 // change, whether the account was in the store before.
 func (s *accountStore) commit(ctx context.Context, changes []change) (existed []bool, err error) {
+	start := time.Now()
+	defer func() {
+		if err == nil {
+			storeEdited(time.Since(start))
+			storeLoaded(s.view.Load().count)
+		}
+	}()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	st, _ := s.storage()

@@ -9,7 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -191,4 +195,37 @@ func adminCall(t testing.TB, base, method, path string, body []byte) (int, strin
 		t.Fatalf("admin %s %s: reading body: %v", method, path, err)
 	}
 	return res.StatusCode, string(out)
+}
+
+// caddyBinary builds Caddy with this module (testdata/caddy) once per
+// test binary, into the temporary HOME that TestMain removes, for the
+// tests that run real Caddy processes.
+func caddyBinary(t testing.TB) string {
+	t.Helper()
+	caddyBuild.once.Do(func() {
+		dir, err := os.MkdirTemp(os.Getenv("HOME"), "caddy-bin-")
+		if err != nil {
+			caddyBuild.err = err
+			return
+		}
+		bin := filepath.Join(dir, "caddy")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/caddy").CombinedOutput()
+		if err != nil {
+			caddyBuild.err = fmt.Errorf("go build ./testdata/caddy: %v\n%s", err, out)
+			return
+		}
+		caddyBuild.bin = bin
+	})
+	if caddyBuild.err != nil {
+		t.Fatal(caddyBuild.err)
+	}
+	return caddyBuild.bin
+}
+
+var caddyBuild struct {
+	once sync.Once
+	bin  string
+	err  error
 }
