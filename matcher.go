@@ -206,22 +206,20 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
 // rules are compiled to, so when the exact lookup has missed, parsing it
 // cannot find a rule: a denied browser origin costs no parse.
 func isSerialised(o string) bool {
-	// A host ending in a number may be an IPv4 address in another
-	// spelling ("1.2.3" for "1.2.0.3"): let the parser decide.
-	if _, rest, ok := strings.Cut(o, "://"); ok {
-		if i := strings.LastIndexByte(rest, ':'); i >= 0 && !strings.Contains(rest, "]") {
-			rest = rest[:i]
-		}
-		if last := rest[strings.LastIndexByte(rest, '.')+1:]; last != "" && '0' <= last[0] && last[0] <= '9' {
-			return false
-		}
-	}
+	last := 0 // where the last label (or the host) starts
 	for i := 0; i < len(o); i++ {
 		switch c := o[i]; {
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '.', c == '-', c == '_', c == ':', c == '/':
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == ':':
+		case c == '.', c == '/':
+			last = i + 1
 		default:
 			return false
 		}
+	}
+	// A host whose last label starts with a digit may be an IPv4 address
+	// in another spelling ("1.2.3" for "1.2.0.3"): let the parser decide.
+	if last < len(o) && '0' <= o[last] && o[last] <= '9' {
+		return false
 	}
 	return !strings.HasSuffix(o, ":443") && !strings.HasSuffix(o, ":80")
 }

@@ -283,10 +283,12 @@ func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// return. Headers set now survive to it.
 		cw.finish()
 	}
-	if cw.wroteHeader {
+	if hdr := cw.ResponseWriter.Header(); cw.wroteHeader && len(hdr) != cw.keys {
 		// net/http sends trailers from the header map after the handler
 		// returns: drop the CORS ones set since the header was written.
-		dropCORSTrailers(cw.ResponseWriter.Header())
+		// An undeclared trailer is a new key (http.TrailerPrefix + name),
+		// so a map with as many keys as finish left has none to drop.
+		dropCORSTrailers(hdr)
 	}
 	return err
 }
@@ -467,6 +469,7 @@ type corsWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	v           responseValues
 	vary        bool // add v.vary to Vary unless Vary names it already
+	keys        int  // keys in the header map when finish ran
 	allowed     bool
 	wroteHeader bool
 }
@@ -476,6 +479,7 @@ type corsWriter struct {
 func (cw *corsWriter) finish() {
 	hdr := cw.ResponseWriter.Header()
 	dropCORS(hdr)
+	defer func() { cw.keys = len(hdr) }()
 	if cw.allowed {
 		hdr[hdrAllowOrigin] = cw.v.allowOrigin[:]
 		hdr[hdrAllowCreds] = cw.v.allowCreds[:]

@@ -21,14 +21,35 @@ import (
 // read differently this way; every other path costs a scan for them.
 
 // guardedPath reports whether the path guard must look at r: its path
-// has a '%' (escaped or decoded), ';', '\' or bytes that are not UTF-8
+// has a '%' (escaped or decoded), ';', '\\' or a byte that is not ASCII
 // (an overlong form decoded from upper-case escapes leaves no RawPath).
 func guardedPath(r *http.Request) bool {
-	return r.URL.RawPath != "" ||
-		strings.IndexByte(r.URL.Path, '%') >= 0 ||
-		strings.IndexByte(r.URL.Path, ';') >= 0 ||
-		strings.IndexByte(r.URL.Path, '\\') >= 0 ||
-		!utf8.ValidString(r.URL.Path)
+	return r.URL.RawPath != "" || hasGuardedByte(r.URL.Path)
+}
+
+// hasGuardedByte reports whether p has '%', ';', '\\' or a byte of 0x80 or
+// more. Every path of every request is scanned, so it reads eight bytes
+// at a time: a zero byte of x^(c*lo) is a byte of x equal to c.
+func hasGuardedByte(p string) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	for len(p) >= 8 {
+		x := uint64(p[0]) | uint64(p[1])<<8 | uint64(p[2])<<16 | uint64(p[3])<<24 |
+			uint64(p[4])<<32 | uint64(p[5])<<40 | uint64(p[6])<<48 | uint64(p[7])<<56
+		if x&hi != 0 {
+			return true
+		}
+		a, b, c := x^('%'*lo), x^(';'*lo), x^('\\'*lo)
+		if ((a-lo)&^a|(b-lo)&^b|(c-lo)&^c)&hi != 0 {
+			return true
+		}
+		p = p[8:]
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c == '%' || c == ';' || c == '\\' || c >= utf8.RuneSelf {
+			return true
+		}
+	}
+	return false
 }
 
 // ambiguous reports whether some common backend reading of r's target

@@ -974,3 +974,30 @@ http://:9413 {
 		}
 	}
 }
+
+// TestHasGuardedByte compares the path guard's eight-bytes-at-a-time scan
+// with the plain definition, on every position of short paths and on
+// pseudo-random ones.
+func TestHasGuardedByte(t *testing.T) {
+	plain := func(p string) bool { return strings.ContainsAny(p, "%;\\") || strings.IndexFunc(p, func(r rune) bool { return r >= 0x80 }) >= 0 }
+	base := "/api/rest/v1/account-123456/Atom/3456"
+	for i := 0; i <= len(base); i++ {
+		for _, c := range []string{"%", ";", "\\", "\xc0", "\xff", "é", "a", "$", "\x00"} {
+			p := base[:i] + c + base[i:]
+			if got, want := hasGuardedByte(p), plain(p); got != want {
+				t.Errorf("%q: %v, want %v", p, got, want)
+			}
+		}
+	}
+	seed := uint64(1)
+	for range 20000 {
+		b := make([]byte, int(seed%40))
+		for j := range b {
+			seed = seed*6364136223846793005 + 1442695040888963407
+			b[j] = byte(seed >> 56)
+		}
+		if got, want := hasGuardedByte(string(b)), plain(string(b)); got != want {
+			t.Fatalf("%q: %v, want %v", b, got, want)
+		}
+	}
+}
