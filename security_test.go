@@ -979,7 +979,9 @@ http://:9413 {
 // with the plain definition, on every position of short paths and on
 // pseudo-random ones.
 func TestHasGuardedByte(t *testing.T) {
-	plain := func(p string) bool { return strings.ContainsAny(p, "%;\\") || strings.IndexFunc(p, func(r rune) bool { return r >= 0x80 }) >= 0 }
+	plain := func(p string) bool {
+		return strings.ContainsAny(p, "%;\\") || strings.IndexFunc(p, func(r rune) bool { return r >= 0x80 }) >= 0
+	}
 	base := "/api/rest/v1/account-123456/Atom/3456"
 	for i := 0; i <= len(base); i++ {
 		for _, c := range []string{"%", ";", "\\", "\xc0", "\xff", "é", "a", "$", "\x00"} {
