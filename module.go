@@ -479,7 +479,6 @@ type corsWriter struct {
 func (cw *corsWriter) finish() {
 	hdr := cw.ResponseWriter.Header()
 	dropCORS(hdr)
-	defer func() { cw.keys = len(hdr) }()
 	if cw.allowed {
 		hdr[hdrAllowOrigin] = cw.v.allowOrigin[:]
 		hdr[hdrAllowCreds] = cw.v.allowCreds[:]
@@ -490,6 +489,7 @@ func (cw *corsWriter) finish() {
 	if cw.vary {
 		addVary(hdr, cw.v.vary[:])
 	}
+	cw.keys = len(hdr)
 }
 
 // isCORS reports whether a header name starts with "Access-Control-",
