@@ -1,8 +1,18 @@
 package atomspherecors
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // BenchmarkStoreEdit100k is the cost of applying one account's change
@@ -40,3 +50,176 @@ func storeView100k() *accountsView {
 	}
 	return newView(m)
 }
+
+// BenchmarkStoreIdlePoll is one poll of a store in which nothing
+// changed, at 1 000 and 10 000 accounts: one read of the store's head,
+// whatever the size (docs/store.md). The storage is in memory, so the
+// figure is the store's own work, not a disk's. (This simple memory
+// storage scans every key on Exists and List, which makes filling it
+// with 100 000 accounts take minutes.)
+func BenchmarkStoreIdlePoll(b *testing.B) {
+	for _, n := range []int{1000, 10_000} {
+		b.Run(fmt.Sprintf("accounts=%d", n), func(b *testing.B) {
+			b.Setenv("XDG_DATA_HOME", b.TempDir())
+			s := openStore("bench", fmt.Sprintf("bench\n%d", n), newMemStorage(), zap.NewNop(), time.Hour)
+			defer func() { _ = s.Destruct() }()
+			ctx := context.Background()
+			rules := []Rule{{Origin: "https://a.example", Methods: []string{"GET"}}}
+			for lo := 0; lo < n; lo += 5000 {
+				var batch []change
+				for i := lo; i < min(lo+5000, n); i++ {
+					id := fmt.Sprintf("account-%06d", i)
+					a, err := s.compile(id, rules)
+					if err != nil {
+						b.Fatal(err)
+					}
+					batch = append(batch, change{id: id, rules: rules, acct: a})
+				}
+				if _, err := s.commit(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := s.poll(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := s.poll(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if got := s.view.Load().count; got != n {
+				b.Fatalf("store holds %d accounts, want %d", got, n)
+			}
+		})
+	}
+}
+
+// memStorage is a certmagic.Storage in memory, for benchmarks.
+type memStorage struct {
+	mu    sync.Mutex
+	files map[string]memFile
+	locks map[string]bool
+}
+
+type memFile struct {
+	data []byte
+	mod  time.Time
+}
+
+func newMemStorage() *memStorage {
+	return &memStorage{files: map[string]memFile{}, locks: map[string]bool{}}
+}
+
+func (m *memStorage) Lock(ctx context.Context, name string) error {
+	for range 10000 {
+		m.mu.Lock()
+		if !m.locks[name] {
+			m.locks[name] = true
+			m.mu.Unlock()
+			return nil
+		}
+		m.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return fmt.Errorf("lock %s: timed out", name)
+}
+
+func (m *memStorage) Unlock(_ context.Context, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.locks, name)
+	return nil
+}
+
+func (m *memStorage) Store(_ context.Context, key string, value []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.files[key] = memFile{bytes.Clone(value), time.Now()}
+	return nil
+}
+
+func (m *memStorage) Load(_ context.Context, key string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f, ok := m.files[key]
+	if !ok {
+		return nil, fs.ErrNotExist
+	}
+	return bytes.Clone(f.data), nil
+}
+
+func (m *memStorage) Delete(_ context.Context, key string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	found := false
+	for k := range m.files {
+		if k == key || strings.HasPrefix(k, key+"/") {
+			delete(m.files, k)
+			found = true
+		}
+	}
+	if !found {
+		return fs.ErrNotExist
+	}
+	return nil
+}
+
+func (m *memStorage) Exists(_ context.Context, key string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.files[key]; ok {
+		return true
+	}
+	for k := range m.files {
+		if strings.HasPrefix(k, key+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *memStorage) List(_ context.Context, prefix string, recursive bool) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for k := range m.files {
+		rest, ok := strings.CutPrefix(k, prefix+"/")
+		if !ok {
+			continue
+		}
+		name := k
+		if !recursive {
+			if first, _, more := strings.Cut(rest, "/"); more {
+				name = prefix + "/" + first
+			}
+		}
+		if !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fs.ErrNotExist
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (m *memStorage) Stat(_ context.Context, key string) (certmagic.KeyInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f, ok := m.files[key]
+	if !ok {
+		return certmagic.KeyInfo{}, fs.ErrNotExist
+	}
+	return certmagic.KeyInfo{Key: key, Modified: f.mod, Size: int64(len(f.data)), IsTerminal: true}, nil
+}
+
+var _ certmagic.Storage = (*memStorage)(nil)
