@@ -164,21 +164,21 @@ func foldedPrefix(p, lower string) (int, bool) {
 func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
 	switch len(originHdr) {
 	case 0:
-		return nil, "no Origin header"
+		return nil, reasonNoOrigin
 	case 1:
 	default:
-		return nil, "repeated Origin header"
+		return nil, reasonRepeatedOrigin
 	}
 	// Most requests without Origin are same-origin: they need no lookup.
 	acct := ix.account(id)
 	if len(acct.origins) == 0 {
-		return nil, "account has no rules"
+		return nil, reasonNoRules
 	}
 	o := originHdr[0]
 	// Nothing longer can match, not even exactly: refuse it before the
 	// lookup, which would hash all of it in a large account.
 	if len(o) > ix.maxOriginLen {
-		return nil, "origin not allowed"
+		return nil, reasonOriginNotAllowed
 	}
 	// Browsers send origins already serialised (Fetch standard), so the
 	// exact string is nearly always the one to look for.
@@ -186,18 +186,18 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
 		return ao, ""
 	}
 	if isSerialised(o) {
-		return nil, "origin not allowed"
+		return nil, reasonOriginNotAllowed
 	}
 	parsed, err := parseOrigin(o)
 	if err != nil {
-		return nil, "malformed Origin header"
+		return nil, reasonMalformedOrigin
 	}
 	if canon := parsed.String(); canon != o {
 		if ao := acct.find(canon); ao != nil {
 			return ao, ""
 		}
 	}
-	return nil, "origin not allowed"
+	return nil, reasonOriginNotAllowed
 }
 
 // isSerialised reports whether parsing o could not change it: it has

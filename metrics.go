@@ -23,13 +23,25 @@ const (
 	kindNormal    = "normal"
 )
 
-// reasonOther counts a denial whose reason is none of decisionReasons,
-// so that a reason added later is counted before it gets its own value.
-const reasonOther = "other"
-
-// reasonDeferred is the reason of a request refused because a header
-// handler before this one defers Access-Control-* operations.
-const reasonDeferred = "deferred Access-Control-* header operations"
+// The reasons of denials, as the debug log, the access log and the
+// metrics name them.
+const (
+	reasonNoOrigin          = "no Origin header"
+	reasonRepeatedOrigin    = "repeated Origin header"
+	reasonNoRules           = "account has no rules"
+	reasonOriginNotAllowed  = "origin not allowed"
+	reasonMalformedOrigin   = "malformed Origin header"
+	reasonMethodNotAllowed  = "method not allowed"
+	reasonRepeatedReqMethod = "repeated Access-Control-Request-Method header"
+	reasonAmbiguousPath     = "ambiguous path"
+	// reasonDeferred is the reason of a request refused because a header
+	// handler before this one defers Access-Control-* operations.
+	reasonDeferred = "deferred Access-Control-* header operations"
+	// reasonOther counts a denial whose reason is none of
+	// decisionReasons, so that a reason added later is counted before it
+	// gets its own value.
+	reasonOther = "other"
+)
 
 // decisionReasons are the reasons of denials, as the debug log names
 // them, and for each whether a preflight or a normal request can have
@@ -39,14 +51,14 @@ var decisionReasons = []struct {
 	reason            string
 	preflight, normal bool
 }{
-	{"no Origin header", false, true},
-	{"repeated Origin header", true, true},
-	{"account has no rules", true, true},
-	{"origin not allowed", true, true},
-	{"malformed Origin header", true, true},
-	{"method not allowed", true, true},
-	{"repeated Access-Control-Request-Method header", true, false},
-	{"ambiguous path", true, true},
+	{reasonNoOrigin, false, true},
+	{reasonRepeatedOrigin, true, true},
+	{reasonNoRules, true, true},
+	{reasonOriginNotAllowed, true, true},
+	{reasonMalformedOrigin, true, true},
+	{reasonMethodNotAllowed, true, true},
+	{reasonRepeatedReqMethod, true, false},
+	{reasonAmbiguousPath, true, true},
 	{reasonDeferred, true, true},
 	{reasonOther, true, true},
 }
@@ -88,14 +100,14 @@ func newDecisionCounter(kind string) *decisionCounter {
 	}
 	return &decisionCounter{
 		allowed:           requestsTotal.WithLabelValues(kind, "allowed", ""),
-		noOrigin:          get("no Origin header"),
-		repeatedOrigin:    get("repeated Origin header"),
-		noRules:           get("account has no rules"),
-		originNotAllowed:  get("origin not allowed"),
-		malformed:         get("malformed Origin header"),
-		methodNotAllowed:  get("method not allowed"),
-		repeatedReqMethod: get("repeated Access-Control-Request-Method header"),
-		ambiguous:         get("ambiguous path"),
+		noOrigin:          get(reasonNoOrigin),
+		repeatedOrigin:    get(reasonRepeatedOrigin),
+		noRules:           get(reasonNoRules),
+		originNotAllowed:  get(reasonOriginNotAllowed),
+		malformed:         get(reasonMalformedOrigin),
+		methodNotAllowed:  get(reasonMethodNotAllowed),
+		repeatedReqMethod: get(reasonRepeatedReqMethod),
+		ambiguous:         get(reasonAmbiguousPath),
 		deferred:          get(reasonDeferred),
 		other:             get(reasonOther),
 	}
@@ -110,21 +122,21 @@ func (c *decisionCounter) count(allowed bool, reason string) {
 		ctr = c.allowed
 	default:
 		switch reason {
-		case "origin not allowed":
+		case reasonOriginNotAllowed:
 			ctr = c.originNotAllowed
-		case "no Origin header":
+		case reasonNoOrigin:
 			ctr = c.noOrigin
-		case "method not allowed":
+		case reasonMethodNotAllowed:
 			ctr = c.methodNotAllowed
-		case "account has no rules":
+		case reasonNoRules:
 			ctr = c.noRules
-		case "repeated Origin header":
+		case reasonRepeatedOrigin:
 			ctr = c.repeatedOrigin
-		case "malformed Origin header":
+		case reasonMalformedOrigin:
 			ctr = c.malformed
-		case "repeated Access-Control-Request-Method header":
+		case reasonRepeatedReqMethod:
 			ctr = c.repeatedReqMethod
-		case "ambiguous path":
+		case reasonAmbiguousPath:
 			ctr = c.ambiguous
 		case reasonDeferred:
 			ctr = c.deferred

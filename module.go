@@ -192,7 +192,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Refuse a target the upstream could read as another account before
 	// deciding anything (docs/behaviour.md §5).
 	if !h.DisablePathGuard && guardedPath(r) && h.ix.ambiguous(r, id, ok) {
-		h.decided(r, "path guard", id, r.Header[hdrOrigin], r.Method, false, "ambiguous path")
+		h.decided(r, "path guard", id, r.Header[hdrOrigin], r.Method, false, reasonAmbiguousPath)
 		return h.refuse(w, r, errAmbiguousPath, "Origin")
 	}
 	if !ok {
@@ -220,9 +220,9 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, o
 	if ao != nil {
 		switch {
 		case len(reqMethod) > 1:
-			ao, reason = nil, "repeated Access-Control-Request-Method header"
+			ao, reason = nil, reasonRepeatedReqMethod
 		case !ao.methods.allows(reqMethod[0]):
-			ao, reason = nil, "method not allowed"
+			ao, reason = nil, reasonMethodNotAllowed
 		}
 	}
 	h.decided(r, "preflight", id, origin, reqMethod[0], ao != nil, reason)
@@ -265,7 +265,7 @@ func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	ao, reason := h.ix.match(id, origin)
 	if ao != nil && !ao.methods.allows(r.Method) {
-		ao, reason = nil, "method not allowed"
+		ao, reason = nil, reasonMethodNotAllowed
 	}
 	if ao != nil {
 		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = origin[0], "true", h.ix.exposeHeaders
