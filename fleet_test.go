@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"atomspherecors/internal/testkit"
 )
 
 // fleetPoll is the servers' poll interval in these tests (1s by default).
@@ -161,14 +163,7 @@ func rulesJSON(origin string, methods ...string) string {
 
 // until retries check every 10 ms for at most d.
 func until(d time.Duration, check func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := check()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return testkit.Until(d, 10*time.Millisecond, check)
 }
 
 func percentile(ds []time.Duration, p float64) time.Duration {

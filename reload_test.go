@@ -32,6 +32,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"atomspherecors/internal/testkit"
 )
 
 const (
@@ -624,13 +626,7 @@ func withAccount(t testing.TB, cfg []byte, acct string, rules []Rule) []byte {
 // waitFor polls check until it succeeds, a bounded number of times.
 func waitFor(t testing.TB, what string, check func() error) {
 	t.Helper()
-	const tries, every = 100, 100 * time.Millisecond // up to 10 s
-	var err error
-	for i := 0; i < tries; i++ {
-		if err = check(); err == nil {
-			return
-		}
-		time.Sleep(every)
+	if err := testkit.Until(10*time.Second, 100*time.Millisecond, check); err != nil {
+		t.Fatalf("%s never took effect: %v", what, err)
 	}
-	t.Fatalf("%s never took effect: %v", what, err)
 }

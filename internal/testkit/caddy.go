@@ -100,3 +100,17 @@ func CORSHeaders(h http.Header) http.Header {
 	}
 	return out
 }
+
+// Until calls check every `every` until it returns nil or d has passed,
+// and returns its last error: the bounded wait of tests that watch a
+// server converge.
+func Until(d, every time.Duration, check func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := check()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(every)
+	}
+}

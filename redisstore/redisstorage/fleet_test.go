@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"atomspherecors/internal/testkit"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -77,14 +78,7 @@ func freePort(t *testing.T) int {
 
 // until retries check every 20 ms for at most d.
 func until(d time.Duration, check func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := check()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return testkit.Until(d, 20*time.Millisecond, check)
 }
 
 type redisServer struct {
