@@ -293,7 +293,7 @@ func newIndex(h *Handler) (*index, error) {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	cache := &methodCache{sets: make(map[string]*methodSet)}
+	cache := newMethodCache()
 	longest := 0
 	for _, id := range ids {
 		if err := checkAccountID(id); err != nil {
@@ -404,6 +404,8 @@ type cachedMethods struct {
 	raw []string
 	set *methodSet
 }
+
+func newMethodCache() *methodCache { return &methodCache{sets: make(map[string]*methodSet)} }
 
 // maxCachedMethods bounds the lists methodCache compares a rule's with.
 const maxCachedMethods = 16

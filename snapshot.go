@@ -2,14 +2,19 @@ package atomspherecors
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -17,17 +22,31 @@ import (
 
 // The local snapshot: the last state of a store this server read, in
 // Caddy's data directory, so that a server started while the storage is
-// unreachable serves the rules it last had (docs/store.md, "Faults").
-// One NDJSON file: a header line, then one record per account.
+// unreachable serves the rules it last had, and a restarted server
+// serves at once (docs/store.md, "Faults"). It is read on every start,
+// so it is a plain line format that reads fast, not JSON: a JSON header
+// line, then one line per account,
+//
+//	<escaped ID> TAB <origin> SP <method>,<method>... TAB ...
+//
+// with the ID escaped as in storage keys, and origins and methods in
+// their served form, which hold no space, tab or comma. Every account is
+// validated again when it is read.
 
 // snapshotEvery bounds how often the snapshot is written while the
 // accounts change; it is also written when the store stops.
 const snapshotEvery = 10 * time.Second
 
+// snapshotFormat names the line format above; a snapshot in another
+// format is not used (the store is read instead).
+const snapshotFormat = "lines-1"
+
 type snapshotHeader struct {
-	Store string `json:"store"`
-	Seq   uint64 `json:"seq"`
-	Epoch string `json:"epoch"`
+	Store    string `json:"store"`
+	Format   string `json:"format"`
+	Seq      uint64 `json:"seq"`
+	Epoch    string `json:"epoch"`
+	Accounts int    `json:"accounts"`
 }
 
 func (s *accountStore) snapshotPath() string {
@@ -39,7 +58,8 @@ func (s *accountStore) snapshotPath() string {
 // file renamed over the last snapshot).
 func (s *accountStore) writeSnapshot() error {
 	s.mu.Lock()
-	v, hdr := s.view.Load(), snapshotHeader{Store: s.name, Seq: s.seq, Epoch: s.epoch}
+	v := s.view.Load()
+	hdr := snapshotHeader{Store: s.name, Format: snapshotFormat, Seq: s.seq, Epoch: s.epoch, Accounts: v.count}
 	s.dirty, s.snapAt = false, time.Now()
 	s.mu.Unlock()
 
@@ -53,14 +73,20 @@ func (s *accountStore) writeSnapshot() error {
 	}
 	defer os.Remove(f.Name())
 	w := bufio.NewWriterSize(f, 1<<16)
-	enc := json.NewEncoder(w)
-	_ = enc.Encode(hdr)
+	_ = json.NewEncoder(w).Encode(hdr)
 	var after string
 	for {
 		ids, more := v.idsAfter(after, 4096)
 		for _, id := range ids {
 			a, _ := v.get(id)
-			_ = enc.Encode(record{Account: id, Rules: rulesOf(a)})
+			w.WriteString(escapeID(id))
+			for _, ao := range a.origins {
+				w.WriteByte('\t')
+				w.WriteString(ao.origin)
+				w.WriteByte(' ')
+				w.WriteString(strings.Join(ao.methods.list, ","))
+			}
+			w.WriteByte('\n')
 		}
 		if !more || len(ids) == 0 {
 			break
@@ -82,6 +108,9 @@ func (s *accountStore) writeSnapshot() error {
 }
 
 // loadSnapshot starts the store from its snapshot, when there is one.
+// The lines are read in blocks that the CPUs parse and compile in
+// parallel; one bad line, or a count that differs from the header's,
+// refuses the whole snapshot.
 func (s *accountStore) loadSnapshot() error {
 	f, err := os.Open(s.snapshotPath())
 	if errors.Is(err, fs.ErrNotExist) {
@@ -91,26 +120,138 @@ func (s *accountStore) loadSnapshot() error {
 		return err
 	}
 	defer f.Close()
-	dec := json.NewDecoder(bufio.NewReaderSize(f, 1<<16))
+	r := bufio.NewReaderSize(f, 1<<16)
+	line, err := r.ReadBytes('\n')
 	var hdr snapshotHeader
-	if err := dec.Decode(&hdr); err != nil || hdr.Store != s.name {
+	if err != nil || json.Unmarshal(line, &hdr) != nil || hdr.Store != s.name {
 		return fmt.Errorf("%s: no snapshot header", f.Name())
 	}
-	accounts := map[string]account{}
-	for dec.More() {
-		var rec record
-		if err := dec.Decode(&rec); err != nil {
-			return fmt.Errorf("%s: %v", f.Name(), err)
-		}
-		a, err := s.compile(rec.Account, rec.Rules)
-		if err != nil {
-			return fmt.Errorf("%s: %v", f.Name(), err)
-		}
-		accounts[rec.Account] = *a
+	if hdr.Format != snapshotFormat {
+		return fmt.Errorf("%s: snapshot format %s, not %s", f.Name(), q(hdr.Format), snapshotFormat)
+	}
+	accounts, err := readSnapshotLines(r, hdr.Accounts)
+	if err != nil {
+		return fmt.Errorf("%s: %v", f.Name(), err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.view.Store(newView(accounts))
 	s.seq, s.epoch, s.source = hdr.Seq, hdr.Epoch, "snapshot"
 	return nil
+}
+
+// snapshotBlock is about how much of a snapshot one worker parses at a
+// time.
+const snapshotBlock = 1 << 20
+
+// readSnapshotLines reads the account lines of a snapshot, want of them.
+func readSnapshotLines(r *bufio.Reader, want int) (map[string]account, error) {
+	type block struct {
+		first int // line number of its first line in the file
+		data  []byte
+	}
+	type compiled struct {
+		ids   []string
+		accts []account
+		err   error
+	}
+	workers := min(max(runtime.GOMAXPROCS(0), 1), 8)
+	blocks := make(chan block, workers)
+	results := make(chan compiled, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cache := newMethodCache()
+			for b := range blocks {
+				var c compiled
+				n := b.first
+				for line := range bytes.Lines(b.data) {
+					id, a, err := parseSnapshotLine(line, cache)
+					if err != nil {
+						c.err = fmt.Errorf("line %d: %v", n, err)
+						break
+					}
+					c.ids, c.accts = append(c.ids, id), append(c.accts, a)
+					n++
+				}
+				results <- c
+			}
+		}()
+	}
+	var readErr error
+	go func() {
+		defer close(blocks)
+		first := 2 // the header is line 1
+		for {
+			data := make([]byte, snapshotBlock)
+			n, err := io.ReadFull(r, data)
+			data = data[:n]
+			if err == nil { // read on to the end of the line
+				rest, rerr := r.ReadBytes('\n')
+				data = append(data, rest...)
+				if rerr != nil && rerr != io.EOF {
+					readErr = rerr
+					return
+				}
+			}
+			if len(data) > 0 {
+				if data[len(data)-1] != '\n' {
+					readErr = errors.New("the last line is cut off")
+					return
+				}
+				blocks <- block{first, data}
+				first += bytes.Count(data, []byte{'\n'})
+			}
+			if err != nil {
+				if err != io.EOF && err != io.ErrUnexpectedEOF {
+					readErr = err
+				}
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(results) }()
+	accounts := make(map[string]account, want)
+	var firstErr error
+	for c := range results {
+		if c.err != nil && firstErr == nil {
+			firstErr = c.err
+		}
+		for i, id := range c.ids {
+			accounts[id] = c.accts[i]
+		}
+	}
+	switch {
+	case readErr != nil:
+		return nil, readErr
+	case firstErr != nil:
+		return nil, firstErr
+	case len(accounts) != want:
+		return nil, fmt.Errorf("%d accounts, the header says %d", len(accounts), want)
+	}
+	return accounts, nil
+}
+
+// parseSnapshotLine reads and compiles one account line.
+func parseSnapshotLine(line []byte, cache *methodCache) (string, account, error) {
+	fields := strings.Split(strings.TrimSuffix(string(line), "\n"), "\t")
+	id, err := unescapeID(fields[0])
+	if err != nil {
+		return "", account{}, fmt.Errorf("account ID %s: %v", q(fields[0]), err)
+	}
+	rules := make([]Rule, 0, len(fields)-1)
+	for _, f := range fields[1:] {
+		origin, methods, ok := strings.Cut(f, " ")
+		if !ok {
+			return "", account{}, fmt.Errorf("account %s: rule %s has no methods", q(id), q(f))
+		}
+		rules = append(rules, Rule{Origin: origin, Methods: strings.Split(methods, ",")})
+	}
+	a, err := compileWith(id, rules, cache)
+	if err != nil {
+		return "", account{}, err
+	}
+	return id, *a, nil
 }

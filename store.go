@@ -255,7 +255,7 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 		name: name, key: key, keys: storageKeys("atomsphere_cors/" + name + "/"),
 		interval: interval, source: "none",
 		local: map[string]uint64{}, refused: map[string]string{},
-		cache: &methodCache{sets: make(map[string]*methodSet)},
+		cache: newMethodCache(),
 		done:  make(chan struct{}),
 	}
 	s.users = []storeUser{{st: st, logger: logger}}
@@ -451,6 +451,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 	}
 	changes := make(map[string]*account, len(ids))
 	refused := map[string]string{}
+	cache := newMethodCache()
 	for id := range ids {
 		b, err := st.Load(ctx, s.keys.account(id))
 		switch {
@@ -459,7 +460,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 		case err != nil:
 			return err
 		default:
-			a, why := s.compileRecord(id, b)
+			a, why := compileRecord(id, b, cache)
 			if why != "" {
 				refused[id] = why
 			}
@@ -494,11 +495,13 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	}
 	type loaded struct {
 		id  string
-		b   []byte
+		a   *account
+		why string // the record was refused
 		err error
 	}
-	// Read in parallel (a network storage answers each read in a round
-	// trip); compile in one goroutine, in order.
+	// Read and compile in parallel (a network storage answers each read
+	// in a round trip; compiling takes the CPUs there are), each worker
+	// with its own method sets.
 	const workers = 16
 	in := make(chan string)
 	out := make(chan loaded, workers)
@@ -507,6 +510,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			cache := newMethodCache()
 			for k := range in {
 				seg := k[strings.LastIndexByte(k, '/')+1:]
 				id, err := unescapeID(seg)
@@ -515,7 +519,12 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 					continue
 				}
 				b, err := st.Load(ctx, k)
-				out <- loaded{id: id, b: b, err: err}
+				if err != nil {
+					out <- loaded{id: id, err: err}
+					continue
+				}
+				a, why := compileRecord(id, b, cache)
+				out <- loaded{id: id, a: a, why: why}
 			}
 		}()
 	}
@@ -540,13 +549,11 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 			if firstErr == nil {
 				firstErr = l.err
 			}
-		case firstErr == nil:
-			a, why := s.compileRecord(l.id, l.b)
-			if why != "" {
-				refused[l.id] = why
-			} else {
-				accounts[l.id] = *a
-			}
+		case firstErr != nil:
+		case l.why != "":
+			refused[l.id] = l.why
+		default:
+			accounts[l.id] = *l.a
 		}
 	}
 	if firstErr == nil {
@@ -577,9 +584,10 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	return nil
 }
 
-// compileRecord compiles a stored account; a record that does not read
-// or does not validate is refused (nil, and why).
-func (s *accountStore) compileRecord(id string, b []byte) (*account, string) {
+// compileRecord compiles a stored account with cache, which only its
+// caller uses; a record that does not read or does not validate is
+// refused (nil, and why).
+func compileRecord(id string, b []byte, cache *methodCache) (*account, string) {
 	var rec record
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -589,23 +597,30 @@ func (s *accountStore) compileRecord(id string, b []byte) (*account, string) {
 	if rec.Account != id {
 		return nil, fmt.Sprintf("record names account %s", q(rec.Account))
 	}
-	a, err := s.compile(id, rec.Rules)
+	a, err := compileWith(id, rec.Rules, cache)
 	if err != nil {
 		return nil, err.Error()
 	}
 	return a, ""
 }
 
-// compile checks and compiles one account as a config's account is.
+// compile checks and compiles one account as a config's account is,
+// sharing the store's method sets.
 func (s *accountStore) compile(id string, rules []Rule) (*account, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return compileWith(id, rules, s.cache)
+}
+
+// compileWith is compile with a method cache that only its caller uses,
+// so that loads can compile accounts in parallel.
+func compileWith(id string, rules []Rule, cache *methodCache) (*account, error) {
 	var p problems
 	if err := checkAccountID(id); err != nil {
 		p.add(place{field: "accounts", account: id, rule: -1}, err)
 		return nil, p.err()
 	}
-	s.mu.Lock()
-	a := compileAccount(id, rules, s.cache, &p)
-	s.mu.Unlock()
+	a := compileAccount(id, rules, cache, &p)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
