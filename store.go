@@ -431,7 +431,8 @@ func (s *accountStore) poll(ctx context.Context) error {
 	if !fromStore || head.Epoch != epoch || head.Seq < last || head.Seq-last > logRetain/2 {
 		return s.loadAll(ctx, st, logger, head, gen0)
 	}
-	ids := map[string]bool{}
+	seen := map[string]bool{}
+	var ids []string
 	for seq := last + 1; seq <= head.Seq; seq++ {
 		b, err := st.Load(ctx, s.keys.log(seq))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -446,26 +447,39 @@ func (s *accountStore) poll(ctx context.Context) error {
 			return s.loadAll(ctx, st, logger, head, gen0)
 		}
 		for _, id := range e.Accounts {
-			ids[id] = true
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
 		}
 	}
+	// Read the changed accounts side by side (an import changes
+	// thousands), compiling them one at a time.
 	changes := make(map[string]*account, len(ids))
 	refused := map[string]string{}
 	cache := newMethodCache()
-	for id := range ids {
+	var mu sync.Mutex
+	err = inParallel(ctx, len(ids), func(i int) error {
+		id := ids[i]
 		b, err := st.Load(ctx, s.keys.account(id))
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			changes[id] = nil
-		case err != nil:
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
-		default:
-			a, why := compileRecord(id, b, cache)
-			if why != "" {
-				refused[id] = why
-			}
-			changes[id] = a
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			changes[id] = nil
+			return nil
+		}
+		a, why := compileRecord(id, b, cache)
+		if why != "" {
+			refused[id] = why
+		}
+		changes[id] = a
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -502,7 +516,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	// Read and compile in parallel (a network storage answers each read
 	// in a round trip; compiling takes the CPUs there are), each worker
 	// with its own method sets.
-	const workers = 16
+	const workers = storageWorkers
 	in := make(chan string)
 	out := make(chan loaded, workers)
 	var wg sync.WaitGroup
@@ -715,26 +729,31 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	existed = make([]bool, len(changes))
 	for i, c := range changes {
 		ids[i] = c.id
-		existed[i] = st.Exists(ctx, s.keys.account(c.id))
 	}
+	_ = inParallel(ctx, len(changes), func(i int) error {
+		existed[i] = st.Exists(ctx, s.keys.account(changes[i].id))
+		return nil
+	})
 	entry, _ := json.Marshal(logEntry{Accounts: ids})
 	if err := st.Store(ctx, s.keys.log(seq), entry); err != nil {
 		return nil, err
 	}
-	for i, c := range changes {
+	err = inParallel(ctx, len(changes), func(i int) error {
+		c := changes[i]
 		if c.delete {
 			if !existed[i] {
-				continue
+				return nil
 			}
 			if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return nil, err
+				return err
 			}
-			continue
+			return nil
 		}
 		b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
-		if err := st.Store(ctx, s.keys.account(c.id), b); err != nil {
-			return nil, err
-		}
+		return st.Store(ctx, s.keys.account(c.id), b)
+	})
+	if err != nil {
+		return nil, err
 	}
 	head.Seq = seq
 	hb, _ := json.Marshal(head)
@@ -758,6 +777,53 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	s.dirty = true
 	s.mu.Unlock()
 	return existed, nil
+}
+
+// storageWorkers bounds the storage operations a commit or a load runs
+// at once: each costs a round trip to a network storage, or a write and
+// an fsync to file_system, which disks and servers do side by side.
+const storageWorkers = 16
+
+// inParallel runs fn(0) to fn(n-1) on up to storageWorkers goroutines
+// (the caller's alone for one) and returns the first error; after an
+// error, or once ctx is done, the calls not yet started are skipped.
+func inParallel(ctx context.Context, n int, fn func(i int) error) error {
+	if n == 1 {
+		return fn(0)
+	}
+	var (
+		next     atomic.Int64
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	failed := func() bool { mu.Lock(); defer mu.Unlock(); return firstErr != nil }
+	for range min(n, storageWorkers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || failed() {
+					return
+				}
+				err := ctx.Err()
+				if err == nil {
+					err = fn(i)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
 }
 
 func newEpoch() string {
