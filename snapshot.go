@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -41,38 +42,26 @@ const snapshotEvery = 10 * time.Second
 // format is not used (the store is read instead).
 const snapshotFormat = "lines-1"
 
+// snapshotHeader is the first line of a snapshot, and of the store's
+// shared base (storebase.go), which has the same format.
 type snapshotHeader struct {
-	Store    string `json:"store"`
-	Format   string `json:"format"`
-	Seq      uint64 `json:"seq"`
-	Epoch    string `json:"epoch"`
-	Accounts int    `json:"accounts"`
+	Store    string            `json:"store"`
+	Format   string            `json:"format"`
+	Seq      uint64            `json:"seq"`
+	Epoch    string            `json:"epoch"`
+	Accounts int               `json:"accounts"`
+	Refused  map[string]string `json:"refused,omitempty"` // records refused, and why
 }
 
-func (s *accountStore) snapshotPath() string {
-	sum := sha256.Sum256([]byte(s.key))
-	return filepath.Join(caddy.AppDataDir(), "atomsphere_cors", s.name+"-"+hex.EncodeToString(sum[:6])+".ndjson")
+// linesHeader is the header of the accounts of v; s.mu is held.
+func (s *accountStore) linesHeader(v *accountsView) snapshotHeader {
+	return snapshotHeader{Store: s.name, Format: snapshotFormat, Seq: s.seq, Epoch: s.epoch,
+		Accounts: v.count, Refused: maps.Clone(s.refused)}
 }
 
-// writeSnapshot writes the accounts served now, atomically (a temporary
-// file renamed over the last snapshot).
-func (s *accountStore) writeSnapshot() error {
-	s.mu.Lock()
-	v := s.view.Load()
-	hdr := snapshotHeader{Store: s.name, Format: snapshotFormat, Seq: s.seq, Epoch: s.epoch, Accounts: v.count}
-	s.dirty, s.snapAt = false, time.Now()
-	s.mu.Unlock()
-
-	path := s.snapshotPath()
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".snapshot-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	w := bufio.NewWriterSize(f, 1<<16)
+// writeAccountLines writes hdr and the accounts of v in the line format.
+// Errors are the writer's, seen at its Flush.
+func writeAccountLines(w *bufio.Writer, hdr snapshotHeader, v *accountsView) {
 	_ = json.NewEncoder(w).Encode(hdr)
 	var after string
 	for {
@@ -89,10 +78,52 @@ func (s *accountStore) writeSnapshot() error {
 			w.WriteByte('\n')
 		}
 		if !more || len(ids) == 0 {
-			break
+			return
 		}
 		after = ids[len(ids)-1]
 	}
+}
+
+// readAccountLines reads what writeAccountLines wrote: the header, which
+// must name store, and the accounts.
+func readAccountLines(r *bufio.Reader, store string) (snapshotHeader, map[string]account, error) {
+	var hdr snapshotHeader
+	line, err := r.ReadBytes('\n')
+	if err != nil || json.Unmarshal(line, &hdr) != nil || hdr.Store != store {
+		return hdr, nil, errors.New("no header")
+	}
+	if hdr.Format != snapshotFormat {
+		return hdr, nil, fmt.Errorf("format %s, not %s", q(hdr.Format), snapshotFormat)
+	}
+	accounts, err := readSnapshotLines(r, hdr.Accounts)
+	return hdr, accounts, err
+}
+
+func (s *accountStore) snapshotPath() string {
+	sum := sha256.Sum256([]byte(s.key))
+	return filepath.Join(caddy.AppDataDir(), "atomsphere_cors", s.name+"-"+hex.EncodeToString(sum[:6])+".ndjson")
+}
+
+// writeSnapshot writes the accounts served now, atomically (a temporary
+// file renamed over the last snapshot).
+func (s *accountStore) writeSnapshot() error {
+	s.mu.Lock()
+	v := s.view.Load()
+	hdr := s.linesHeader(v)
+	s.dirty, s.snapAt = false, time.Now()
+	s.mu.Unlock()
+
+	path := s.snapshotPath()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".snapshot-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	w := bufio.NewWriterSize(f, 1<<16)
+	writeAccountLines(w, hdr, v)
 	if err := w.Flush(); err != nil {
 		f.Close()
 		return err
@@ -120,23 +151,16 @@ func (s *accountStore) loadSnapshot() error {
 		return err
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<16)
-	line, err := r.ReadBytes('\n')
-	var hdr snapshotHeader
-	if err != nil || json.Unmarshal(line, &hdr) != nil || hdr.Store != s.name {
-		return fmt.Errorf("%s: no snapshot header", f.Name())
-	}
-	if hdr.Format != snapshotFormat {
-		return fmt.Errorf("%s: snapshot format %s, not %s", f.Name(), q(hdr.Format), snapshotFormat)
-	}
-	accounts, err := readSnapshotLines(r, hdr.Accounts)
+	hdr, accounts, err := readAccountLines(bufio.NewReaderSize(f, 1<<16), s.name)
 	if err != nil {
-		return fmt.Errorf("%s: %v", f.Name(), err)
+		return fmt.Errorf("snapshot %s: %v", f.Name(), err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.view.Store(newView(accounts))
 	s.seq, s.epoch, s.source = hdr.Seq, hdr.Epoch, "snapshot"
+	s.refused = map[string]string{}
+	maps.Copy(s.refused, hdr.Refused)
 	return nil
 }
 

@@ -97,7 +97,7 @@ func TestSnapshotDamagedIsNotUsed(t *testing.T) {
 		}, "has no methods"},
 		{"another format", func(s string) string {
 			return strings.Replace(s, `"format":"lines-1"`, `"format":"json"`, 1)
-		}, "snapshot format"},
+		}, `format "json"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key, _ := writeTestSnapshot(t)

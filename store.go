@@ -157,9 +157,13 @@ var _ caddy.CleanerUpper = (*Handler)(nil)
 //	head            {"seq": N, "epoch": "..."}: the last committed change
 //	log/<seq>       {"accounts": [...]}: the accounts change seq touched
 //	accounts/<id>   {"account": "<id>", "rules": [...]}: one account
+//	base            every account as of one seq (storebase.go)
+//	base-seq        {"seq": N, "epoch": "..."}: the seq of base
 //
 // A poll reads head alone when nothing changed; otherwise the log
-// entries since the last seen seq, and the accounts they name. A writer
+// entries since the last seen seq, and the accounts they name. A server
+// that starts, or is too far behind, reads base and the log after it,
+// or else every account. A writer
 // holds the storage lock atomsphere_cors_<name> and writes the log
 // entry, then the accounts, then head, so a writer killed half way
 // leaves a log entry past head that the next writer adopts.
@@ -191,6 +195,8 @@ func (k storageKeys) account(id string) string {
 	return string(k) + "accounts/" + escapeID(id)
 }
 func (k storageKeys) log(seq uint64) string { return string(k) + "log/" + fmt.Sprintf("%020d", seq) }
+func (k storageKeys) base() string          { return string(k) + "base" }
+func (k storageKeys) baseSeq() string       { return string(k) + "base-seq" }
 
 // escapeID makes an account ID one safe storage key segment: bytes
 // other than letters, digits, "-", "_" and "." are percent-encoded, as
@@ -234,6 +240,9 @@ type accountStore struct {
 	cache    *methodCache
 	dirty    bool // changed since the snapshot was written
 	snapAt   time.Time
+	baseNext uint64    // the seq from which to write a new base
+	baseAt   time.Time // when this server last set out to write it
+	baseBusy bool
 
 	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
 
@@ -351,6 +360,7 @@ func (s *accountStore) run() {
 		storeSynced(time.Now(), err)
 		if err == nil {
 			storeLoaded(s.view.Load().count)
+			s.maybeWriteBase()
 		}
 		s.afterPoll(err)
 		s.mu.Lock()
@@ -429,8 +439,21 @@ func (s *accountStore) poll(ctx context.Context) error {
 		return nil
 	}
 	if !fromStore || head.Epoch != epoch || head.Seq < last || head.Seq-last > logRetain/2 {
-		return s.loadAll(ctx, st, logger, head, gen0)
+		base, err := s.loadBase(ctx, st, logger, head, gen0)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				logger.Warn("store base not used: reading every account", zap.String("store", s.name), zap.Error(err))
+			}
+			return s.loadAll(ctx, st, logger, head, gen0)
+		}
+		last = base // and catch up from there through the log
 	}
+	return s.readChanges(ctx, st, logger, head, last, gen0)
+}
+
+// readChanges reads the changes after seq last up to head: the log
+// entries, then the accounts they name.
+func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, last, gen0 uint64) error {
 	seen := map[string]bool{}
 	var ids []string
 	for seq := last + 1; seq <= head.Seq; seq++ {
@@ -459,7 +482,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 	refused := map[string]string{}
 	cache := newMethodCache()
 	var mu sync.Mutex
-	err = inParallel(ctx, len(ids), func(i int) error {
+	err := inParallel(ctx, len(ids), func(i int) error {
 		id := ids[i]
 		b, err := st.Load(ctx, s.keys.account(id))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -576,6 +599,14 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	if firstErr != nil {
 		return firstErr
 	}
+	s.install(logger, accounts, refused, head, gen0)
+	logger.Info("store loaded", zap.String("store", s.name), zap.Int("accounts", len(accounts)), zap.Uint64("seq", head.Seq))
+	return nil
+}
+
+// install makes accounts, as the store held them at head, the accounts
+// served, keeping what this server wrote since gen0.
+func (s *accountStore) install(logger *zap.Logger, accounts map[string]account, refused map[string]string, head storeHead, gen0 uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.view.Load()
@@ -594,8 +625,6 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	s.view.Store(newView(accounts))
 	s.seq, s.epoch, s.source, s.dirty = head.Seq, head.Epoch, "store", true
 	s.forgetLocal(gen0)
-	logger.Info("store loaded", zap.String("store", s.name), zap.Int("accounts", len(accounts)), zap.Uint64("seq", head.Seq))
-	return nil
 }
 
 // compileRecord compiles a stored account with cache, which only its

@@ -1,0 +1,135 @@
+package atomspherecors
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// The store's base: every account as of one seq, in one key, in the
+// snapshot's line format. A server that starts without a snapshot (a new
+// server of a fleet) reads it and the log after it instead of 10^5
+// account records one by one (docs/store.md, "How the store works").
+//
+// Any server may write it, from the accounts it serves just after a poll
+// or a commit brought it to seq N: those are the store's accounts at N,
+// except accounts changed after N, which a reader of the base reads
+// again from the log. The base is a cache: when it is missing, of
+// another epoch, unreadable, or older than the log kept, a server reads
+// every account instead.
+
+const (
+	// baseEvery is how many changes after the base a server writes a new one.
+	baseEvery = 100
+	// baseMinInterval bounds how often one server writes the base.
+	baseMinInterval = time.Minute
+)
+
+// maybeWriteBase starts writing the base when this server's accounts
+// are baseEvery changes past the base it last saw, at most once every
+// baseMinInterval. It runs in the poller after each successful poll.
+func (s *accountStore) maybeWriteBase() {
+	s.mu.Lock()
+	due := s.source == "store" && !s.baseBusy && s.seq >= s.baseNext && time.Since(s.baseAt) >= baseMinInterval
+	if due {
+		s.baseBusy, s.baseAt = true, time.Now()
+	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	go func() {
+		defer func() {
+			s.mu.Lock()
+			s.baseBusy = false
+			s.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Minute)
+		defer cancel()
+		if err := s.writeBase(ctx); err != nil && s.ctx.Err() == nil {
+			s.logger().Warn("writing the store's base", zap.String("store", s.name), zap.Error(err))
+		}
+	}()
+}
+
+// writeBase writes the base under a lock of its own, unless another
+// server wrote a recent enough one meanwhile.
+func (s *accountStore) writeBase(ctx context.Context) error {
+	st, logger := s.storage()
+	lockName := "atomsphere_cors_" + s.name + "_base"
+	if err := lockStore(ctx, st, lockName); err != nil {
+		return err
+	}
+	defer func() { _ = st.Unlock(context.Background(), lockName) }()
+	var cur storeHead
+	if b, err := st.Load(ctx, s.keys.baseSeq()); err == nil {
+		_ = json.Unmarshal(b, &cur)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	s.mu.Lock()
+	v := s.view.Load()
+	hdr := s.linesHeader(v)
+	s.mu.Unlock()
+	if cur.Epoch == hdr.Epoch && cur.Seq+baseEvery > hdr.Seq {
+		s.mu.Lock()
+		s.baseNext = cur.Seq + baseEvery
+		s.mu.Unlock()
+		return nil
+	}
+	var buf bytes.Buffer
+	w := bufio.NewWriterSize(&buf, 1<<16)
+	writeAccountLines(w, hdr, v)
+	_ = w.Flush()
+	if err := st.Store(ctx, s.keys.base(), buf.Bytes()); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(storeHead{Seq: hdr.Seq, Epoch: hdr.Epoch})
+	if err := st.Store(ctx, s.keys.baseSeq(), b); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.baseNext = hdr.Seq + baseEvery
+	s.mu.Unlock()
+	logger.Info("store base written", zap.String("store", s.name), zap.Int("accounts", hdr.Accounts),
+		zap.Uint64("seq", hdr.Seq), zap.Int("bytes", buf.Len()))
+	return nil
+}
+
+// loadBase serves the accounts of the base, when it is of head's epoch
+// and the log after it is kept, and returns its seq; the caller reads
+// the changes after it. fs.ErrNotExist: there is no base.
+func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64) (uint64, error) {
+	b, err := st.Load(ctx, s.keys.base())
+	if err != nil {
+		return 0, err
+	}
+	hdr, accounts, err := readAccountLines(bufio.NewReader(bytes.NewReader(b)), s.name)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%s: %v", s.keys.base(), err)
+	case hdr.Epoch != head.Epoch:
+		return 0, fmt.Errorf("%s: of another epoch (the store was recreated)", s.keys.base())
+	case hdr.Seq > head.Seq || head.Seq-hdr.Seq > logRetain/2:
+		return 0, fmt.Errorf("%s: at change %d, the store at %d", s.keys.base(), hdr.Seq, head.Seq)
+	}
+	refused := hdr.Refused
+	if refused == nil {
+		refused = map[string]string{}
+	}
+	s.install(logger, accounts, refused, storeHead{Seq: hdr.Seq, Epoch: hdr.Epoch}, gen0)
+	s.mu.Lock()
+	s.baseNext = hdr.Seq + baseEvery
+	s.mu.Unlock()
+	logger.Info("store loaded from its base", zap.String("store", s.name), zap.Int("accounts", len(accounts)),
+		zap.Uint64("base_seq", hdr.Seq), zap.Uint64("seq", head.Seq))
+	return hdr.Seq, nil
+}

@@ -1,0 +1,186 @@
+package atomspherecors
+
+// The store's shared base (docs/store.md, "How the store works"): a
+// server that starts without a snapshot reads the base and the log
+// after it, and falls back to every account when the base cannot be
+// used.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"atomspherecors/internal/testkit"
+)
+
+// baseFixture writes 30 accounts through server a, then the base, then
+// three changes after it (a create, a replacement, a delete); and it
+// removes account acct-07's record from the storage behind the store's
+// back, so that a server serving acct-07 read it from the base.
+func baseFixture(t *testing.T) (dir string, a *accountStore) {
+	t.Helper()
+	dir = t.TempDir()
+	a = testStores(t, dir, 1)[0]
+	for i := range 30 {
+		put(t, a, fmt.Sprintf("acct-%02d", i), Rule{Origin: fmt.Sprintf("https://a%d.example", i)})
+	}
+	if err := a.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.writeBase(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	put(t, a, "acct-new", Rule{Origin: "https://new.example"})
+	put(t, a, "acct-03", Rule{Origin: "https://replaced.example"})
+	if _, err := a.commit(context.Background(), []change{{id: "acct-05", delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "atomsphere_cors", "t", "accounts", "acct-07")); err != nil {
+		t.Fatal(err)
+	}
+	return dir, a
+}
+
+// freshServer opens the store as a server without a snapshot would.
+func freshServer(t *testing.T, dir string) *accountStore {
+	t.Helper()
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	s := openStore("t", "t\nfresh", &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
+	t.Cleanup(func() { _ = s.Destruct() })
+	return s
+}
+
+func TestStoreBaseStartsANewServer(t *testing.T) {
+	dir, _ := baseFixture(t)
+	s := freshServer(t, dir)
+	if !allows(s, "acct-07", "https://a7.example") {
+		t.Fatal("acct-07 is not served: the base was not read")
+	}
+	// The changes after the base, read from the log.
+	if !allows(s, "acct-new", "https://new.example") {
+		t.Error("an account created after the base is missing")
+	}
+	if !allows(s, "acct-03", "https://replaced.example") || allows(s, "acct-03", "https://a3.example") {
+		t.Error("an account replaced after the base has its old rules")
+	}
+	if allows(s, "acct-05", "https://a5.example") {
+		t.Error("an account deleted after the base is still served")
+	}
+	if st := s.status(); st.Serving != "store" || st.Accounts != 30 || st.Seq != 33 {
+		t.Errorf("status %+v, want serving store, 30 accounts, seq 33", st)
+	}
+}
+
+func TestStoreBaseNotUsedWhenItCannotBe(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(b string) string
+	}{
+		{"unreadable", func(b string) string { return b[:len(b)/2] }},
+		{"of another epoch", func(b string) string {
+			i := strings.Index(b, `"epoch":"`) + len(`"epoch":"`)
+			return b[:i] + "x" + b[i+1:]
+		}},
+		{"newer than the store", func(b string) string { return strings.Replace(b, `"seq":30,`, `"seq":99,`, 1) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, _ := baseFixture(t)
+			path := filepath.Join(dir, "atomsphere_cors", "t", "base")
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := tc.damage(string(b)); d == string(b) {
+				t.Fatal("the damage changed nothing")
+			} else if err := os.WriteFile(path, []byte(d), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s := freshServer(t, dir)
+			// Every account was read instead: acct-07's record is gone.
+			if allows(s, "acct-07", "https://a7.example") {
+				t.Fatal("acct-07 served: the damaged base was used")
+			}
+			if !allows(s, "acct-03", "https://replaced.example") || !allows(s, "acct-29", "https://a29.example") {
+				t.Error("reading every account instead did not serve them")
+			}
+		})
+	}
+}
+
+func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
+	dir := t.TempDir()
+	a := testStores(t, dir, 1)[0]
+	ctx := context.Background()
+	baseSeq := func() (uint64, error) {
+		b, err := os.ReadFile(filepath.Join(dir, "atomsphere_cors", "t", "base-seq"))
+		if err != nil {
+			return 0, err
+		}
+		var h storeHead
+		_, err = fmt.Sscanf(string(b), `{"seq":%d`, &h.Seq)
+		return h.Seq, err
+	}
+	for i := range baseEvery - 1 {
+		put(t, a, fmt.Sprintf("acct-%03d", i), Rule{Origin: "https://a.example"})
+	}
+	if err := a.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.maybeWriteBase()
+	// Let a first base of the store be written, then no other until
+	// baseEvery changes more.
+	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error { _, err := baseSeq(); return err }); err != nil {
+		t.Fatalf("no base written: %v", err)
+	}
+	first, _ := baseSeq()
+	if first != baseEvery-1 {
+		t.Fatalf("base at %d, want %d", first, baseEvery-1)
+	}
+	put(t, a, "acct-x", Rule{Origin: "https://x.example"})
+	a.mu.Lock()
+	a.baseAt = time.Time{} // as if a minute had passed
+	a.mu.Unlock()
+	_ = testkit.Until(10*time.Second, 10*time.Millisecond, func() error {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.baseBusy {
+			return errors.New("busy")
+		}
+		return nil
+	})
+	if err := a.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.maybeWriteBase()
+	time.Sleep(200 * time.Millisecond)
+	if got, _ := baseSeq(); got != first {
+		t.Fatalf("base rewritten at %d after one change", got)
+	}
+	for i := range baseEvery {
+		put(t, a, fmt.Sprintf("acct-y%03d", i), Rule{Origin: "https://y.example"})
+	}
+	if err := a.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	a.baseAt = time.Time{}
+	a.mu.Unlock()
+	a.maybeWriteBase()
+	want := uint64(2 * baseEvery)
+	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error {
+		if got, _ := baseSeq(); got != want {
+			return fmt.Errorf("base at %d, want %d", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
