@@ -107,6 +107,8 @@ func (s *accountStore) snapshotPath() string {
 // writeSnapshot writes the accounts served now, atomically (a temporary
 // file renamed over the last snapshot).
 func (s *accountStore) writeSnapshot() error {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
 	s.mu.Lock()
 	v := s.view.Load()
 	hdr := s.linesHeader(v)

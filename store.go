@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -240,11 +241,13 @@ type accountStore struct {
 	cache    *methodCache
 	dirty    bool // changed since the snapshot was written
 	snapAt   time.Time
+	snapBusy bool
 	baseNext uint64    // the seq from which to write a new base
 	baseAt   time.Time // when this server last set out to write it
 	baseBusy bool
 
 	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
+	snapMu  sync.Mutex // one snapshot written at a time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -326,6 +329,8 @@ func (s *accountStore) Destruct() error {
 	s.cancel()
 	<-s.done
 	unregisterStore(s)
+	s.snapMu.Lock() // a snapshot being written in the background ends first
+	s.snapMu.Unlock()
 	s.mu.Lock()
 	dirty := s.dirty && s.source == "store"
 	s.mu.Unlock()
@@ -349,7 +354,7 @@ func (s *accountStore) run() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+		ctx, cancel := context.WithTimeout(s.ctx, fullReadTimeout)
 		start := time.Now()
 		err := s.poll(ctx)
 		cancel()
@@ -360,19 +365,44 @@ func (s *accountStore) run() {
 		storeSynced(time.Now(), err)
 		if err == nil {
 			storeLoaded(s.view.Load().count)
-			s.maybeWriteBase()
+			s.maybeWriteBase(false)
 		}
 		s.afterPoll(err)
-		s.mu.Lock()
-		snap := s.dirty && s.source == "store" && time.Since(s.snapAt) >= snapshotEvery
-		s.mu.Unlock()
-		if snap {
-			if err := s.writeSnapshot(); err != nil {
-				s.logger().Error("writing the local snapshot of the store", zap.String("store", s.name), zap.Error(err))
-			}
-		}
-		t.Reset(s.pollDelay())
+		s.maybeWriteSnapshot()
+		// Polls start an interval apart, however long one took.
+		t.Reset(max(0, s.pollDelay()-time.Since(start)))
 	}
+}
+
+// Time limits of a poll: reading head, the one read of an idle poll,
+// tells a storage that does not answer; reading every account of a
+// large store, or the base and the log after it, takes longer.
+const (
+	headReadTimeout = 30 * time.Second
+	fullReadTimeout = 10 * time.Minute
+)
+
+// maybeWriteSnapshot writes the snapshot in the background when the
+// accounts changed and the last one is snapshotEvery old, so that polls
+// are not held up by it.
+func (s *accountStore) maybeWriteSnapshot() {
+	s.mu.Lock()
+	due := s.dirty && s.source == "store" && !s.snapBusy && time.Since(s.snapAt) >= snapshotEvery
+	if due {
+		s.snapBusy = true
+	}
+	s.mu.Unlock()
+	if !due {
+		return
+	}
+	go func() {
+		if err := s.writeSnapshot(); err != nil {
+			s.logger().Error("writing the local snapshot of the store", zap.String("store", s.name), zap.Error(err))
+		}
+		s.mu.Lock()
+		s.snapBusy = false
+		s.mu.Unlock()
+	}()
 }
 
 // maxBackoff bounds the wait between polls of a failing storage.
@@ -428,7 +458,9 @@ func (s *accountStore) poll(ctx context.Context) error {
 	gen0, last, epoch, fromStore := s.gen, s.seq, s.epoch, s.source != "none"
 	s.mu.Unlock()
 
-	head, err := readHead(ctx, st, s.keys)
+	hctx, cancel := context.WithTimeout(ctx, headReadTimeout)
+	head, err := readHead(hctx, st, s.keys)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -526,8 +558,8 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 
 // loadAll reads every account of the store.
 func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64) error {
-	keys, err := st.List(ctx, s.keys.accountsDir(), false)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	keys, err := listAccounts(ctx, st, s.keys.accountsDir())
+	if err != nil {
 		return err
 	}
 	type loaded struct {
@@ -539,6 +571,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	// Read and compile in parallel (a network storage answers each read
 	// in a round trip; compiling takes the CPUs there are), each worker
 	// with its own method sets.
+	fileStorage, _ := st.(*certmagic.FileStorage)
 	const workers = storageWorkers
 	in := make(chan string)
 	out := make(chan loaded, workers)
@@ -561,6 +594,11 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 					continue
 				}
 				a, why := compileRecord(id, b, cache)
+				if why != "" && isTempName(fileStorage, seg) {
+					// A file being written, listed before its rename:
+					// not an account (docs/store.md, "Faults").
+					continue
+				}
 				out <- loaded{id: id, a: a, why: why}
 			}
 		}()
@@ -625,6 +663,50 @@ func (s *accountStore) install(logger *zap.Logger, accounts map[string]account, 
 	s.view.Store(newView(accounts))
 	s.seq, s.epoch, s.source, s.dirty = head.Seq, head.Epoch, "store", true
 	s.forgetLocal(gen0)
+}
+
+// listAccounts lists the account keys under dir. certmagic's
+// file_system List walks the directory and fails as a whole when a file
+// vanishes as it walks, which every write's temporary file does; so a
+// file_system directory is read in one go, and for every storage an
+// error is an error, not an empty store, unless the directory truly is
+// not there.
+func listAccounts(ctx context.Context, st certmagic.Storage, dir string) ([]string, error) {
+	var keys []string
+	var err error
+	if fst, ok := st.(*certmagic.FileStorage); ok {
+		var entries []os.DirEntry
+		entries, err = os.ReadDir(fst.Filename(dir))
+		for _, e := range entries {
+			keys = append(keys, dir+"/"+e.Name())
+		}
+	} else {
+		keys, err = st.List(ctx, dir, false)
+	}
+	if errors.Is(err, fs.ErrNotExist) && !st.Exists(ctx, dir) {
+		return nil, nil // no account was ever written
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %v", dir, err)
+	}
+	return keys, nil
+}
+
+// isTempName reports whether seg, the last segment of a key that does
+// not hold a valid record, is the name of a temporary file that
+// file_system writes a key to before renaming it (os.CreateTemp's
+// digits): such a key is not an account, and is skipped rather than
+// refused. On other storages every key is one.
+func isTempName(fst *certmagic.FileStorage, seg string) bool {
+	if fst == nil || seg == "" {
+		return false
+	}
+	for i := 0; i < len(seg); i++ {
+		if seg[i] < '0' || seg[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // compileRecord compiles a stored account with cache, which only its
@@ -742,6 +824,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	if err != nil {
 		return nil, err
 	}
+	prior := head
 	if head.Epoch == "" {
 		head.Epoch = newEpoch()
 	}
@@ -795,6 +878,12 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 
 	// Persisted: this server serves it from its next request on.
 	s.mu.Lock()
+	if s.source == "store" && s.seq == prior.Seq && s.epoch == prior.Epoch && seq == prior.Seq+1 {
+		// This server had read every change before this one (and no
+		// cut-off one was adopted): it is now at this one, with no
+		// log entry to read back.
+		s.seq, s.epoch = head.Seq, head.Epoch
+	}
 	s.gen++
 	batch := make(map[string]*account, len(changes))
 	for _, c := range changes {

@@ -27,6 +27,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/testkit"
 )
 
 func TestAccountsViewMatchesAMap(t *testing.T) {
@@ -346,11 +348,64 @@ func TestStoreAdminRoutesInProcess(t *testing.T) {
 		t.Errorf("bad import: %d %s", st, out)
 	}
 	check("after a refused import", preflightProbe(storeHTTP, "imp-001", "https://imp-1.example", "GET", ""))
+	// The first poll writes a base of the accounts so far; the next
+	// would wait a minute, unless an import asks for one.
+	if err := testkit.Until(10*time.Second, 20*time.Millisecond, func() error {
+		_, err := os.Stat(filepath.Join(dir, "atomsphere_cors", "main", "base-seq"))
+		return err
+	}); err != nil {
+		t.Fatalf("no base after the first poll: %v", err)
+	}
 	st, out = storeCall(t, storeAdmin, "POST", "/atomsphere_cors/main/import", imp.String())
 	if st != 200 || !strings.Contains(out, `"imported":250`) {
 		t.Fatalf("import: %d %s", st, out)
 	}
 	check("after import", preflightProbe(storeHTTP, "imp-249", "https://imp-249.example", "GET", "GET"))
+	// The import left a base with its accounts for new servers to start
+	// from (docs/store.md, "How the store works").
+	if err := testkit.Until(10*time.Second, 20*time.Millisecond, func() error {
+		var head, base storeHead
+		for key, into := range map[string]*storeHead{"head": &head, "base-seq": &base} {
+			b, err := os.ReadFile(filepath.Join(dir, "atomsphere_cors", "main", key))
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(b, into); err != nil {
+				return err
+			}
+		}
+		if base != head {
+			return fmt.Errorf("base at %+v, the store at %+v", base, head)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("no base of the import: %v", err)
+	}
+
+	// An import whose body takes longer than Caddy's 10 s for a request
+	// body, but keeps coming, is read to its end.
+	pr, pw := io.Pipe()
+	go func() {
+		for i := range 12 {
+			fmt.Fprintf(pw, `{"account":"slow-%02d","rules":[{"origin":"https://slow.example"}]}`+"\n", i)
+			time.Sleep(time.Second)
+		}
+		pw.Close()
+	}()
+	res, err := adminClient.Post(storeAdmin+"/atomsphere_cors/main/import", "application/x-ndjson", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(slow), `"imported":12`) {
+		t.Errorf("an import sent over 12 s: %d %s", res.StatusCode, slow)
+	}
+	for i := range 12 {
+		if st, _ := storeCall(t, storeAdmin, "DELETE", fmt.Sprintf("/atomsphere_cors/main/accounts/slow-%02d", i), ""); st != http.StatusNoContent {
+			t.Errorf("DELETE slow-%02d: %d", i, st)
+		}
+	}
 
 	st, out = storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/accounts?after=imp-247&limit=2", "")
 	if st != 200 || out != `{"accounts":["imp-248","imp-249"]}`+"\n" {

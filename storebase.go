@@ -35,10 +35,12 @@ const (
 
 // maybeWriteBase starts writing the base when this server's accounts
 // are baseEvery changes past the base it last saw, at most once every
-// baseMinInterval. It runs in the poller after each successful poll.
-func (s *accountStore) maybeWriteBase() {
+// baseMinInterval; or at once when now is set. It runs in the poller
+// after each successful poll, and with now after an import of at least
+// baseEvery accounts.
+func (s *accountStore) maybeWriteBase(now bool) {
 	s.mu.Lock()
-	due := s.source == "store" && !s.baseBusy && s.seq >= s.baseNext && time.Since(s.baseAt) >= baseMinInterval
+	due := s.source == "store" && !s.baseBusy && (now || s.seq >= s.baseNext && time.Since(s.baseAt) >= baseMinInterval)
 	if due {
 		s.baseBusy, s.baseAt = true, time.Now()
 	}
@@ -54,15 +56,15 @@ func (s *accountStore) maybeWriteBase() {
 		}()
 		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Minute)
 		defer cancel()
-		if err := s.writeBase(ctx); err != nil && s.ctx.Err() == nil {
+		if err := s.writeBase(ctx, now); err != nil && s.ctx.Err() == nil {
 			s.logger().Warn("writing the store's base", zap.String("store", s.name), zap.Error(err))
 		}
 	}()
 }
 
 // writeBase writes the base under a lock of its own, unless another
-// server wrote a recent enough one meanwhile.
-func (s *accountStore) writeBase(ctx context.Context) error {
+// server wrote a recent enough one meanwhile (with now: one as recent).
+func (s *accountStore) writeBase(ctx context.Context, now bool) error {
 	st, logger := s.storage()
 	lockName := "atomsphere_cors_" + s.name + "_base"
 	if err := lockStore(ctx, st, lockName); err != nil {
@@ -79,7 +81,7 @@ func (s *accountStore) writeBase(ctx context.Context) error {
 	v := s.view.Load()
 	hdr := s.linesHeader(v)
 	s.mu.Unlock()
-	if cur.Epoch == hdr.Epoch && cur.Seq+baseEvery > hdr.Seq {
+	if cur.Epoch == hdr.Epoch && (cur.Seq >= hdr.Seq || !now && cur.Seq+baseEvery > hdr.Seq) {
 		s.mu.Lock()
 		s.baseNext = cur.Seq + baseEvery
 		s.mu.Unlock()

@@ -35,7 +35,7 @@ func baseFixture(t *testing.T) (dir string, a *accountStore) {
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.writeBase(context.Background()); err != nil {
+	if err := a.writeBase(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
 	put(t, a, "acct-new", Rule{Origin: "https://new.example"})
@@ -134,7 +134,7 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a.maybeWriteBase()
+	a.maybeWriteBase(false)
 	// Let a first base of the store be written, then no other until
 	// baseEvery changes more.
 	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error { _, err := baseSeq(); return err }); err != nil {
@@ -159,7 +159,7 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a.maybeWriteBase()
+	a.maybeWriteBase(false)
 	time.Sleep(200 * time.Millisecond)
 	if got, _ := baseSeq(); got != first {
 		t.Fatalf("base rewritten at %d after one change", got)
@@ -173,7 +173,7 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 	a.mu.Lock()
 	a.baseAt = time.Time{}
 	a.mu.Unlock()
-	a.maybeWriteBase()
+	a.maybeWriteBase(false)
 	want := uint64(2 * baseEvery)
 	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error {
 		if got, _ := baseSeq(); got != want {
@@ -182,5 +182,73 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A server that reads every account while another server writes (a new
+// server of a busy fleet) must get every account: file_system writes
+// each key through a temporary file in the same directory, which a
+// listing can meet and then not find.
+func TestStoreFullReadDuringWrites(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	writer := ss[0]
+	ctx := context.Background()
+	commitRange := func(s *accountStore, prefix string, lo, hi int) {
+		t.Helper()
+		var batch []change
+		for i := lo; i < hi; i++ {
+			id := fmt.Sprintf("%s-%05d", prefix, i)
+			rules := []Rule{{Origin: fmt.Sprintf("https://a%d.example", i)}}
+			a, err := s.compile(id, rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch = append(batch, change{id: id, rules: rules, acct: a})
+		}
+		if _, err := s.commit(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commitRange(writer, "old", 0, 2000)
+	stop := make(chan struct{})
+	wrote := make(chan int)
+	go func() {
+		n := 0
+		defer func() { wrote <- n }()
+		for ; n < 200; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			commitRange(writer, "new", n*100, n*100+100)
+		}
+	}()
+	deadline := time.Now().Add(3 * time.Second)
+	for round := 0; round < 40 && time.Now().Before(deadline); round++ {
+		reader := ss[1]
+		reader.mu.Lock()
+		reader.source = "none" // read everything again, as a new server does
+		reader.mu.Unlock()
+		if err := reader.poll(ctx); err != nil {
+			continue // a failed read is retried; a short one is the bug
+		}
+		for i := 0; i < 2000; i += 97 {
+			if id := fmt.Sprintf("old-%05d", i); !allows(reader, id, fmt.Sprintf("https://a%d.example", i)) {
+				close(stop)
+				<-wrote
+				t.Fatalf("round %d: %s missing after a full read during writes (%d accounts served)", round, id, reader.view.Load().count)
+			}
+		}
+		if st := reader.status(); len(st.Refused) > 0 {
+			close(stop)
+			<-wrote
+			t.Fatalf("round %d: records refused: %v", round, st.Refused)
+		}
+	}
+	close(stop)
+	if n := <-wrote; n < 5 {
+		t.Fatalf("only %d commits written during the reads: the test did not race", n)
 	}
 }
