@@ -136,6 +136,10 @@ func decodeStrict(b []byte, v any) error {
 
 // storeError is the answer to a write the storage did not take.
 func storeError(s *accountStore, err error) error {
+	var ce *commitError
+	if errors.As(err, &ce) {
+		return apiErr(http.StatusServiceUnavailable, "store %s: %v", q(s.name), ce)
+	}
 	return apiErr(http.StatusServiceUnavailable, "store %s: nothing changed: %v", q(s.name), err)
 }
 
@@ -152,7 +156,7 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, 
 		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: %v", q(id), short(err.Error()))
 	}
 	if rules == nil {
-		rules = []Rule{}
+		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: null (an account without rules is [])", q(id))
 	}
 	acct, err := s.compile(id, rules)
 	if err != nil {
@@ -311,9 +315,14 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		if len(batch) == 0 {
 			return nil
 		}
+		batch = lastOfEach(batch) // an account given twice: the last line wins
 		existed, err := s.commit(ctx, batch)
 		if err != nil {
-			return apiErr(http.StatusServiceUnavailable, "store %s: import stopped after %d of %d accounts: %v", q(s.name), done, n, err)
+			var ce *commitError
+			if errors.As(err, &ce) {
+				return apiErr(http.StatusServiceUnavailable, "store %s: import stopped: %d accounts written before a batch of %d, of which %v; the rest of the import not written", q(s.name), done, len(batch), ce)
+			}
+			return apiErr(http.StatusServiceUnavailable, "store %s: import stopped: %d accounts written, the rest of the import not: %v", q(s.name), done, err)
 		}
 		for _, e := range existed {
 			if !e {

@@ -488,6 +488,8 @@ func checkAccountID(id string) error {
 		return fmt.Errorf("account %s: account ID must not be a dot segment", q(id))
 	case strings.ContainsAny(id, "{}"):
 		return fmt.Errorf("account %s: placeholders are not expanded in account IDs (in a Caddyfile, {$VAR} reads an environment variable)", q(id))
+	case !utf8.ValidString(id):
+		return fmt.Errorf("account %s: account ID is not valid UTF-8", q(id))
 	}
 	return nil
 }

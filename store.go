@@ -226,25 +226,26 @@ type accountStore struct {
 
 	view atomic.Pointer[accountsView]
 
-	mu       sync.Mutex // everything below, and applying changes
-	users    []storeUser
-	interval time.Duration
-	seq      uint64 // the last change of the store read
-	epoch    string
-	source   string    // "none", "snapshot" or "store"
-	loadedAt time.Time // last successful read of the store
-	failures int
-	lastErr  string
-	gen      uint64            // counts local writes
-	local    map[string]uint64 // account -> gen of its last local write
-	refused  map[string]string // account -> why its record was refused
-	cache    *methodCache
-	dirty    bool // changed since the snapshot was written
-	snapAt   time.Time
-	snapBusy bool
-	baseNext uint64    // the seq from which to write a new base
-	baseAt   time.Time // when this server last set out to write it
-	baseBusy bool
+	mu         sync.Mutex // everything below, and applying changes
+	users      []storeUser
+	interval   time.Duration
+	seq        uint64 // the last change of the store read
+	epoch      string
+	source     string    // "none", "snapshot" or "store"
+	loadedAt   time.Time // last successful read of the store
+	failures   int
+	lastErr    string
+	gen        uint64            // counts local writes
+	local      map[string]uint64 // account -> gen of its last local write
+	refused    map[string]string // account -> why its record was refused
+	unreadable map[string]int    // account -> polls in a row its record failed to read
+	cache      *methodCache
+	dirty      bool // changed since the snapshot was written
+	snapAt     time.Time
+	snapBusy   bool
+	baseNext   uint64    // the seq from which to write a new base
+	baseAt     time.Time // when this server last set out to write it
+	baseBusy   bool
 
 	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
 	snapMu  sync.Mutex // one snapshot written at a time
@@ -266,7 +267,7 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 	s := &accountStore{
 		name: name, key: key, keys: storageKeys("atomsphere_cors/" + name + "/"),
 		interval: interval, source: "none",
-		local: map[string]uint64{}, refused: map[string]string{},
+		local: map[string]uint64{}, refused: map[string]string{}, unreadable: map[string]int{},
 		cache: newMethodCache(),
 		done:  make(chan struct{}),
 	}
@@ -464,7 +465,12 @@ func (s *accountStore) poll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if fromStore && head.Epoch == epoch && head.Seq == last {
+	if head.Epoch == "" && epoch != "" {
+		// A store this server has read cannot lose its head but by the
+		// storage being emptied or unmounted: keep the rules read.
+		return fmt.Errorf("the store's head %s is missing: serving the last rules read", s.keys.head())
+	}
+	if fromStore && head.Epoch == epoch && head.Seq == last && len(s.unreadableIDs()) == 0 {
 		s.mu.Lock()
 		s.source = "store"
 		s.mu.Unlock()
@@ -514,11 +520,23 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 	refused := map[string]string{}
 	cache := newMethodCache()
 	var mu sync.Mutex
+	for _, id := range s.unreadableIDs() {
+		if !seen[id] {
+			ids = append(ids, id)
+		}
+	}
+	failed := map[string]error{}
 	err := inParallel(ctx, len(ids), func(i int) error {
 		id := ids[i]
 		b, err := st.Load(ctx, s.keys.account(id))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			mu.Lock()
+			failed[id] = err
+			mu.Unlock()
+			return nil
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -536,9 +554,15 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 	if err != nil {
 		return err
 	}
+	if err := s.isolateUnreadable(failed, len(ids), changes, refused); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id := range changes {
+		if _, ok := failed[id]; !ok {
+			delete(s.unreadable, id)
+		}
 		if s.local[id] > gen0 {
 			delete(changes, id) // written here since the poll began: newer than what it read
 			delete(refused, id)
@@ -585,8 +609,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 				seg := k[strings.LastIndexByte(k, '/')+1:]
 				id, err := unescapeID(seg)
 				if err != nil {
-					out <- loaded{id: seg, err: fmt.Errorf("key %q: %v", k, err)}
-					continue
+					continue // not a key this store wrote
 				}
 				b, err := st.Load(ctx, k)
 				if err != nil {
@@ -617,9 +640,12 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	accounts := make(map[string]account, len(keys))
 	refused := map[string]string{}
 	var firstErr error
+	failed := map[string]error{}
 	for l := range out {
 		switch {
 		case errors.Is(l.err, fs.ErrNotExist): // deleted since listed
+		case l.err != nil && ctx.Err() == nil:
+			failed[l.id] = l.err
 		case l.err != nil:
 			if firstErr == nil {
 				firstErr = l.err
@@ -634,10 +660,20 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	if firstErr == nil {
 		firstErr = ctx.Err()
 	}
+	if firstErr == nil {
+		firstErr = s.isolateUnreadable(failed, len(keys), nil, refused)
+	}
 	if firstErr != nil {
 		return firstErr
 	}
 	s.install(logger, accounts, refused, head, gen0)
+	s.mu.Lock()
+	for id := range s.unreadable {
+		if _, ok := failed[id]; !ok {
+			delete(s.unreadable, id)
+		}
+	}
+	s.mu.Unlock()
 	logger.Info("store loaded", zap.String("store", s.name), zap.Int("accounts", len(accounts)), zap.Uint64("seq", head.Seq))
 	return nil
 }
@@ -663,6 +699,59 @@ func (s *accountStore) install(logger *zap.Logger, accounts map[string]account, 
 	s.view.Store(newView(accounts))
 	s.seq, s.epoch, s.source, s.dirty = head.Seq, head.Epoch, "store", true
 	s.forgetLocal(gen0)
+}
+
+// unreadableAfter is how many polls in a row a record must fail to read,
+// while the rest of the storage answers, before its account alone is
+// refused; until then the poll fails as a whole (and is retried), as for
+// a storage that does not answer.
+const unreadableAfter = 3
+
+// unreadableIDs are the accounts whose records failed to read, each
+// read again at every poll.
+func (s *accountStore) unreadableIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id, n := range s.unreadable {
+		if n >= unreadableAfter {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// isolateUnreadable decides about records that failed to read (of total
+// read): a few that failed unreadableAfter polls in a row are refused
+// alone (allowing nothing, listed as refused, read again at every poll),
+// so that one record the storage cannot give, such as a key it cannot
+// hold, does not stop every server from following the store. Otherwise
+// the poll fails.
+func (s *accountStore) isolateUnreadable(failed map[string]error, total int, changes map[string]*account, refused map[string]string) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first error
+	for id, err := range failed {
+		if len(failed) <= max(10, total/100) {
+			s.unreadable[id]++
+		}
+		if s.unreadable[id] < unreadableAfter && first == nil {
+			first = fmt.Errorf("reading account %s: %v", q(id), err)
+		}
+	}
+	if first != nil {
+		return first
+	}
+	for id, err := range failed {
+		if changes != nil {
+			changes[id] = nil
+		}
+		refused[id] = "record unreadable, read again at every poll: " + short(err.Error())
+	}
+	return nil
 }
 
 // listAccounts lists the account keys under dir. certmagic's
@@ -732,10 +821,21 @@ func compileRecord(id string, b []byte, cache *methodCache) (*account, string) {
 // compile checks and compiles one account as a config's account is,
 // sharing the store's method sets.
 func (s *accountStore) compile(id string, rules []Rule) (*account, error) {
+	if n := len(escapeID(id)); n > maxKeySegment && checkAccountID(id) == nil {
+		var p problems
+		p.add(place{field: "accounts", account: id, rule: -1}, fmt.Errorf(
+			"account %s: account ID too long for a store: %d bytes as a storage key, at most %d (letters, digits, -, _ and . take one byte, other bytes three)",
+			q(id), n, maxKeySegment))
+		return nil, p.err()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return compileWith(id, rules, s.cache)
 }
+
+// maxKeySegment bounds an account's storage key segment (escapeID), within
+// the 255 bytes a file name can have.
+const maxKeySegment = 200
 
 // compileWith is compile with a method cache that only its caller uses,
 // so that loads can compile accounts in parallel.
@@ -800,6 +900,42 @@ type change struct {
 
 var errStoreBusy = errors.New("the store's lock was not obtained in time")
 
+// lastOfEach returns changes with one change per account, the last
+// given, in the order of their first mention: the accounts of a commit
+// are written side by side, so two writes of one key would race.
+func lastOfEach(changes []change) []change {
+	at := make(map[string]int, len(changes))
+	out := make([]change, 0, len(changes))
+	for _, c := range changes {
+		if i, ok := at[c.id]; ok {
+			out[i] = c
+			continue
+		}
+		at[c.id] = len(out)
+		out = append(out, c)
+	}
+	return out
+}
+
+// commitError is a commit the storage failed part way through: written
+// of its accounts were written, and published (served by every server
+// from its next poll) unless the storage failed before that too; the
+// others are unchanged.
+type commitError struct {
+	written   int
+	published bool
+	err       error
+}
+
+func (e *commitError) Error() string {
+	if !e.published {
+		return fmt.Sprintf("%d accounts written but not yet served (they are once the next write to the store succeeds): %v", e.written, e.err)
+	}
+	return fmt.Sprintf("%d accounts written and served, the others unchanged: %v", e.written, e.err)
+}
+
+func (e *commitError) Unwrap() error { return e.err }
+
 // commit persists a batch of changes under the storage lock, then
 // applies it to this server's accounts. existed reports, for each
 // change, whether the account was in the store before.
@@ -811,6 +947,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 			storeLoaded(s.view.Load().count)
 		}
 	}()
+	changes = lastOfEach(changes)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	st, _ := s.storage()
@@ -846,34 +983,67 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		existed[i] = st.Exists(ctx, s.keys.account(changes[i].id))
 		return nil
 	})
+	noop := true
+	for i, c := range changes {
+		noop = noop && c.delete && !existed[i]
+	}
+	if noop { // deletes of accounts that are not there: nothing to write
+		return existed, nil
+	}
 	entry, _ := json.Marshal(logEntry{Accounts: ids})
 	if err := st.Store(ctx, s.keys.log(seq), entry); err != nil {
 		return nil, err
 	}
-	err = inParallel(ctx, len(changes), func(i int) error {
+	written := make([]bool, len(changes))
+	werr := inParallel(ctx, len(changes), func(i int) error {
 		c := changes[i]
 		if c.delete {
-			if !existed[i] {
-				return nil
+			if existed[i] {
+				if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
 			}
-			if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		} else {
+			b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
+			if err := st.Store(ctx, s.keys.account(c.id), b); err != nil {
 				return err
 			}
-			return nil
 		}
-		b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
-		return st.Store(ctx, s.keys.account(c.id), b)
+		written[i] = true
+		return nil
 	})
-	if err != nil {
-		return nil, err
+	n := 0
+	for _, w := range written {
+		if w {
+			n++
+		}
 	}
+	if werr != nil && n == 0 {
+		// Nothing written: take the log entry back (left behind, it
+		// would only make servers read unchanged accounts again).
+		_ = st.Delete(ctx, s.keys.log(seq))
+		return nil, werr
+	}
+	// Publish what was written, all of it or part: every server reads
+	// the accounts the entry names again, and so serves what the
+	// storage holds.
 	head.Seq = seq
 	hb, _ := json.Marshal(head)
 	if err := st.Store(ctx, s.keys.head(), hb); err != nil {
-		return nil, err
+		return nil, &commitError{written: n, published: false, err: err}
 	}
 	if seq > logRetain {
 		_ = st.Delete(ctx, s.keys.log(seq-logRetain))
+	}
+	if werr != nil {
+		kept := changes[:0:0]
+		for i, c := range changes {
+			if written[i] {
+				kept = append(kept, c)
+			}
+		}
+		changes = kept
+		defer func() { err = &commitError{written: n, published: true, err: werr} }()
 	}
 
 	// Persisted: this server serves it from its next request on.

@@ -327,6 +327,32 @@ func TestStoreAdminRoutesInProcess(t *testing.T) {
 		t.Errorf("bad PUT: %d %s", st, out)
 	}
 	check("after a refused PUT", preflightProbe(storeHTTP, "a1", "https://a.example", "DELETE", "GET, POST, DELETE"))
+	// Writes the store cannot keep as every server would read them are
+	// refused, and change nothing (docs/store.md, "Admin routes").
+	for _, bad := range []struct{ path, body, want string }{
+		{"/accounts/" + strings.Repeat("x", 201), `[]`, "account ID too long for a store: 201 bytes"},
+		{"/accounts/" + strings.Repeat("%C3%A9", 34), `[]`, "too long for a store: 204 bytes"},
+		{"/accounts/a%ffb", `[]`, "not valid UTF-8"},
+		{"/accounts/a1", `null`, "null (an account without rules is [])"},
+	} {
+		st, out := storeCall(t, storeAdmin, "PUT", "/atomsphere_cors/main"+bad.path, bad.body)
+		if st != http.StatusBadRequest || !strings.Contains(out, bad.want) {
+			t.Errorf("PUT %.40s %s: %d %s, want 400 with %q", bad.path, bad.body, st, out, bad.want)
+		}
+	}
+	if st, _ := storeCall(t, storeAdmin, "PUT", "/atomsphere_cors/main/accounts/"+strings.Repeat("x", 200), `[]`); st != http.StatusCreated {
+		t.Errorf("PUT of a 200-byte ID: %d", st)
+	}
+	seqBefore := lookupStore("main").status().Seq
+	if st, _ := storeCall(t, storeAdmin, "DELETE", "/atomsphere_cors/main/accounts/never-there", ""); st != http.StatusNotFound {
+		t.Errorf("DELETE of a missing account: %d", st)
+	}
+	if got := lookupStore("main").status().Seq; got != seqBefore {
+		t.Errorf("a DELETE answered 404 wrote a change (seq %d -> %d)", seqBefore, got)
+	}
+	if st, _ := storeCall(t, storeAdmin, "DELETE", "/atomsphere_cors/main/accounts/"+strings.Repeat("x", 200), ""); st != http.StatusNoContent {
+		t.Errorf("DELETE of the 200-byte ID: %d", st)
+	}
 
 	if st, out := storeCall(t, storeAdmin, "GET", "/atomsphere_cors/main/accounts/a1", ""); st != 200 || !strings.Contains(out, `"methods":["GET","POST","DELETE"]`) {
 		t.Errorf("GET: %d %s", st, out)

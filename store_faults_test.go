@@ -1,0 +1,183 @@
+package atomspherecors
+
+// Store faults found by a review that saw only the docs (docs/store.md,
+// "Faults"): a record the storage cannot give, a commit the storage
+// fails part way, an account given twice in one commit, a head gone.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func storeDir(dir, name string) string { return filepath.Join(dir, "atomsphere_cors", name) }
+
+// A record that cannot be read while the rest of the storage answers
+// (here a directory where the record should be) refuses its account
+// alone after a few polls; the other changes, a delete among them,
+// still reach every server.
+func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	a, b := ss[0], ss[1]
+	ctx := context.Background()
+	put(t, a, "acct-1", Rule{Origin: "https://partner.example"})
+	if err := b.poll(ctx); err != nil || !allows(b, "acct-1", "https://partner.example") {
+		t.Fatalf("b did not follow: %v", err)
+	}
+	// A change naming "blocked", whose record is a directory.
+	var h storeHead
+	raw, _ := os.ReadFile(filepath.Join(storeDir(dir, "t"), "head"))
+	if err := json.Unmarshal(raw, &h); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(storeDir(dir, "t"), "accounts", "blocked", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(storeDir(dir, "t"), "log", fmt.Sprintf("%020d", h.Seq+1)), []byte(`{"accounts":["blocked"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.commit(ctx, []change{{id: "acct-1", delete: true}}); err != nil { // adopts the entry
+		t.Fatal(err)
+	}
+	put(t, a, "acct-2", Rule{Origin: "https://two.example"})
+	var errs []error
+	for range unreadableAfter + 1 {
+		errs = append(errs, b.poll(ctx))
+	}
+	if errs[0] == nil {
+		t.Error("the first poll that cannot read a record succeeded: it should fail and be retried")
+	}
+	if last := errs[len(errs)-1]; last != nil {
+		t.Fatalf("b still cannot follow the store: %v", last)
+	}
+	if allows(b, "acct-1", "https://partner.example") {
+		t.Error("acct-1 deleted, still allowed on b")
+	}
+	if !allows(b, "acct-2", "https://two.example") {
+		t.Error("acct-2 created, not served by b")
+	}
+	if why := b.status().Refused["blocked"]; !strings.Contains(why, "record unreadable") {
+		t.Errorf("b's status does not list the unreadable record: %q", why)
+	}
+	// Once the record can be read, it is served.
+	if err := os.RemoveAll(filepath.Join(storeDir(dir, "t"), "accounts", "blocked")); err != nil {
+		t.Fatal(err)
+	}
+	put(t, a, "blocked", Rule{Origin: "https://unblocked.example"})
+	if err := b.poll(ctx); err != nil || !allows(b, "blocked", "https://unblocked.example") || b.status().Refused["blocked"] != "" {
+		t.Errorf("the repaired record is not served: %v %v", err, b.status().Refused)
+	}
+}
+
+// A commit the storage fails part way publishes what it wrote, says how
+// much, and every server then serves what the storage holds.
+func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	a, b := ss[0], ss[1]
+	ctx := context.Background()
+	put(t, a, "victim", Rule{Origin: "https://old.example"})
+	if err := os.MkdirAll(filepath.Join(storeDir(dir, "t"), "accounts", "zz-blocked", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var batch []change
+	for _, id := range []string{"victim", "new-1", "zz-blocked"} {
+		rules := []Rule{{Origin: "https://new.example"}}
+		acct, err := a.compile(id, rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, change{id: id, rules: rules, acct: acct})
+	}
+	_, err := a.commit(ctx, batch)
+	var ce *commitError
+	if !errors.As(err, &ce) || ce.written != 2 || !ce.published {
+		t.Fatalf("commit: %v, want 2 accounts written and published", err)
+	}
+	if err := os.RemoveAll(filepath.Join(storeDir(dir, "t"), "accounts", "zz-blocked")); err != nil { // the fault ends
+		t.Fatal(err)
+	}
+	if err := b.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*accountStore{a, b} {
+		if !allows(s, "victim", "https://new.example") || !allows(s, "new-1", "https://new.example") || allows(s, "victim", "https://old.example") {
+			t.Errorf("store %s does not serve the two accounts written", s.key)
+		}
+		if allows(s, "zz-blocked", "https://new.example") {
+			t.Errorf("store %s serves the account that was not written", s.key)
+		}
+	}
+}
+
+// An account given twice in one commit (an import naming it on two
+// lines): the last wins, on disk and on every server.
+func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	a, b := ss[0], ss[1]
+	var batch []change
+	for i := range 300 {
+		for _, o := range []string{"https://old.example", "https://new.example"} {
+			id, rules := fmt.Sprintf("dup-%03d", i), []Rule{{Origin: o}}
+			acct, err := a.compile(id, rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch = append(batch, change{id: id, rules: rules, acct: acct})
+		}
+	}
+	existed, err := a.commit(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(existed) != 300 {
+		t.Errorf("%d accounts reported for 300 given twice", len(existed))
+	}
+	b.mu.Lock()
+	b.source = "none" // read every record, as a new server does
+	b.mu.Unlock()
+	if err := b.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		id := fmt.Sprintf("dup-%03d", i)
+		for _, s := range []*accountStore{a, b} {
+			if allows(s, id, "https://old.example") || !allows(s, id, "https://new.example") {
+				t.Fatalf("%s on %s: the first of two rules lists won", id, s.key)
+			}
+		}
+	}
+}
+
+// A head gone from a store this server has read (the storage emptied,
+// or a mount gone) keeps the rules read, as an unreachable storage does.
+func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
+	dir := t.TempDir()
+	ss := testStores(t, dir, 2)
+	a, b := ss[0], ss[1]
+	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
+	if err := b.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(storeDir(dir, "t")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.poll(context.Background()); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("poll of a store without head: %v, want an error", err)
+	}
+	if !allows(b, "acct-1", "https://one.example") {
+		t.Error("the rules read were dropped")
+	}
+	// A store written again from scratch is followed.
+	put(t, a, "acct-2", Rule{Origin: "https://two.example"})
+	if err := b.poll(context.Background()); err != nil || !allows(b, "acct-2", "https://two.example") || allows(b, "acct-1", "https://one.example") {
+		t.Errorf("b does not follow the new store: %v", err)
+	}
+}
