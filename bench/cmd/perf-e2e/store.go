@@ -38,9 +38,12 @@ const (
 	// edit; an edit not served by all three by then never converged.
 	convergeBound = 10 * time.Second
 	// readyBound bounds the wait, from the exec of `caddy start`, for the
-	// last account's preflight to be allowed (-huge: hugeBound).
+	// last account's preflight to be allowed (-huge: hugeBound). Without
+	// a snapshot, a store that the first read (bounded at 10 s while
+	// Caddy starts) did not load is read by polls bounded at 30 s each,
+	// retried with backoff: ten minutes is ten tries or more.
 	readyBound = 5 * time.Minute
-	hugeBound  = 30 * time.Minute
+	hugeBound  = 10 * time.Minute
 )
 
 // Addresses of part 4's processes, up to four at once: index i is the
@@ -713,8 +716,17 @@ func (r *runner) storeConverge(ctx context.Context, s *storeRun) error {
 	}
 
 	var conv, put []float64
-	var never, late int
+	var never, late, over int
 	var wrong []string
+	// every edit, for a closer look: when it was acknowledged, by which
+	// server, and when each server served it
+	var csv strings.Builder
+	csv.WriteString("edit,ack_s,server,account,put_ms")
+	for j := range servers {
+		fmt.Fprintf(&csv, ",server%d_ms", j+1)
+	}
+	csv.WriteString("\n")
+	begin := time.Now()
 	for k := range r.cfg.convergeEdits {
 		// An edit sent as soon as the last one converged would come just
 		// after the slowest server's poll, every time, and wait a whole
@@ -740,6 +752,15 @@ func (r *runner) storeConverge(ctx context.Context, s *storeRun) error {
 		put = append(put, a.took.Seconds())
 		s.cur[i], s.lastEdit = origin, i
 		f := follow(ctx, s.probe, sites, accounts.ID(i), origin, t0)
+		fmt.Fprintf(&csv, "%d,%.3f,%d,%s,%.2f", k+1, t0.Sub(begin).Seconds(), j+1, accounts.ID(i), 1000*a.took.Seconds())
+		for m := range servers {
+			if f.ok[m] {
+				fmt.Fprintf(&csv, ",%.1f", 1000*f.after[m].Seconds())
+			} else {
+				csv.WriteString(",")
+			}
+		}
+		csv.WriteString("\n")
 		if !f.first[j] {
 			late++
 		}
@@ -749,6 +770,13 @@ func (r *runner) storeConverge(ctx context.Context, s *storeRun) error {
 			continue
 		}
 		conv = append(conv, slices.Max(f.after).Seconds())
+		if slices.Max(f.after) > defaultPoll {
+			over++
+		}
+	}
+	csvFile, err := r.writeWork("store-converge.csv", []byte(csv.String()))
+	if err != nil {
+		return err
 	}
 	r.checkf(never == 0 && len(wrong) == 0, "convergence", "%d of %d edits served by all %d servers within %s%s",
 		len(conv), r.cfg.convergeEdits, servers, convergeBound, firstOf(wrong))
@@ -758,6 +786,7 @@ func (r *runner) storeConverge(ctx context.Context, s *storeRun) error {
 		p50, p99, mx := percentile(conv, 50), percentile(conv, 99), percentile(conv, 100)
 		say("convergence (PUT answered -> the last of the %d servers allows the new origin), %d edits: p50 %.0f ms, p99 %.0f ms, max %.0f ms; never converged: %d",
 			servers, len(conv), 1000*p50, 1000*p99, 1000*mx, never)
+		say("edits that took longer than the poll interval (%s) to converge: %d; every edit's times in %s", defaultPoll, over, csvFile)
 		say("PUT latency at the servers that took them: p50 %.1f ms, p99 %.1f ms", 1000*percentile(put, 50), 1000*percentile(put, 99))
 		result(fmt.Sprintf("E2EStore/op=converge/servers=%d/accounts=%d", servers, s.n),
 			metric{p50, "p50-sec"}, metric{p99, "p99-sec"}, metric{mx, "max-sec"}, metric{float64(never), "never"},
