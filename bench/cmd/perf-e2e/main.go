@@ -40,9 +40,10 @@
 //
 // Run it from the bench directory, or pass -repo (about 8 minutes with
 // the defaults, plus the build of Caddy; -quick takes under two; -parts
-// store about 10 minutes at 100 000 accounts on 2 CPUs, most of it the
-// import and the inline edits, under one with -quick; -huge 1000000 adds
-// about half an hour, and sets -timeout to 3h unless given):
+// store about 6 minutes at 100 000 accounts on 2 CPUs, most of it the
+// import, the convergence edits and the inline edits, about one with
+// -quick; -huge 1000000 adds about half an hour, and sets -timeout to 3h
+// unless given):
 //
 //	go run ./cmd/perf-e2e > e2e.txt
 //	go run ./cmd/perf-e2e -caddy /tmp/caddy -quick   # build once, reuse
