@@ -102,17 +102,34 @@ func (r *runner) admin(ctx context.Context) error {
 // site at bigAddr, and checks that it is allowed (204 and
 // Access-Control-Allow-Origin) or refused (401).
 func (r *runner) expectPreflight(ctx context.Context, name string, i int, origin string, allowed bool) {
-	url := "http://" + bigAddr + "/api/rest/v1/" + accounts.ID(i) + "/x"
-	a, err := do(ctx, http.MethodOptions, url, nil, http.Header{"Origin": {origin}, "Access-Control-Request-Method": {"POST"}})
+	r.expectPreflightAt(ctx, client, bigAddr, name, i, origin, allowed)
+}
+
+// expectPreflightAt is expectPreflight to the site at site, with c.
+func (r *runner) expectPreflightAt(ctx context.Context, c *http.Client, site, name string, i int, origin string, allowed bool) {
+	a, err := preflight(ctx, c, site, accounts.ID(i), origin)
 	if err != nil {
 		r.checkf(false, name, "preflight for %s from %s: %v", accounts.ID(i), origin, err)
 		return
 	}
 	acao := a.header.Get("Access-Control-Allow-Origin")
-	want, ok := "allowed (204)", a.status == http.StatusNoContent && acao == origin
+	want, ok := "allowed (204)", isAllowed(a, origin)
 	if !allowed {
 		want, ok = "refused (401)", a.status == http.StatusUnauthorized && acao == ""
 	}
 	r.checkf(ok, name, "next preflight for %s from %s -> %d, Access-Control-Allow-Origin %q; want %s",
 		accounts.ID(i), origin, a.status, acao, want)
+}
+
+// preflight sends a preflight (OPTIONS with Origin and
+// Access-Control-Request-Method) for account id from origin to the site
+// at site.
+func preflight(ctx context.Context, c *http.Client, site, id, origin string) (answer, error) {
+	url := "http://" + site + "/api/rest/v1/" + id + "/x"
+	return doWith(ctx, c, http.MethodOptions, url, nil, http.Header{"Origin": {origin}, "Access-Control-Request-Method": {"POST"}})
+}
+
+// isAllowed reports whether a preflight's answer allows origin.
+func isAllowed(a answer, origin string) bool {
+	return a.status == http.StatusNoContent && a.header.Get("Access-Control-Allow-Origin") == origin
 }

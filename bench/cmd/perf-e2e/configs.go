@@ -101,19 +101,33 @@ func snippet(n int) string {
 // bigAddr is the site of the configs with -big accounts.
 const bigAddr = "127.0.0.1:9310"
 
-// adminJSON is the admin part of every JSON config: loopback, and the
-// config never saved to disk.
-var adminJSON = map[string]any{"listen": adminAddr, "config": map[string]any{"persist": false}}
+// adminJSON is the admin part of every JSON config: loopback at addr,
+// and the config never saved to disk.
+func adminJSON(addr string) map[string]any {
+	return map[string]any{"listen": addr, "config": map[string]any{"persist": false}}
+}
 
 // bigConfig is the JSON config of one site at bigAddr: atomsphere_cors
 // with accounts 0 to n-1 in front of a static "ok".
 func bigConfig(n int) ([]byte, error) {
+	return siteConfig(adminAddr, bigAddr, inlineHandler(n))
+}
+
+// inlineHandler is atomsphere_cors with accounts 0 to n-1 in its config.
+func inlineHandler(n int) map[string]any {
+	return map[string]any{"handler": "atomsphere_cors", "accounts": accounts.Map(n)}
+}
+
+// siteConfig is the JSON config of one site at site, handler in front of
+// a static "ok", with the admin API at admin. editPath names an account
+// of handler's.
+func siteConfig(admin, site string, handler map[string]any) ([]byte, error) {
 	return json.Marshal(map[string]any{
-		"admin": adminJSON,
+		"admin": adminJSON(admin),
 		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"s": map[string]any{
-			"listen": []string{bigAddr},
+			"listen": []string{site},
 			"routes": []any{map[string]any{"handle": []any{
-				map[string]any{"handler": "atomsphere_cors", "accounts": accounts.Map(n)},
+				handler,
 				map[string]any{"handler": "static_response", "body": "ok"},
 			}}},
 		}}}},
@@ -122,10 +136,10 @@ func bigConfig(n int) ([]byte, error) {
 
 // emptyConfig is a config with the admin API alone.
 func emptyConfig() ([]byte, error) {
-	return json.Marshal(map[string]any{"admin": adminJSON})
+	return json.Marshal(map[string]any{"admin": adminJSON(adminAddr)})
 }
 
-// editPath is the admin API path of account id's rules in bigConfig.
+// editPath is the admin API path of account id's rules in siteConfig.
 func editPath(id string) string {
 	return "/config/apps/http/servers/s/routes/0/handle/0/accounts/" + id
 }

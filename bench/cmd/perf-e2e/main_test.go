@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"reflect"
 	"runtime"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"atomspherecors"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/headers" // the header directive
@@ -184,5 +187,182 @@ func TestBinaryFuncs(t *testing.T) {
 	}
 	if names["encoding/json.NoSuchFunction"] {
 		t.Error("a function that does not exist is found")
+	}
+}
+
+func TestParseFlagsParts(t *testing.T) {
+	c, err := parseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.parts, []string{"throughput", "admin"}) || c.has("store") {
+		t.Errorf("default parts %q", c.parts)
+	}
+	if c.starts != 3 || c.edits != 200 || c.inlineEdits != 5 || c.convergeEdits != 120 || c.idle != 20*time.Second ||
+		c.huge != 0 || c.importLines != 100000 || c.timeout != time.Hour {
+		t.Errorf("store defaults: %+v", c)
+	}
+	c, err = parseFlags([]string{"-parts", "store, throughput"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.parts, []string{"throughput", "store"}) {
+		t.Errorf("-parts store,throughput: %q, want them in the order they run", c.parts)
+	}
+	c, err = parseFlags([]string{"-parts", "store", "-quick", "-edits", "7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.big != 2000 || c.starts != 2 || c.edits != 7 || c.inlineEdits != 3 || c.convergeEdits != 30 || c.idle != 5*time.Second {
+		t.Errorf("-quick -edits 7: %+v", c)
+	}
+	c, err = parseFlags([]string{"-huge", "1000000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.timeout != 3*time.Hour {
+		t.Errorf("-huge: timeout %v, want 3h", c.timeout)
+	}
+	if c, _ = parseFlags([]string{"-huge", "1000000", "-timeout", "2h"}); c.timeout != 2*time.Hour {
+		t.Errorf("-huge -timeout 2h: timeout %v", c.timeout)
+	}
+	for _, bad := range [][]string{{"-parts", ""}, {"-parts", "store,nope"}, {"-starts", "0"}, {"-edits", "0"},
+		{"-idle", "150ms"}, {"-idle", "0s"}, {"-huge", "5"}, {"-import-lines", "0"}} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	xs := make([]float64, 100)
+	for i := range xs {
+		xs[i] = float64(100 - i) // 100 down to 1: percentile sorts
+	}
+	for _, c := range []struct{ p, want float64 }{{0, 1}, {50, 50.5}, {99, 99.01}, {100, 100}} {
+		if got := percentile(xs, c.p); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("percentile(1..100, %v) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if got := percentile([]float64{3, 1, 2}, 50); got != median([]float64{3, 1, 2}) {
+		t.Errorf("p50 %v is not the median", got)
+	}
+	if got := percentile([]float64{7}, 99); got != 7 {
+		t.Errorf("percentile of one value = %v", got)
+	}
+	if got := percentile(nil, 50); got != 0 {
+		t.Errorf("percentile of none = %v", got)
+	}
+}
+
+func TestParseStatTicks(t *testing.T) {
+	// the command may hold spaces and parentheses: fields count from the last ')'
+	const stat = "4242 (caddy (x) y) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 37 0 0 20 0 12 0 8866 1500000000 20000 18446744073709551615\n"
+	ticks, err := parseStatTicks(stat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ticks != 287 {
+		t.Errorf("utime+stime = %d, want 250+37", ticks)
+	}
+	if _, err := parseStatTicks("4242 (caddy) S 1 2"); err == nil {
+		t.Error("a short line: no error")
+	}
+	if d, err := cpuTime(os.Getpid()); err != nil || d < 0 {
+		t.Errorf("cpuTime(self) = %v, %v", d, err)
+	}
+}
+
+func TestCountGCLines(t *testing.T) {
+	const log = "gc 1 @0.012s 2%: 0.010+1.2+0.003 ms clock, 4->4->1 MB, 4 MB goal, 2 P\n" +
+		`{"level":"info","msg":"gc of something"}` + "\n" +
+		"gc 2 @0.540s 1%: 0.011+0.9+0.002 ms clock, 4->4->2 MB, 5 MB goal, 2 P\n" +
+		"gc forced\n"
+	if n := countGCLines([]byte(log)); n != 2 {
+		t.Errorf("countGCLines = %d, want 2", n)
+	}
+}
+
+func TestInlineSizes(t *testing.T) {
+	for n, want := range map[int][]int{100000: {1000, 10000, 100000}, 10000: {1000, 10000}, 2000: {1000, 2000}, 500: {500}} {
+		if got := inlineSizes(n); !reflect.DeepEqual(got, want) {
+			t.Errorf("inlineSizes(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
+
+// TestStoreConfigs checks the configs of part 4: loopback only, ports
+// apart from parts 1 to 3's, and handlers the module's struct decodes
+// strictly, the store's poll interval left out unless set.
+func TestStoreConfigs(t *testing.T) {
+	taken := map[string]bool{adminAddr: true, bigAddr: true}
+	for _, v := range variants {
+		taken[v.addr()] = true
+	}
+	for i := range storeAdmins {
+		for _, a := range []string{storeAdmins[i], storeSites[i]} {
+			if !strings.HasPrefix(a, "127.0.0.1:") || taken[a] {
+				t.Errorf("address %s: not loopback, or used twice", a)
+			}
+			taken[a] = true
+		}
+	}
+	for _, c := range []struct {
+		handler map[string]any
+		poll    time.Duration
+		store   bool
+	}{
+		{storeHandler("/srv/cors", 0), 0, true},
+		{storeHandler("/srv/cors", idlePoll), idlePoll, true},
+		{inlineHandler(3), 0, false},
+	} {
+		raw, err := siteConfig(storeAdmins[1], storeSites[1], c.handler)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct {
+			Admin struct {
+				Listen string `json:"listen"`
+			} `json:"admin"`
+			Apps struct {
+				HTTP struct {
+					Servers map[string]struct {
+						Listen []string `json:"listen"`
+						Routes []struct {
+							Handle []map[string]json.RawMessage `json:"handle"`
+						} `json:"routes"`
+					} `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(raw, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		s := cfg.Apps.HTTP.Servers["s"]
+		if cfg.Admin.Listen != storeAdmins[1] || !reflect.DeepEqual(s.Listen, []string{storeSites[1]}) {
+			t.Errorf("admin %q, listen %q", cfg.Admin.Listen, s.Listen)
+		}
+		h := s.Routes[0].Handle[0]
+		delete(h, "handler") // the route's loader takes it
+		b, _ := json.Marshal(h)
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		var mod atomspherecors.Handler
+		if err := dec.Decode(&mod); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if !c.store {
+			if mod.Store != nil || len(mod.Accounts) != 3 {
+				t.Errorf("inline handler: %s", b)
+			}
+			continue
+		}
+		if mod.Store == nil || mod.Store.Name != storeName || time.Duration(mod.Store.PollInterval) != c.poll ||
+			string(mod.Store.StorageRaw) != `{"module":"file_system","root":"/srv/cors"}` || mod.Accounts != nil {
+			t.Errorf("store handler: %s", b)
+		}
+		if c.poll == 0 && strings.Contains(string(b), "poll_interval") {
+			t.Errorf("poll_interval set: %s", b)
+		}
 	}
 }

@@ -51,8 +51,8 @@ var adminSteps = []step{
 	{"strip-ids", caddyPkg + "RemoveMetaFields", "    strip @id fields (a regexp over the whole JSON)", false},
 	{"run", caddyPkg + "run", "    provision and start the apps", false},
 	{"module-json", caddyPkg + "StrictUnmarshalJSON", "      decode module JSON (this handler included)", false},
-	{"provision", modulePrefix + "(*Handler).Provision", "      atomsphere_cors: check and build the index (Provision,", true},
-	{"compile", modulePrefix + "compileAccounts.func1", "        and its parallel workers, on other goroutines)", true},
+	{"provision", modulePrefix + "(*Handler).Provision", "      atomsphere_cors: check and build the index (Provision)", true},
+	{"compile-account", modulePrefix + "compileAccount", "        of which checking and compiling each account", true},
 	{"stop-old", caddyPkg + "unsyncedStop", "    stop the old config", true},
 	{"gc", "runtime.gcBgMarkWorker", "garbage collector (background marking)", true},
 }
