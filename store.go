@@ -249,6 +249,7 @@ type accountStore struct {
 
 	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
 	snapMu  sync.Mutex // one snapshot written at a time
+	baseWG  sync.WaitGroup
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -332,6 +333,7 @@ func (s *accountStore) Destruct() error {
 	unregisterStore(s)
 	s.snapMu.Lock() // a snapshot being written in the background ends first
 	s.snapMu.Unlock()
+	s.baseWG.Wait() // and a base
 	s.mu.Lock()
 	dirty := s.dirty && s.source == "store"
 	s.mu.Unlock()
