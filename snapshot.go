@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -185,29 +184,20 @@ func readSnapshotLines(r *bufio.Reader, want int) (map[string]account, error) {
 	}
 	workers := min(max(runtime.GOMAXPROCS(0), 1), 8)
 	blocks := make(chan block, workers)
-	results := make(chan compiled, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cache := newMethodCache()
-			for b := range blocks {
-				var c compiled
-				n := b.first
-				for line := range bytes.Lines(b.data) {
-					id, a, err := parseSnapshotLine(line, cache)
-					if err != nil {
-						c.err = fmt.Errorf("line %d: %v", n, err)
-						break
-					}
-					c.ids, c.accts = append(c.ids, id), append(c.accts, a)
-					n++
-				}
-				results <- c
+	results := compileEach(workers, blocks, func(cache *methodCache, b block, emit func(compiled)) {
+		var c compiled
+		n := b.first
+		for line := range bytes.Lines(b.data) {
+			id, a, err := parseSnapshotLine(line, cache)
+			if err != nil {
+				c.err = fmt.Errorf("line %d: %v", n, err)
+				break
 			}
-		}()
-	}
+			c.ids, c.accts = append(c.ids, id), append(c.accts, a)
+			n++
+		}
+		emit(c)
+	})
 	var readErr error
 	go func() {
 		defer close(blocks)
@@ -240,7 +230,6 @@ func readSnapshotLines(r *bufio.Reader, want int) (map[string]account, error) {
 			}
 		}
 	}()
-	go func() { wg.Wait(); close(results) }()
 	accounts := make(map[string]account, want)
 	var firstErr error
 	for c := range results {

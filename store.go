@@ -598,36 +598,26 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	// in a round trip; compiling takes the CPUs there are), each worker
 	// with its own method sets.
 	fileStorage, _ := st.(*certmagic.FileStorage)
-	const workers = storageWorkers
 	in := make(chan string)
-	out := make(chan loaded, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cache := newMethodCache()
-			for k := range in {
-				seg := k[strings.LastIndexByte(k, '/')+1:]
-				id, err := unescapeID(seg)
-				if err != nil {
-					continue // not a key this store wrote
-				}
-				b, err := st.Load(ctx, k)
-				if err != nil {
-					out <- loaded{id: id, err: err}
-					continue
-				}
-				a, why := compileRecord(id, b, cache)
-				if why != "" && isTempName(fileStorage, seg) {
-					// A file being written, listed before its rename:
-					// not an account (docs/store.md, "Faults").
-					continue
-				}
-				out <- loaded{id: id, a: a, why: why}
-			}
-		}()
-	}
+	out := compileEach(storageWorkers, in, func(cache *methodCache, k string, emit func(loaded)) {
+		seg := k[strings.LastIndexByte(k, '/')+1:]
+		id, err := unescapeID(seg)
+		if err != nil {
+			return // not a key this store wrote
+		}
+		b, err := st.Load(ctx, k)
+		if err != nil {
+			emit(loaded{id: id, err: err})
+			return
+		}
+		a, why := compileRecord(id, b, cache)
+		if why != "" && isTempName(fileStorage, seg) {
+			// A file being written, listed before its rename: not an
+			// account (docs/store.md, "Faults").
+			return
+		}
+		emit(loaded{id: id, a: a, why: why})
+	})
 	go func() {
 		defer close(in)
 		for _, k := range keys {
@@ -638,7 +628,6 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 			}
 		}
 	}()
-	go func() { wg.Wait(); close(out) }()
 	accounts := make(map[string]account, len(keys))
 	refused := map[string]string{}
 	var firstErr error
@@ -1067,6 +1056,28 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	s.dirty = true
 	s.mu.Unlock()
 	return existed, nil
+}
+
+// compileEach runs fn on every value from in, on workers goroutines
+// each with its own method cache (so that they compile side by side),
+// and returns the channel of what fn emits, closed once in is closed
+// and every call has returned.
+func compileEach[I, O any](workers int, in <-chan I, fn func(cache *methodCache, v I, emit func(O))) <-chan O {
+	out := make(chan O, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cache := newMethodCache()
+			emit := func(o O) { out <- o }
+			for v := range in {
+				fn(cache, v, emit)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(out) }()
+	return out
 }
 
 // storageWorkers bounds the storage operations a commit or a load runs
