@@ -164,6 +164,7 @@ func (s *accountStore) loadSnapshot() error {
 	s.seq, s.epoch, s.source = hdr.Seq, hdr.Epoch, "snapshot"
 	s.refused = map[string]string{}
 	maps.Copy(s.refused, hdr.Refused)
+	s.recheckRefused(hdr.Refused)
 	return nil
 }
 

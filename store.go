@@ -470,7 +470,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 	if head.Epoch == "" && epoch != "" {
 		// A store this server has read cannot lose its head but by the
 		// storage being emptied or unmounted: keep the rules read.
-		return fmt.Errorf("the store's head %s is missing: serving the last rules read", s.keys.head())
+		return errHeadMissing(s.keys)
 	}
 	if fromStore && head.Epoch == epoch && head.Seq == last && len(s.unreadableIDs()) == 0 {
 		s.mu.Lock()
@@ -692,6 +692,16 @@ func (s *accountStore) install(logger *zap.Logger, accounts map[string]account, 
 	s.forgetLocal(gen0)
 }
 
+// recheckRefused has the next poll read the records refused in a base or
+// snapshot again: a record that could not be read when it was written
+// may be readable now, and one that still fails is refused afresh. s.mu
+// is held.
+func (s *accountStore) recheckRefused(refused map[string]string) {
+	for id := range refused {
+		s.unreadable[id] = max(s.unreadable[id], unreadableAfter)
+	}
+}
+
 // unreadableAfter is how many polls in a row a record must fail to read,
 // while the rest of the storage answers, before its account alone is
 // refused; until then the poll fails as a whole (and is retried), as for
@@ -891,6 +901,10 @@ type change struct {
 
 var errStoreBusy = errors.New("the store's lock was not obtained in time")
 
+func errHeadMissing(k storageKeys) error {
+	return fmt.Errorf("the store's head %s is missing (storage emptied or not mounted?): serving the last rules read, writing nothing", k.head())
+}
+
 // lastOfEach returns changes with one change per account, the last
 // given, in the order of their first mention: the accounts of a commit
 // are written side by side, so two writes of one key would race.
@@ -951,6 +965,15 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	head, err := readHead(ctx, st, s.keys)
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	known := s.epoch
+	s.mu.Unlock()
+	if head.Epoch == "" && known != "" {
+		// The store this server read has no head: its storage is
+		// emptied or not mounted. Writing would start a store no other
+		// server reads (docs/store.md, "Faults").
+		return nil, errHeadMissing(s.keys)
 	}
 	prior := head
 	if head.Epoch == "" {

@@ -13,6 +13,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 func storeDir(dir, name string) string { return filepath.Join(dir, "atomsphere_cors", name) }
@@ -157,27 +161,87 @@ func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
 }
 
 // A head gone from a store this server has read (the storage emptied,
-// or a mount gone) keeps the rules read, as an unreachable storage does.
+// or a mount gone) keeps the rules read, as an unreachable storage does,
+// and writes are refused: written there, they would start a store that
+// no other server reads, and a delete would answer 404 while every other
+// server kept the account.
 func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 	dir := t.TempDir()
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
+	ctx := context.Background()
 	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
-	if err := b.poll(context.Background()); err != nil {
+	if err := b.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.RemoveAll(storeDir(dir, "t")); err != nil {
+	if err := os.Rename(storeDir(dir, "t"), storeDir(dir, "t.away")); err != nil { // the mount goes
 		t.Fatal(err)
 	}
-	if err := b.poll(context.Background()); err == nil || !strings.Contains(err.Error(), "missing") {
+	if err := b.poll(ctx); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("poll of a store without head: %v, want an error", err)
 	}
 	if !allows(b, "acct-1", "https://one.example") {
 		t.Error("the rules read were dropped")
 	}
-	// A store written again from scratch is followed.
+	acct, _ := b.compile("acct-2", []Rule{{Origin: "https://two.example"}})
+	for _, c := range []change{{id: "acct-1", delete: true}, {id: "acct-2", rules: []Rule{{Origin: "https://two.example"}}, acct: acct}} {
+		if _, err := b.commit(ctx, []change{c}); err == nil || !strings.Contains(err.Error(), "missing") {
+			t.Errorf("write of %s to a store without head: %v, want it refused", c.id, err)
+		}
+	}
+	if _, err := os.Stat(storeDir(dir, "t")); err == nil {
+		t.Error("a refused write created a store")
+	}
+	if err := os.Rename(storeDir(dir, "t.away"), storeDir(dir, "t")); err != nil { // the mount is back
+		t.Fatal(err)
+	}
+	if err := b.poll(ctx); err != nil || !allows(b, "acct-1", "https://one.example") || allows(b, "acct-2", "https://two.example") {
+		t.Errorf("after the mount is back: %v", err)
+	}
+
+	// A store emptied on purpose is started over by a server that has
+	// not read it (docs/store.md, "Faults"); the others follow.
+	if err := os.RemoveAll(storeDir(dir, "t")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	fresh := openStore("t", "t\nfresh", &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
+	defer func() { _ = fresh.Destruct() }()
+	put(t, fresh, "acct-3", Rule{Origin: "https://three.example"})
+	if err := b.poll(ctx); err != nil || !allows(b, "acct-3", "https://three.example") || allows(b, "acct-1", "https://one.example") {
+		t.Errorf("b does not follow the store started over: %v", err)
+	}
+}
+
+// A record refused because it could not be read when a base or a
+// snapshot was written is read again by the server that starts from it.
+func TestStoreRefusedInBaseReadAgain(t *testing.T) {
+	dir := t.TempDir()
+	a := testStores(t, dir, 1)[0]
+	ctx := context.Background()
+	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
 	put(t, a, "acct-2", Rule{Origin: "https://two.example"})
-	if err := b.poll(context.Background()); err != nil || !allows(b, "acct-2", "https://two.example") || allows(b, "acct-1", "https://one.example") {
-		t.Errorf("b does not follow the new store: %v", err)
+	if err := a.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	a.refused["acct-2"] = "record unreadable, read again at every poll: a storage error then"
+	a.view.Store(a.view.Load().with(map[string]*account{"acct-2": nil}))
+	a.mu.Unlock()
+	if err := a.writeBase(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.writeSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	fromSnap := openStore("t", a.key, downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
+	defer func() { _ = fromSnap.Destruct() }()
+	if fromSnap.status().Serving != "snapshot" || len(fromSnap.unreadableIDs()) != 1 {
+		t.Errorf("serving %s; the snapshot's refused record is not read again at the next poll: %v",
+			fromSnap.status().Serving, fromSnap.unreadableIDs())
+	}
+	fromBase := freshServer(t, dir)
+	if !allows(fromBase, "acct-2", "https://two.example") || fromBase.status().Refused["acct-2"] != "" {
+		t.Errorf("a new server does not read the refused record again: %v", fromBase.status().Refused)
 	}
 }

@@ -138,6 +138,7 @@ func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logge
 	s.install(logger, accounts, refused, storeHead{Seq: hdr.Seq, Epoch: hdr.Epoch}, gen0)
 	s.mu.Lock()
 	s.baseNext = hdr.Seq + baseEvery
+	s.recheckRefused(hdr.Refused)
 	s.mu.Unlock()
 	logger.Info("store loaded from its base", zap.String("store", s.name), zap.Int("accounts", len(accounts)),
 		zap.Uint64("base_seq", hdr.Seq), zap.Uint64("seq", head.Seq))
