@@ -66,12 +66,7 @@ func BenchmarkStoreIdlePoll(b *testing.B) {
 			for lo := 0; lo < n; lo += 5000 {
 				var batch []change
 				for i := lo; i < min(lo+5000, n); i++ {
-					id := fmt.Sprintf("account-%06d", i)
-					a, err := s.compile(id, rules)
-					if err != nil {
-						b.Fatal(err)
-					}
-					batch = append(batch, change{id: id, rules: rules, acct: a})
+					batch = append(batch, writeOf(b, s, fmt.Sprintf("account-%06d", i), rules...))
 				}
 				if _, err := s.commit(ctx, batch); err != nil {
 					b.Fatal(err)

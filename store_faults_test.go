@@ -92,12 +92,7 @@ func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
 	}
 	var batch []change
 	for _, id := range []string{"victim", "new-1", "zz-blocked"} {
-		rules := []Rule{{Origin: "https://new.example"}}
-		acct, err := a.compile(id, rules)
-		if err != nil {
-			t.Fatal(err)
-		}
-		batch = append(batch, change{id: id, rules: rules, acct: acct})
+		batch = append(batch, writeOf(t, a, id, Rule{Origin: "https://new.example"}))
 	}
 	_, err := a.commit(ctx, batch)
 	var ce *commitError
@@ -129,12 +124,7 @@ func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
 	var batch []change
 	for i := range 300 {
 		for _, o := range []string{"https://old.example", "https://new.example"} {
-			id, rules := fmt.Sprintf("dup-%03d", i), []Rule{{Origin: o}}
-			acct, err := a.compile(id, rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			batch = append(batch, change{id: id, rules: rules, acct: acct})
+			batch = append(batch, writeOf(t, a, fmt.Sprintf("dup-%03d", i), Rule{Origin: o}))
 		}
 	}
 	existed, err := a.commit(context.Background(), batch)
@@ -183,8 +173,7 @@ func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 	if !allows(b, "acct-1", "https://one.example") {
 		t.Error("the rules read were dropped")
 	}
-	acct, _ := b.compile("acct-2", []Rule{{Origin: "https://two.example"}})
-	for _, c := range []change{{id: "acct-1", delete: true}, {id: "acct-2", rules: []Rule{{Origin: "https://two.example"}}, acct: acct}} {
+	for _, c := range []change{{id: "acct-1", delete: true}, writeOf(t, b, "acct-2", Rule{Origin: "https://two.example"})} {
 		if _, err := b.commit(ctx, []change{c}); err == nil || !strings.Contains(err.Error(), "missing") {
 			t.Errorf("write of %s to a store without head: %v, want it refused", c.id, err)
 		}

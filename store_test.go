@@ -96,13 +96,20 @@ func testStores(t *testing.T, dir string, n int) []*accountStore {
 	return out
 }
 
-func put(t *testing.T, s *accountStore, id string, rules ...Rule) {
-	t.Helper()
+// writeOf is the change that writes rules to account id, compiled as an
+// admin write's are.
+func writeOf(tb testing.TB, s *accountStore, id string, rules ...Rule) change {
+	tb.Helper()
 	a, err := s.compile(id, rules)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	if _, err := s.commit(context.Background(), []change{{id: id, rules: rules, acct: a}}); err != nil {
+	return change{id: id, rules: rules, acct: a}
+}
+
+func put(t *testing.T, s *accountStore, id string, rules ...Rule) {
+	t.Helper()
+	if _, err := s.commit(context.Background(), []change{writeOf(t, s, id, rules...)}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -198,13 +198,7 @@ func TestStoreFullReadDuringWrites(t *testing.T) {
 		t.Helper()
 		var batch []change
 		for i := lo; i < hi; i++ {
-			id := fmt.Sprintf("%s-%05d", prefix, i)
-			rules := []Rule{{Origin: fmt.Sprintf("https://a%d.example", i)}}
-			a, err := s.compile(id, rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			batch = append(batch, change{id: id, rules: rules, acct: a})
+			batch = append(batch, writeOf(t, s, fmt.Sprintf("%s-%05d", prefix, i), Rule{Origin: fmt.Sprintf("https://a%d.example", i)}))
 		}
 		if _, err := s.commit(ctx, batch); err != nil {
 			t.Fatal(err)
