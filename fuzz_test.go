@@ -430,6 +430,9 @@ func FuzzServeHTTP(f *testing.F) {
 		"/api/rest/v1/",
 		"/elsewhere",
 		"/ap\u0130/rest/v1/account-987654/x", // İ: Caddy's path matchers lower-case it to i
+		// Targets the path guard refuses: a backend reads another account.
+		"/api/rest/v1/account-987654/..;/account-123456/x",
+		"/api/rest/v1/account-987654\\..\\account-123456",
 	}
 	methods := []string{"GET", "OPTIONS", "POST", "HEAD", "PUT", "PATCH", "DELETE", "get"}
 	// Few seeds, so the baseline is quick in a 20 s run: every origin
@@ -496,6 +499,31 @@ func FuzzServeHTTP(f *testing.F) {
 		hdr := res.Header
 
 		account, isAccountPath := refAccountOf(prefixes, path)
+		// The path guard (docs/behaviour.md §5) refuses, with 400 and
+		// before any CORS decision, a target a common backend could read
+		// as another account. Where one of the model's readings names
+		// another account it must refuse; it may refuse only targets
+		// with a byte such a reading acts on.
+		var he caddyhttp.HandlerError
+		guardRefused := errors.As(err, &he) && he.StatusCode == http.StatusBadRequest
+		if refReadsOtherAccount(prefixes, path, account, isAccountPath) && !guardRefused {
+			t.Fatalf("%s %q: a backend could read another account than %q, but the request was not refused (err %v)",
+				method, path, account, err)
+		}
+		if guardRefused {
+			if !strings.ContainsAny(path, `%;\`) && !hasNonASCII(path) {
+				t.Fatalf("%s %q: refused by the path guard, but no reading it checks can change this path", method, path)
+			}
+			if next.called {
+				t.Fatalf("%s %q: refused by the path guard, but the next handler ran", method, path)
+			}
+			for k := range hdr {
+				if strings.HasPrefix(strings.ToLower(k), "access-control-") {
+					t.Fatalf("%s %q: refused by the path guard, but the response has %s", method, path, k)
+				}
+			}
+			return
+		}
 		if !isAccountPath {
 			// Not ours: untouched, no Vary, next ran (docs/behaviour.md §1).
 			if !next.called {
@@ -558,7 +586,6 @@ func FuzzServeHTTP(f *testing.F) {
 				t.Fatalf("%s: a preflight reached the next handler", desc())
 			}
 			if !allowed {
-				var he caddyhttp.HandlerError
 				if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
 					t.Fatalf("%s: denied preflight returned %v, want a 401 HandlerError", desc(), err)
 				}
@@ -567,6 +594,38 @@ func FuzzServeHTTP(f *testing.F) {
 			t.Fatalf("%s: a normal request did not reach the next handler", desc())
 		}
 	})
+}
+
+// refReadsOtherAccount reports whether a backend reading p in one of
+// the ways docs/behaviour.md §5 lists (backslash as "/", path parameters
+// dropped, decoded once more) would name another account than Caddy's
+// reading (account, ok). It is the model's own, simpler account of those
+// readings: every one it finds, the module must find too.
+func refReadsOtherAccount(prefixes []string, p, account string, ok bool) bool {
+	readings := []string{strings.ReplaceAll(p, `\`, "/")}
+	segs := strings.Split(p, "/")
+	for i, seg := range segs {
+		segs[i], _, _ = strings.Cut(seg, ";")
+	}
+	readings = append(readings, strings.Join(segs, "/"))
+	if twice, err := url.PathUnescape(p); err == nil {
+		readings = append(readings, twice)
+	}
+	for _, q := range readings {
+		if id, isAccount := refAccountOf(prefixes, q); isAccount != ok || id != account {
+			return true
+		}
+	}
+	return false
+}
+
+func hasNonASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return true
+		}
+	}
+	return false
 }
 
 // moduleHeaders are the Access-Control-* headers the module itself sets.
