@@ -93,18 +93,7 @@ func TestConfigsLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, raw := range map[string][]byte{"Caddyfile": raw, "big": big} {
-		var cfg struct {
-			Admin struct {
-				Listen string `json:"listen"`
-			} `json:"admin"`
-			Apps struct {
-				HTTP struct {
-					Servers map[string]struct {
-						Listen []string `json:"listen"`
-					} `json:"servers"`
-				} `json:"http"`
-			} `json:"apps"`
-		}
+		var cfg caddyConfig
 		if err := json.Unmarshal(raw, &cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -320,21 +309,7 @@ func TestStoreConfigs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var cfg struct {
-			Admin struct {
-				Listen string `json:"listen"`
-			} `json:"admin"`
-			Apps struct {
-				HTTP struct {
-					Servers map[string]struct {
-						Listen []string `json:"listen"`
-						Routes []struct {
-							Handle []map[string]json.RawMessage `json:"handle"`
-						} `json:"routes"`
-					} `json:"servers"`
-				} `json:"http"`
-			} `json:"apps"`
-		}
+		var cfg caddyConfig
 		if err := json.Unmarshal(raw, &cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -365,4 +340,22 @@ func TestStoreConfigs(t *testing.T) {
 			t.Errorf("poll_interval set: %s", b)
 		}
 	}
+}
+
+// caddyConfig is the part of a generated Caddy JSON config the tests
+// check: the admin address, each server's listeners and its handlers.
+type caddyConfig struct {
+	Admin struct {
+		Listen string `json:"listen"`
+	} `json:"admin"`
+	Apps struct {
+		HTTP struct {
+			Servers map[string]struct {
+				Listen []string `json:"listen"`
+				Routes []struct {
+					Handle []map[string]json.RawMessage `json:"handle"`
+				} `json:"routes"`
+			} `json:"servers"`
+		} `json:"http"`
+	} `json:"apps"`
 }
