@@ -11,12 +11,14 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -118,7 +120,15 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 		if err != nil {
 			cfg = []byte(fmt.Sprintf("%p", st))
 		}
-		storageKey = fmt.Sprintf("global %T %s", st, cfg)
+		storageKey = fmt.Sprintf("%T %s", st, cfg)
+	}
+	if fst, ok := st.(*certmagic.FileStorage); ok {
+		// The same directory, named in a storage block or as Caddy's
+		// storage, is the same store.
+		storageKey = "file_system " + filepath.Clean(fst.Path)
+	}
+	if err := claimStoreName(ctx, h.Store.Name, storageKey, h.Store.StorageRaw); err != nil {
+		return err
 	}
 	interval := time.Duration(h.Store.PollInterval)
 	if interval == 0 {
@@ -136,6 +146,68 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	s.addUser(h, st, logger, interval)
 	h.ix.live = s
 	h.ix.maxOriginLen = maxStoreOriginLen
+	return nil
+}
+
+// storeClaims holds, for each config being loaded or running (told apart
+// by its context's Done channel), the storage and place of the first
+// handler naming each store. The admin routes address a store by its
+// name alone, so within one config a name must mean one storage: a
+// second storage under the same name would take writes that the
+// handlers of the first never see.
+var storeClaims struct {
+	sync.Mutex
+	byConfig map[<-chan struct{}]map[string]storeClaim
+}
+
+type storeClaim struct {
+	storageKey string
+	where      string
+}
+
+// claimStoreName records that this config's handler names store name in
+// the storage storageKey, and refuses a config whose handlers give one
+// store name two storages.
+func claimStoreName(ctx caddy.Context, name, storageKey string, raw json.RawMessage) error {
+	where := "Caddy's storage (" + storageKey + ")"
+	if raw != nil {
+		var b bytes.Buffer
+		_ = json.Compact(&b, raw)
+		where = "storage " + b.String()
+	}
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
+		where += fmt.Sprintf(" (a handler of server %s)", q(srv.Name()))
+	}
+	done := ctx.Done()
+	if done == nil {
+		return nil
+	}
+	storeClaims.Lock()
+	defer storeClaims.Unlock()
+	if storeClaims.byConfig == nil {
+		storeClaims.byConfig = map[<-chan struct{}]map[string]storeClaim{}
+	}
+	claims := storeClaims.byConfig[done]
+	if claims == nil {
+		claims = map[string]storeClaim{}
+		storeClaims.byConfig[done] = claims
+		go func() {
+			<-done
+			storeClaims.Lock()
+			delete(storeClaims.byConfig, done)
+			storeClaims.Unlock()
+		}()
+	}
+	c, ok := claims[name]
+	if !ok {
+		claims[name] = storeClaim{storageKey: storageKey, where: where}
+		return nil
+	}
+	if c.storageKey != storageKey {
+		return fmt.Errorf("store %s is named with two different storages in this config: %s, and %s; "+
+			"the admin routes /atomsphere_cors/%s/ reach one store by its name, so give the handlers the same storage "+
+			"settings (one shared store) or different store names", q(name), c.where, where, name)
+	}
 	return nil
 }
 
