@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -236,14 +238,24 @@ func (a *adminAPI) export(w http.ResponseWriter, s *accountStore) error {
 	return bw.Flush()
 }
 
+// importLine is one line of an import as sent: the account ID kept raw,
+// so that it is checked as written (json.Unmarshal would turn invalid
+// UTF-8 and lone surrogates into U+FFFD), and the rules required.
+type importLine struct {
+	Account json.RawMessage `json:"account"`
+	Rules   []Rule          `json:"rules"`
+}
+
 // importNDJSON validates every line first (a bad line refuses the whole
-// import and nothing is written), spooling the body to a temporary file
-// rather than to memory; then writes the accounts in commits of
-// importChunk. Lines of an account given twice: the last one wins.
+// import and nothing is written), spooling the body to a file of the
+// module's spool directory rather than to memory; then writes each
+// account once, as its last line gives it, in commits of importChunk
+// accounts. The body is bounded by the store's max_import_size (413).
 func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accountStore) error {
-	spool, err := os.CreateTemp("", "atomsphere-cors-import-*")
+	limit := s.maxImport.Load()
+	spool, err := createSpool()
 	if err != nil {
-		return err
+		return apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
@@ -251,11 +263,18 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 
 	var bad problems
 	lines, n := 0, 0
-	rd := bufio.NewReaderSize(&progressReader{r: r.Body, rc: http.NewResponseController(w)}, 1<<16)
+	// lastAt is the spooled record that gives each account (its last
+	// line): an account named several times is written once.
+	lastAt := map[string]int{}
+	body := &countingReader{r: io.LimitReader(r.Body, limit+1)}
+	rd := bufio.NewReaderSize(&progressReader{r: body, rc: http.NewResponseController(w)}, 1<<16)
 	for lines < maxImportLines {
 		line, tooLong, err := readLine(rd, maxRulesBody)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return apiErr(http.StatusBadRequest, "reading line %d: %v", lines+1, err)
+		}
+		if body.n > limit {
+			return apiErr(http.StatusRequestEntityTooLarge, "store %s: import refused, nothing written: the body is over %d bytes (the store's max_import_size)", q(s.name), limit)
 		}
 		if len(line) > 0 || tooLong || !errors.Is(err, io.EOF) {
 			lines++
@@ -266,15 +285,21 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 			bad.add(at, fmt.Errorf("line %d: longer than %d bytes", lines, maxRulesBody))
 		case len(bytes.TrimSpace(line)) == 0:
 		default:
-			var rec record
-			if derr := decodeStrict(line, &rec); derr != nil {
+			var il importLine
+			if derr := decodeStrict(line, &il); derr != nil {
 				bad.add(at, fmt.Errorf("line %d: not a JSON record {\"account\": ..., \"rules\": [...]}: %s", lines, short(derr.Error())))
 				break
 			}
-			if rec.Rules == nil {
-				rec.Rules = []Rule{}
+			id, ierr := importID(il.Account)
+			if ierr != nil {
+				bad.add(at, fmt.Errorf("line %d: %w", lines, ierr))
+				break
 			}
-			if _, cerr := s.compile(rec.Account, rec.Rules); cerr != nil {
+			if il.Rules == nil {
+				bad.add(at, fmt.Errorf("line %d: account %s: \"rules\" missing or null: every line gives the account's rules, [] for none", lines, q(id)))
+				break
+			}
+			if _, cerr := s.compile(id, il.Rules); cerr != nil {
 				var rep *report
 				if errors.As(cerr, &rep) {
 					for _, e := range rep.list {
@@ -289,8 +314,9 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 				break
 			}
 			if bad.err() == nil {
-				b, _ := json.Marshal(rec)
+				b, _ := json.Marshal(record{Account: id, Rules: il.Rules})
 				_, _ = sw.Write(append(b, '\n'))
+				lastAt[id] = n
 				n++
 			}
 		}
@@ -302,7 +328,7 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		return apiErr(http.StatusBadRequest, "import refused, nothing written: %v", err)
 	}
 	if err := sw.Flush(); err != nil {
-		return err
+		return apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
 	}
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return err
@@ -315,7 +341,6 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		if len(batch) == 0 {
 			return nil
 		}
-		batch = lastOfEach(batch) // an account given twice: the last line wins
 		existed, err := s.commit(ctx, batch)
 		if err != nil {
 			var ce *commitError
@@ -333,10 +358,13 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		batch = batch[:0]
 		return nil
 	}
-	for dec.More() {
+	for i := 0; dec.More(); i++ {
 		var rec record
 		if err := dec.Decode(&rec); err != nil {
 			return err
+		}
+		if lastAt[rec.Account] != i {
+			continue // named again further on: the last line wins
 		}
 		acct, err := s.compile(rec.Account, rec.Rules)
 		if err != nil {
@@ -355,6 +383,67 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 	// New servers should not read a large import's accounts one by one.
 	s.maybeWriteBase(done >= baseEvery)
 	return writeJSON(w, http.StatusOK, map[string]int{"imported": done, "created": created, "replaced": done - created})
+}
+
+// importID reads an import line's account ID as written: a JSON string
+// whose bytes are valid UTF-8 and whose \u escapes name no lone UTF-16
+// surrogate, which a PUT's path could not carry either (RFC 8259 §8.2:
+// such strings are not interoperable; Go's decoder would store U+FFFD in
+// their place, another account).
+func importID(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", errors.New(`"account" missing or null`)
+	}
+	if raw[0] != '"' {
+		return "", fmt.Errorf("account ID %s is not a JSON string", short(string(raw)))
+	}
+	if !utf8.Valid(raw) {
+		return "", fmt.Errorf("account %s (as written): account ID is not valid UTF-8", strconv.Quote(string(raw[1:len(raw)-1])))
+	}
+	for i := 0; i+1 < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		if raw[i+1] != 'u' || i+6 > len(raw) {
+			i++ // a two-character escape: skip its second character
+			continue
+		}
+		r1, ok := hex4(raw[i+2 : i+6])
+		switch {
+		case !ok:
+		case utf16.IsSurrogate(r1):
+			if r1 < 0xDC00 && i+12 <= len(raw) && raw[i+6] == '\\' && raw[i+7] == 'u' {
+				if r2, ok := hex4(raw[i+8 : i+12]); ok && r2 >= 0xDC00 && r2 <= 0xDFFF {
+					i += 11 // a surrogate pair: one character
+					continue
+				}
+			}
+			return "", fmt.Errorf("account %s (as written): account ID has a lone UTF-16 surrogate %s, which is not valid UTF-8", short(string(raw)), raw[i:i+6])
+		}
+		i += 5
+	}
+	var id string
+	if err := json.Unmarshal(raw, &id); err != nil {
+		return "", fmt.Errorf("account ID: %s", short(err.Error()))
+	}
+	return id, nil
+}
+
+func hex4(b []byte) (rune, bool) {
+	v, err := strconv.ParseUint(string(b), 16, 32)
+	return rune(v), err == nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
 }
 
 // importReadIdle is how long an import's client may send nothing. Caddy's

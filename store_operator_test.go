@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // One store name in one config is one store: two handlers that give the
@@ -102,5 +103,165 @@ http://127.0.0.1:9608 {
 	registry.Unlock()
 	if n != 1 {
 		t.Errorf("%d stores named main, want one shared by both handlers", n)
+	}
+}
+
+const (
+	opsAdmin = "http://127.0.0.1:2975"
+	opsHTTP  = "http://127.0.0.1:9675"
+	// opsMaxImport is the max_import_size of store ops.
+	opsMaxImport = 400_000
+)
+
+// startOpsCaddy loads, in this process, a Caddy whose handler takes its
+// accounts from store "ops" in dir, with extra settings of the store.
+func startOpsCaddy(t *testing.T, dir string, store map[string]any) {
+	t.Helper()
+	store["name"] = "ops"
+	cfg := mustJSON(map[string]any{
+		"admin":   map[string]any{"listen": "127.0.0.1:2975", "config": map[string]any{"persist": false}},
+		"storage": map[string]any{"module": "file_system", "root": dir},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"s": map[string]any{
+			"listen": []string{"127.0.0.1:9675"}, "protocols": []string{"h1"},
+			"routes": []any{map[string]any{"handle": []any{
+				map[string]any{"handler": "atomsphere_cors", "store": store},
+				map[string]any{"handler": "static_response", "status_code": 200, "body": "ok"},
+			}}},
+		}}}},
+	})
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+}
+
+func opsSeq(t *testing.T) uint64 {
+	t.Helper()
+	st := lookupStore("ops")
+	if st == nil {
+		t.Fatal("no store ops")
+	}
+	return st.status().Seq
+}
+
+// An import names each account once in its answer and its writes,
+// however many lines name it; every line must give rules; account IDs are
+// checked as a PUT's path is; and the body is bounded by max_import_size.
+// A refused import writes nothing.
+func TestStoreImportChecksEveryLineAndWritesEachAccountOnce(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	dir := t.TempDir()
+	startOpsCaddy(t, dir, map[string]any{"max_import_size": opsMaxImport})
+	c := newProbeClient()
+	call := func(method, path, body string) (int, string) {
+		t.Helper()
+		return storeCall(t, opsAdmin, method, "/atomsphere_cors/ops"+path, body)
+	}
+	if st, out := call("PUT", "/accounts/acct-w", rulesJSON("https://w.example", "GET")); st != 201 {
+		t.Fatalf("PUT: %d %s", st, out)
+	}
+
+	t.Run("an account named on 3000 lines", func(t *testing.T) {
+		var b strings.Builder
+		for i := range 3000 {
+			fmt.Fprintf(&b, `{"account":"same","rules":[{"origin":"https://v%d.example","methods":["GET"]}]}`+"\n", i)
+			if i%1000 == 500 {
+				fmt.Fprintf(&b, `{"account":"other-%d","rules":[]}`+"\n", i/1000)
+			}
+		}
+		seq := opsSeq(t)
+		st, out := call("POST", "/import", b.String())
+		if st != 200 || out != `{"created":4,"imported":4,"replaced":0}`+"\n" {
+			t.Errorf("import: %d %s, want 4 accounts created", st, out)
+		}
+		if got := opsSeq(t); got != seq+1 {
+			t.Errorf("the import advanced seq by %d, want 1 (4 accounts, one commit)", got-seq)
+		}
+		if r := send(c, preflightProbe(opsHTTP, "same", "https://v2999.example", "GET", "GET")); r.err != nil {
+			t.Errorf("the last line of the account: %v", r.err)
+		}
+		if r := send(c, preflightProbe(opsHTTP, "same", "https://v2998.example", "GET", "")); r.err != nil {
+			t.Errorf("an earlier line of the account: %v", r.err)
+		}
+	})
+
+	for _, tc := range []struct{ name, line, want string }{
+		{"rules missing", `{"account":"acct-w"}`, `line 2: account \"acct-w\": \"rules\" missing or null`},
+		{"rules null", `{"account":"acct-w","rules":null}`, `line 2: account \"acct-w\": \"rules\" missing or null`},
+		{"account missing", `{"rules":[]}`, `line 2: \"account\" missing or null`},
+		{"invalid UTF-8", "{\"account\":\"a\xffb\",\"rules\":[]}", `account ID is not valid UTF-8`},
+		{"lone high surrogate", `{"account":"a\ud800b","rules":[]}`, `lone UTF-16 surrogate \\ud800`},
+		{"lone low surrogate", `{"account":"a\udc00","rules":[]}`, `lone UTF-16 surrogate \\udc00`},
+		{"reversed pair", `{"account":"\ude00\ud83d","rules":[]}`, `lone UTF-16 surrogate \\ude00`},
+		{"too long", `{"account":"` + strings.Repeat("x", 201) + `","rules":[]}`, `too long for a store: 201 bytes`},
+		{"a slash", `{"account":"a/b","rules":[]}`, `must not contain /`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seq := opsSeq(t)
+			body := `{"account":"fine","rules":[]}` + "\n" + tc.line + "\n"
+			st, out := call("POST", "/import", body)
+			if st != 400 || !strings.Contains(out, "import refused, nothing written") || !strings.Contains(out, tc.want) {
+				t.Errorf("import of %q: %d %s, want 400 with %q", tc.line, st, out, tc.want)
+			}
+			if got := opsSeq(t); got != seq {
+				t.Errorf("a refused import wrote %d changes", got-seq)
+			}
+			if r := send(c, preflightProbe(opsHTTP, "acct-w", "https://w.example", "GET", "GET")); r.err != nil {
+				t.Errorf("acct-w after a refused import: %v", r.err)
+			}
+			if st, _ := call("GET", "/accounts/a%EF%BF%BDb", ""); st != 404 {
+				t.Errorf("an account renamed with U+FFFD exists: %d", st)
+			}
+		})
+	}
+	t.Run("a surrogate pair", func(t *testing.T) {
+		if st, out := call("POST", "/import", `{"account":"a\ud83d\ude00b","rules":[]}`+"\n"); st != 200 {
+			t.Errorf("import: %d %s", st, out)
+		}
+		if st, _ := call("GET", "/accounts/a%F0%9F%98%80b", ""); st != 200 {
+			t.Errorf("the account of an escaped surrogate pair: %d", st)
+		}
+	})
+	t.Run("over max_import_size", func(t *testing.T) {
+		seq := opsSeq(t)
+		var b strings.Builder
+		for i := 0; b.Len() <= opsMaxImport; i++ {
+			fmt.Fprintf(&b, `{"account":"big-%d","rules":[]}`+"\n", i)
+		}
+		st, out := call("POST", "/import", b.String())
+		if st != 413 || !strings.Contains(out, fmt.Sprintf("over %d bytes", opsMaxImport)) {
+			t.Errorf("import of %d bytes: %d %s, want 413", b.Len(), st, out)
+		}
+		if got := opsSeq(t); got != seq {
+			t.Errorf("a refused import wrote %d changes", got-seq)
+		}
+	})
+	// Nothing of an import goes to the system's temporary directory.
+	if left, _ := filepath.Glob(filepath.Join(tmp, "*")); len(left) != 0 {
+		t.Errorf("files left in TMPDIR: %v", left)
+	}
+}
+
+// max_import_size in a Caddyfile: bytes or a unit, adapted to bytes;
+// anything else refused with its line.
+func TestStoreMaxImportSizeCaddyfile(t *testing.T) {
+	adapt := func(size string) (string, error) {
+		cf := "{\n\tadmin off\n}\n:9699 {\n\tatomsphere_cors {\n\t\tstore s {\n\t\t\tmax_import_size " + size + "\n\t\t}\n\t}\n}\n"
+		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+		return string(out), err
+	}
+	for size, want := range map[string]string{"300MB": "300000000", "1GiB": "1073741824", "4096": "4096", "64kib": "65536"} {
+		out, err := adapt(size)
+		if err != nil || !strings.Contains(out, `"store":{"max_import_size":`+want+`,"name":"s"}`) {
+			t.Errorf("max_import_size %s: %v %s", size, err, out)
+		}
+	}
+	for _, size := range []string{"1TB", "MB", "-5", "99999999999999999999"} {
+		if _, err := adapt(size); err == nil || !strings.Contains(err.Error(), "max_import_size") || !strings.Contains(err.Error(), "Caddyfile:7") {
+			t.Errorf("max_import_size %s: %v", size, err)
+		}
 	}
 }
