@@ -16,8 +16,10 @@ import (
 // Provision and only read afterwards, so requests share it without locks.
 // A config reload builds a new Handler with a new index.
 type index struct {
-	prefixes []string           // lower-cased, in configured order
-	accounts map[string]account // account ID -> its allowed origins
+	prefixes []string // lower-cased, in configured order
+	// prefixSegs are the segments of each prefix, for the path guard.
+	prefixSegs [][]string
+	accounts   map[string]account // account ID -> its allowed origins
 
 	// maxOriginLen bounds the Origin values worth parsing: no longer
 	// value can normalise to a configured origin (see compile).
@@ -260,6 +262,9 @@ func newIndex(h *Handler) (*index, error) {
 		p.add(place{field: "path_prefixes"}, errors.New("path_prefixes is empty: no request would be checked"))
 	}
 	ix.prefixes = checkPathPrefixes(prefixes, &p)
+	for _, pre := range ix.prefixes {
+		ix.prefixSegs = append(ix.prefixSegs, strings.Split(strings.Trim(pre, "/"), "/"))
+	}
 
 	allow := h.AllowHeaders
 	if allow == nil {

@@ -3,33 +3,74 @@ package atomspherecors
 import (
 	"net/http"
 	"strings"
+	"unicode"
 	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"golang.org/x/text/unicode/norm"
 )
 
 // The path guard. The module decides for the account that Caddy's
 // cleaned path names, but the upstream serves the account that its own
 // reading of the request target names. Common backends read some
-// targets differently from Caddy: Tomcat and Spring strip path
-// parameters ("..;/"), Windows servers take "\" for "/", some decode
-// twice or accept overlong UTF-8.
+// targets differently from Caddy: routers that split the raw target
+// before decoding it keep "%2f" inside a segment (Express, chi), servlet
+// containers strip path parameters ("..;/"), Windows servers take "\\"
+// for "/" and trim trailing dots and spaces, C code stops at a NUL, some
+// decode twice, accept overlong UTF-8, normalise Unicode (NFKC) or
+// compare case-insensitively with Unicode folding ("ſ" for "s").
 // Where any of those readings names another account than Caddy's (or an
 // account where Caddy sees none, or none where Caddy sees one), a page
 // allowed by one account could read another's data, so the request is
 // refused before any CORS decision (docs/behaviour.md §5).
 //
-// Only targets with '%', ';', '\' or bytes that are not UTF-8 can be
-// read differently this way; every other path costs a scan for them.
+// Only targets with an escape Go would not write, or a byte that
+// hasGuardedByte lists, or a segment ending in a dot, can be read
+// differently this way; every other path costs a scan for them.
 
-// guardedPath reports whether the path guard must look at r: its path
-// has a '%' (escaped or decoded), ';', '\\' or a byte that is not ASCII
-// (an overlong form decoded from upper-case escapes leaves no RawPath).
+// guardedPath reports whether the path guard must look at r: its target
+// was escaped in a way Go's URL parser does not produce itself (RawPath
+// set), or its path has a byte some backend reads specially (see
+// hasGuardedByte), or a segment that ends in a dot ("...", "x.").
 func guardedPath(r *http.Request) bool {
-	return r.URL.RawPath != "" || hasGuardedByte(r.URL.Path)
+	return r.URL.RawPath != "" || hasGuardedByte(r.URL.Path) || hasDotEndedSegment(r.URL.Path)
 }
 
-// hasGuardedByte reports whether p has '%', ';', '\\' or a byte of 0x80 or
-// more. Every path of every request is scanned, so it reads eight bytes
-// at a time: a zero byte of x^(c*lo) is a byte of x equal to c.
+// hasDotEndedSegment reports whether a segment of p ends in a dot and is
+// not a "." or ".." segment (which Caddy resolves as everyone does):
+// "..." or "x." is read as another segment where trailing dots are
+// trimmed.
+func hasDotEndedSegment(p string) bool {
+	for i := strings.IndexByte(p, '.'); i >= 0; {
+		// The dot segment p[start:end] ends at end, when p[end-1] is '.'
+		// and p[end] is '/' or the end of p.
+		j := strings.Index(p[i:], "./")
+		end := len(p)
+		if j >= 0 {
+			end = i + j + 1
+		} else if p[len(p)-1] != '.' {
+			return false
+		}
+		start := strings.LastIndexByte(p[:end], '/') + 1
+		if seg := p[start:end]; seg != "." && seg != ".." {
+			return true
+		}
+		if end == len(p) {
+			return false
+		}
+		i = end + 1
+	}
+	return false
+}
+
+// hasGuardedByte reports whether p has a byte some backend reads
+// differently from Caddy: '%' (decoded again), ';' (path parameters),
+// '\\' (a separator on Windows), '#' and '?' (decoded and parsed again),
+// a space or control character (trimmed, or ending a C string) or a byte
+// of 0x80 or more (overlong UTF-8, Unicode case folding and compatibility
+// forms). Every path of every request is scanned, so it reads eight
+// bytes at a time: a zero byte of x^(c*lo) is a byte of x equal to c, and
+// (x-n*lo)&^x has the high bit of each byte of x below n.
 func hasGuardedByte(p string) bool {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	for len(p) >= 8 {
@@ -39,33 +80,37 @@ func hasGuardedByte(p string) bool {
 			return true
 		}
 		a, b, c := x^('%'*lo), x^(';'*lo), x^('\\'*lo)
-		if ((a-lo)&^a|(b-lo)&^b|(c-lo)&^c)&hi != 0 {
+		d, e, f := x^('#'*lo), x^('?'*lo), x^(0x7f*lo)
+		if ((a-lo)&^a|(b-lo)&^b|(c-lo)&^c|(d-lo)&^d|(e-lo)&^e|(f-lo)&^f|(x-(0x21*lo))&^x)&hi != 0 {
 			return true
 		}
 		p = p[8:]
 	}
 	for i := 0; i < len(p); i++ {
-		if c := p[i]; c == '%' || c == ';' || c == '\\' || c >= utf8.RuneSelf {
+		if guardedByte(p[i]) {
 			return true
 		}
 	}
 	return false
 }
 
+// guardedByte is hasGuardedByte for one byte.
+func guardedByte(c byte) bool {
+	switch c {
+	case '%', ';', '\\', '#', '?', 0x7f:
+		return true
+	}
+	return c <= ' ' || c >= utf8.RuneSelf
+}
+
 // ambiguous reports whether some common backend reading of r's target
 // names another account than Caddy's reading (id, ok).
 func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
 	raw := r.URL.EscapedPath()
-	once := percentDecode(raw)
-	readings := [...]string{
-		percentDecode(stripParams(raw)),    // parameters stripped, then decoded (Tomcat)
-		stripParams(once),                  // decoded, then parameters stripped (%3B)
-		strings.ReplaceAll(once, `\`, "/"), // backslash as a separator
-		percentDecode(once),                // decoded twice
-		decodeOverlong(once),               // overlong UTF-8 for ASCII
-		lenientest(raw),                    // all of the above at once
+	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
+		return true
 	}
-	for _, p := range readings {
+	for _, p := range readings(raw) {
 		if rid, rok := ix.accountOf(p); rok != ok || rid != id {
 			return true
 		}
@@ -73,20 +118,177 @@ func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
 	return false
 }
 
+// readings are the paths that common backends read from the escaped
+// path raw, other than Caddy's and the raw segments' (rawAccountOf).
+func readings(raw string) [12]string {
+	once := percentDecode(raw)
+	return [...]string{
+		percentDecode(stripParams(raw)),    // parameters stripped, then decoded (Tomcat)
+		stripParams(once),                  // decoded, then parameters stripped (%3B)
+		strings.ReplaceAll(once, `\`, "/"), // backslash as a separator
+		percentDecode(once),                // decoded twice
+		decodeOverlong(once),               // overlong UTF-8 for ASCII
+		cutAtAny(once, "#?"),               // decoded, then parsed again as a URL
+		cutAtAny(once, "\x00"),             // a C string ends at the first NUL
+		dropControls(once),                 // control characters removed
+		trimSegments(once),                 // trailing dots and spaces trimmed (Windows)
+		compatible(once),                   // Unicode compatibility forms (NFKC)
+		foldRunes(once),                    // Unicode case folding (Java's equalsIgnoreCase)
+		lenientest(raw),                    // all of the above at once
+	}
+}
+
 // lenientest reads p as the most lenient backend would: decoded until
-// nothing changes (at most three times), overlong UTF-8 folded to ASCII,
-// "\" as "/", path parameters stripped.
+// nothing changes (at most three times, compatibility forms and overlong
+// UTF-8 folded each time), "\\" as "/", path parameters stripped, cut at
+// '#', '?' or NUL, control characters dropped, segments trimmed, and
+// letters case-folded.
 func lenientest(p string) string {
 	for range 3 {
-		d := percentDecode(p)
+		d := compatible(decodeOverlong(percentDecode(p)))
 		if d == p {
 			break
 		}
 		p = d
 	}
-	p = decodeOverlong(p)
 	p = strings.ReplaceAll(p, `\`, "/")
-	return stripParams(p)
+	p = stripParams(p)
+	p = cutAtAny(p, "#?\x00")
+	return foldRunes(trimSegments(dropControls(p)))
+}
+
+// rawAccountOf reads the account as a router that splits the target
+// before it decodes it does (Express, chi and other raw-path routers):
+// an encoded "/" ("%2f") stays inside its segment, and "%2e" is not a
+// dot. Literal "." and ".." segments are resolved and empty segments
+// dropped, as Caddy does: a browser resolves dot segments before it
+// sends a request, so only a client that needs no CORS sends them.
+func (ix *index) rawAccountOf(raw string) (string, bool) {
+	var buf [16]string
+	segs := buf[:0]
+	for seg := range strings.SplitSeq(raw, "/") {
+		switch seg {
+		case "", ".":
+		case "..":
+			if len(segs) > 0 {
+				segs = segs[:len(segs)-1]
+			}
+		default:
+			segs = append(segs, seg)
+		}
+	}
+	for _, preSegs := range ix.prefixSegs {
+		if len(segs) < len(preSegs) {
+			continue
+		}
+		match := true
+		for i, ps := range preSegs {
+			if seg := segs[i]; seg != ps && strings.ToLower(percentDecode(seg)) != ps {
+				match = false
+				break
+			}
+		}
+		if !match {
+			continue
+		}
+		if len(segs) == len(preSegs) {
+			return "", false
+		}
+		return percentDecode(segs[len(preSegs)]), true
+	}
+	return "", false
+}
+
+// cutAtAny returns s up to its first byte in chars.
+func cutAtAny(s, chars string) string {
+	if i := strings.IndexAny(s, chars); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// dropControls removes ASCII control characters, as backends that strip
+// them from a path before routing do.
+func dropControls(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// trimSegments trims each segment of p as Windows and trimming backends
+// read it: spaces and control characters at both ends, dots at the end.
+// A segment of dots and spaces only becomes "..", and so a parent
+// directory, when it has two dots or more, "." when it has one.
+func trimSegments(p string) string {
+	if !needsTrimming(p) {
+		return p
+	}
+	segs := strings.Split(p, "/")
+	for i, seg := range segs {
+		if seg == "." || seg == ".." {
+			continue
+		}
+		t := strings.TrimRight(strings.TrimFunc(seg, func(r rune) bool { return r <= ' ' }), ". \t")
+		if t == "" {
+			switch n := strings.Count(seg, "."); {
+			case n >= 2:
+				t = ".."
+			case n == 1:
+				t = "."
+			}
+		}
+		segs[i] = t
+	}
+	return strings.Join(segs, "/")
+}
+
+// needsTrimming reports whether trimSegments would change p: whether p
+// has a space or control character, or a segment ending in a dot other
+// than "." and "..".
+func needsTrimming(p string) bool {
+	for i := 0; i < len(p); i++ {
+		if p[i] <= ' ' {
+			return true
+		}
+	}
+	return hasDotEndedSegment(p)
+}
+
+// compatible is s in Unicode compatibility form (NFKC), in which the
+// fullwidth "．", "／" and "＼" are ".", "/" and "\\", as backends that
+// normalise paths read them.
+func compatible(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return norm.NFKC.String(s)
+		}
+	}
+	return s
+}
+
+// foldRunes replaces each letter that is not ASCII but case-folds to an
+// ASCII one (upper-cased, then lower-cased, as Java's equalsIgnoreCase
+// and regionMatches compare, or within Go's strings.EqualFold) with that
+// ASCII letter: "ſ" (long s) is "s", "ı" (dotless i) is "i", the Kelvin
+// sign is "k".
+func foldRunes(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < utf8.RuneSelf {
+			return r
+		}
+		if f := unicode.ToLower(unicode.ToUpper(r)); f < utf8.RuneSelf {
+			return f
+		}
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			if f < utf8.RuneSelf {
+				return unicode.ToLower(f)
+			}
+		}
+		return r
+	}, s)
 }
 
 // percentDecode decodes every valid %XX escape of s and leaves invalid
@@ -194,4 +396,42 @@ func overlongAt(s string) (byte, int) {
 		}
 	}
 	return 0, 0
+}
+
+// mightOwn reports whether r's path, or a path a backend reads from it,
+// has one of the prefixes anywhere: whether a handler with them could
+// act on r here, or further down its route after a prefix is stripped.
+// It errs towards yes, and runs only for errors.
+func (ix *index) mightOwn(r *http.Request, guard bool) bool {
+	if ix.containsPrefix(r.URL.Path) {
+		return true
+	}
+	if !guard || !guardedPath(r) {
+		return false
+	}
+	raw := r.URL.EscapedPath()
+	if _, ok := ix.rawAccountOf(raw); ok || ix.containsPrefix(percentDecode(raw)) {
+		return true
+	}
+	for _, p := range readings(raw) {
+		if ix.containsPrefix(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsPrefix reports whether p, cleaned and lower-cased as Caddy's
+// path matchers read it, has one of the prefixes anywhere.
+func (ix *index) containsPrefix(p string) bool {
+	if needsCleaning(p) {
+		p = caddyhttp.CleanPath(p, true)
+	}
+	p = strings.ToLower(p)
+	for _, pre := range ix.prefixes {
+		if strings.Contains(p, pre) {
+			return true
+		}
+	}
+	return false
 }
