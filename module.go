@@ -143,7 +143,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// start with a route of ours (see errorpolicy.go); this handler runs
 	// them itself, inside its own writer.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		if installErrorPolicy(ctx, srv, h) || srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		installed, err := installErrorPolicies(ctx, srv, h)
+		if err != nil {
+			return err
+		}
+		if installed || srv.Errors != nil && len(srv.Errors.Routes) > 0 {
 			h.errs = &errorRoutes{srv: srv}
 		}
 	}

@@ -118,6 +118,8 @@ func (h *Handler) refuseDeferredCORS(below http.ResponseWriter) error {
 		h.logger.Error("refusing requests on account paths with 500", zap.Error(errDeferredCORSHeaders))
 	})
 	dropCORS(inner.Header())
+	// Every response on an account path varies with Origin, this one too.
+	addVary(inner.Header(), []string{"Origin"})
 	inner.WriteHeader(http.StatusInternalServerError)
 	return nil
 }

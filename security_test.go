@@ -945,9 +945,10 @@ http://:9411 {
 	}
 }
 
-// TestSecurityEncodedSlashSnippet: the matcher docs/behaviour.md §9
-// gives for backends that route on the raw path refuses encoded slashes
-// and dots before the module, and nothing else.
+// TestSecurityEncodedSlashSnippet: the route docs/behaviour.md §9 gives
+// for backends that route on the raw path, with the path guard off,
+// refuses encoded slashes and dots before the module (preflights
+// included), and nothing else.
 func TestSecurityEncodedSlashSnippet(t *testing.T) {
 	up := hostileUpstream()
 	defer up.Close()
@@ -956,11 +957,14 @@ func TestSecurityEncodedSlashSnippet(t *testing.T) {
 	default_bind 127.0.0.1
 }
 http://:9413 {
-	@encoded expression `+"`{http.request.uri}.matches('^[^?]*(?i:%%2f|%%2e)')`"+`
-	error @encoded 400
-	atomsphere_cors {
-		account account-123456 {
-			origin https://mydomain.com GET
+	route {
+		@encoded expression `+"`{http.request.uri}.matches('^[^?]*(?i:%%2f|%%2e)')`"+`
+		error @encoded 400
+		atomsphere_cors {
+			disable_path_guard
+			account account-123456 {
+				origin https://mydomain.com GET
+			}
 		}
 	}
 	reverse_proxy %s
@@ -978,6 +982,15 @@ http://:9413 {
 		res, _ := rawRequest(t, "127.0.0.1:9413", "GET", tc.target, hdrs(hOrigin("https://evil.example")))
 		if res.StatusCode != tc.status {
 			t.Errorf("GET %s: %d, want %d", tc.target, res.StatusCode, tc.status)
+		}
+		// The refusal comes before the module: an allowed origin's
+		// preflight is refused too, not answered 204.
+		pre, _ := rawRequest(t, "127.0.0.1:9413", "OPTIONS", tc.target, hdrs(hOrigin("https://mydomain.com"), hACRM("GET")))
+		if want := map[int]int{400: 400, 200: 204}[tc.status]; pre.StatusCode != want {
+			t.Errorf("OPTIONS %s: %d, want %d", tc.target, pre.StatusCode, want)
+		}
+		if tc.status == 400 && pre.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("OPTIONS %s: refused with Access-Control-Allow-Origin %q", tc.target, pre.Header.Get("Access-Control-Allow-Origin"))
 		}
 		if ac := corsHeaders(res.Header); len(ac["Access-Control-Allow-Origin"]) != 0 {
 			t.Errorf("GET %s: Access-Control-Allow-Origin %q", tc.target, ac["Access-Control-Allow-Origin"])
