@@ -77,7 +77,12 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	case len(parts) == 1 || len(parts) == 2 && parts[1] == "":
 		return only(r, http.MethodGet, func() error { return writeJSON(w, http.StatusOK, s.status()) })
 	case len(parts) == 2 && parts[1] == "accounts":
-		return only(r, http.MethodGet, func() error { return a.list(w, r, s) })
+		return only(r, http.MethodGet, func() error {
+			if err := s.notLoaded(); err != nil {
+				return err
+			}
+			return a.list(w, r, s)
+		})
 	case len(parts) == 3 && parts[1] == "accounts":
 		id, err := unescapeID(parts[2])
 		if err != nil {
@@ -85,6 +90,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		switch r.Method {
 		case http.MethodGet:
+			if err := s.notLoaded(); err != nil {
+				return err
+			}
 			acct, ok := s.view.Load().get(id)
 			if !ok {
 				return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
@@ -99,7 +107,12 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	case len(parts) == 2 && parts[1] == "import":
 		return only(r, http.MethodPost, func() error { return a.importNDJSON(w, r, s) })
 	case len(parts) == 2 && parts[1] == "export":
-		return only(r, http.MethodGet, func() error { return a.export(w, s) })
+		return only(r, http.MethodGet, func() error {
+			if err := s.notLoaded(); err != nil {
+				return err
+			}
+			return a.export(w, s)
+		})
 	}
 	return apiErr(http.StatusNotFound, "resource not found: %s", r.URL.Path)
 }
@@ -134,6 +147,24 @@ func decodeStrict(b []byte, v any) error {
 		return errors.New("more than one JSON value")
 	}
 	return nil
+}
+
+// notLoaded is the answer to a read of a store this server has never
+// loaded (no snapshot, and no read of the storage has succeeded yet): it
+// serves no account, which is not the store's content, so the list, the
+// export and an account's rules answer 503 with the reason rather than
+// an empty answer a backup would take for an empty store.
+func (s *accountStore) notLoaded() error {
+	s.mu.Lock()
+	source, lastErr := s.source, s.lastErr
+	s.mu.Unlock()
+	if source != "none" {
+		return nil
+	}
+	if lastErr == "" {
+		lastErr = "no read finished yet"
+	}
+	return apiErr(http.StatusServiceUnavailable, "store %s not loaded on this server (serving: none): it has no snapshot and has not yet read the storage: %s", q(s.name), lastErr)
 }
 
 // storeError is the answer to a write the storage did not take.

@@ -313,6 +313,11 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 		e.Outcome, e.Account = "allowed", rec.account
 	case rec.decided:
 		e.Outcome, e.Reason, e.Account = "denied", rec.reason, rec.account
+		if rec.reason == reasonNoRules && ix.live != nil && !ix.live.loaded() {
+			// No account is served before the store's first read:
+			// the account's rules are not known, not absent.
+			e.Reason = reasonStoreNotLoaded
+		}
 		if rec.kind == kindPreflight {
 			e.Preflight = true
 		}

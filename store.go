@@ -412,6 +412,18 @@ func (s *accountStore) storage() (certmagic.Storage, *zap.Logger) {
 
 func (s *accountStore) logger() *zap.Logger { _, l := s.storage(); return l }
 
+// loaded reports whether the store serves accounts read from the
+// storage or a snapshot, rather than none yet.
+func (s *accountStore) loaded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.source != "none"
+}
+
+// reasonStoreNotLoaded is explain's reason for a denial by a handler whose
+// store has never been loaded on this server (docs/store.md, "Faults").
+const reasonStoreNotLoaded = "store not loaded: no account is served until the store's first read (account has no rules)"
+
 // get is the per-request lookup: lock-free.
 func (s *accountStore) get(id string) account {
 	a, _ := s.view.Load().get(id)

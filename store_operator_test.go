@@ -265,3 +265,41 @@ func TestStoreMaxImportSizeCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+// A server that has never loaded its store (no snapshot, the storage
+// unreachable) serves no account; its list, export and account reads say
+// so with 503 instead of answering as an empty store, and explain says
+// the store is not loaded. Once the storage answers they answer 200.
+func TestStoreNeverLoadedAnswers503(t *testing.T) {
+	f := newFleet(t)
+	if err := os.WriteFile(f.storage, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := f.start(7, true)
+	for _, path := range []string{"/export", "/accounts", "/accounts/acct-1"} {
+		st, out := s.call(t, "GET", path, "")
+		if st != 503 || !strings.Contains(out, `store \"fleet\" not loaded on this server (serving: none)`) {
+			t.Errorf("GET %s on a store never loaded: %d %q, want 503 saying it is not loaded", path, st, out)
+		}
+	}
+	q := "/atomsphere_cors/explain?method=OPTIONS&request_method=GET&origin=https%3A%2F%2Fa.example&url=" +
+		"http%3A%2F%2F127.0.0.1%3A9607%2Fapi%2Frest%2Fv1%2Facct-1%2Fx"
+	st, out := storeCall(t, s.admin, "GET", q, "")
+	if st != 200 || !strings.Contains(out, `"reason":"store not loaded`) || !strings.Contains(out, `"status":401`) {
+		t.Errorf("explain on a store never loaded: %d %s", st, out)
+	}
+	if err := os.Remove(f.storage); err != nil {
+		t.Fatal(err)
+	}
+	if err := until(45*time.Second, func() error {
+		if st, out := s.call(t, "GET", "/export", ""); st != 200 || out != "" {
+			return fmt.Errorf("export: %d %q", st, out)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("once the storage answers: %v", err)
+	}
+	if st, out := s.call(t, "GET", "/accounts", ""); st != 200 || out != `{"accounts":[]}`+"\n" {
+		t.Errorf("the list of an empty store: %d %s", st, out)
+	}
+}
