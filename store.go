@@ -370,9 +370,19 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 	if err := s.loadSnapshot(); err != nil {
 		logger.Warn("local snapshot of the store not used", zap.String("store", name), zap.Error(err))
 	}
+	storeMetricsOpen(name)
+	if s.source != "none" {
+		storeLoaded(name, s.view.Load().count) // from the snapshot
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	start := time.Now()
 	err := s.poll(ctx)
 	cancel()
+	storePolled(name, time.Since(start))
+	storeSynced(name, time.Now(), err)
+	if err == nil {
+		storeLoaded(name, s.view.Load().count)
+	}
 	s.afterPoll(err)
 	registerStore(s)
 	go s.run()
@@ -434,7 +444,9 @@ func (s *accountStore) get(id string) account {
 func (s *accountStore) Destruct() error {
 	s.cancel()
 	<-s.done
-	unregisterStore(s)
+	if unregisterStore(s) {
+		storeMetricsClose(s.name)
+	}
 	s.snapMu.Lock() // a snapshot being written in the background ends first
 	s.snapMu.Unlock()
 	s.baseWG.Wait() // and a base
@@ -468,10 +480,10 @@ func (s *accountStore) run() {
 		if s.ctx.Err() != nil {
 			return
 		}
-		storePolled(time.Since(start))
-		storeSynced(time.Now(), err)
+		storePolled(s.name, time.Since(start))
+		storeSynced(s.name, time.Now(), err)
 		if err == nil {
-			storeLoaded(s.view.Load().count)
+			storeLoaded(s.name, s.view.Load().count)
 			s.maybeWriteBase(false)
 		}
 		s.afterPoll(err)
@@ -1052,8 +1064,8 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	start := time.Now()
 	defer func() {
 		if err == nil {
-			storeEdited(time.Since(start))
-			storeLoaded(s.view.Load().count)
+			storeEdited(s.name, time.Since(start))
+			storeLoaded(s.name, s.view.Load().count)
 		}
 	}()
 	changes = lastOfEach(changes)
@@ -1326,7 +1338,9 @@ func registerStore(s *accountStore) {
 	registry.byName[s.name] = append(list, s)
 }
 
-func unregisterStore(s *accountStore) {
+// unregisterStore removes s from the registry and reports whether it was
+// the last store of its name.
+func unregisterStore(s *accountStore) bool {
 	registry.Lock()
 	defer registry.Unlock()
 	list := registry.byName[s.name]
@@ -1338,7 +1352,9 @@ func unregisterStore(s *accountStore) {
 	}
 	if len(registry.byName[s.name]) == 0 {
 		delete(registry.byName, s.name)
+		return true
 	}
+	return false
 }
 
 func lookupStore(name string) *accountStore {

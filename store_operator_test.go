@@ -303,3 +303,96 @@ func TestStoreNeverLoadedAnswers503(t *testing.T) {
 		t.Errorf("the list of an empty store: %d %s", st, out)
 	}
 }
+
+// Every store metric carries the store's name: with two stores in one
+// process, one read and one whose storage is unreachable, each shows its
+// own accounts, last sync and errors, so a sync-age alert sees the stale
+// one. Every metric the module exports is documented in
+// docs/operating.md.
+func TestStoreMetricsPerStore(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	dir := t.TempDir()
+	broken := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(broken, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	handler := func(name, root string) map[string]any {
+		return map[string]any{"handler": "atomsphere_cors", "store": map[string]any{"name": name,
+			"poll_interval": "50ms", "storage": map[string]any{"module": "file_system", "root": root}}}
+	}
+	cfg := mustJSON(map[string]any{
+		"admin":   map[string]any{"listen": "127.0.0.1:2975", "config": map[string]any{"persist": false}},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{
+			"a": map[string]any{"listen": []string{"127.0.0.1:9675"}, "protocols": []string{"h1"},
+				"routes": []any{map[string]any{"handle": []any{handler("alpha", dir)}}}},
+			"b": map[string]any{"listen": []string{"127.0.0.1:9676"}, "protocols": []string{"h1"},
+				"routes": []any{map[string]any{"handle": []any{handler("beta", broken)}}}},
+		}}},
+	})
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	for _, id := range []string{"a1", "a2"} {
+		if st, out := storeCall(t, opsAdmin, "PUT", "/atomsphere_cors/alpha/accounts/"+id, `[]`); st != 201 {
+			t.Fatalf("PUT %s: %d %s", id, st, out)
+		}
+	}
+	var metrics string
+	err := until(10*time.Second, func() error {
+		st, out := storeCall(t, opsAdmin, "GET", "/metrics", "")
+		if st != 200 {
+			return fmt.Errorf("/metrics: %d", st)
+		}
+		metrics = out
+		for _, want := range []string{
+			`caddy_atomsphere_cors_store_accounts{store="alpha"} 2` + "\n",
+			`caddy_atomsphere_cors_store_accounts{store="beta"} 0` + "\n",
+			`caddy_atomsphere_cors_store_last_sync_timestamp_seconds{store="beta"} 0` + "\n",
+			`caddy_atomsphere_cors_store_edit_duration_seconds_count{store="alpha"} 2` + "\n",
+			`caddy_atomsphere_cors_store_poll_duration_seconds_count{store="beta"} `,
+		} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("no %q", want)
+			}
+		}
+		for _, bad := range []string{
+			`caddy_atomsphere_cors_store_last_sync_timestamp_seconds{store="alpha"} 0` + "\n",
+			`caddy_atomsphere_cors_store_sync_errors_total{store="beta"} 0` + "\n",
+			`caddy_atomsphere_cors_store_sync_errors_total{store="alpha"} 1`,
+		} {
+			if strings.Contains(out, bad) {
+				return fmt.Errorf("%q", bad)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("store metrics: %v\n%s", err, grepLines(metrics, "caddy_atomsphere_cors_store"))
+	}
+	doc, err := os.ReadFile("docs/operating.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(metrics, "\n") {
+		name, ok := strings.CutPrefix(line, "# TYPE ")
+		if !ok || !strings.HasPrefix(name, "caddy_atomsphere_cors_") {
+			continue
+		}
+		name, _, _ = strings.Cut(name, " ")
+		if !strings.Contains(string(doc), "`"+name+"`") {
+			t.Errorf("metric %s is not in docs/operating.md", name)
+		}
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
