@@ -215,7 +215,9 @@ func storeMetricsClose(name string) {
 }
 
 // storeLoaded records how many accounts store name serves.
-func storeLoaded(name string, accounts int) { storeAccounts.WithLabelValues(name).Set(float64(accounts)) }
+func storeLoaded(name string, accounts int) {
+	storeAccounts.WithLabelValues(name).Set(float64(accounts))
+}
 
 // storeSynced records the end of a read of store name: its time when it
 // succeeded, one more error when it failed.
@@ -228,10 +230,14 @@ func storeSynced(name string, at time.Time, err error) {
 }
 
 // storeEdited records how long an edit of store name took to take effect.
-func storeEdited(name string, d time.Duration) { storeEditSeconds.WithLabelValues(name).Observe(d.Seconds()) }
+func storeEdited(name string, d time.Duration) {
+	storeEditSeconds.WithLabelValues(name).Observe(d.Seconds())
+}
 
 // storePolled records how long a poll of store name took.
-func storePolled(name string, d time.Duration) { storePollSeconds.WithLabelValues(name).Observe(d.Seconds()) }
+func storePolled(name string, d time.Duration) {
+	storePollSeconds.WithLabelValues(name).Observe(d.Seconds())
+}
 
 // registerMetrics registers the decision counters in the config's
 // registry.
