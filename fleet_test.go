@@ -46,6 +46,7 @@ type fleet struct {
 	t       *testing.T
 	bin     string
 	storage string
+	env     []string // more environment of every server
 	servers []*fleetServer
 }
 
@@ -102,6 +103,7 @@ func (f *fleet) start(n int, freshHome bool) *fleetServer {
 	s.cmd = exec.Command(f.bin, "run", "--config", cfg)
 	s.cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+filepath.Join(s.home, "config"),
 		"XDG_DATA_HOME="+filepath.Join(s.home, "data"), "HOME="+s.home)
+	s.cmd.Env = append(s.cmd.Env, f.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

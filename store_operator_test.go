@@ -11,6 +11,7 @@ package atomspherecors
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -395,4 +396,55 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// An import's body is spooled in the module's directory in Caddy's data
+// directory, not the system's temporary directory; a server killed
+// during an import leaves its spool file (tenants' rules) there, and the
+// next start on that data directory removes it.
+func TestStoreImportSpoolCleanedAfterAKill(t *testing.T) {
+	f := newFleet(t)
+	tmp := t.TempDir()
+	f.env = []string{"TMPDIR=" + tmp}
+	s := f.start(8, true)
+	spools := func() []string {
+		m, _ := filepath.Glob(filepath.Join(s.home, "data", "caddy", "atomsphere_cors", "import-spool", "*"))
+		return m
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() {
+		res, err := adminClient.Post(s.admin+"/atomsphere_cors/fleet/import", "application/x-ndjson", pr)
+		if err == nil {
+			res.Body.Close()
+		}
+	}()
+	for i := range 100 {
+		if _, err := fmt.Fprintf(pw, `{"account":"spooled-%d","rules":[{"origin":"https://tenant.example"}]}`+"\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := until(10*time.Second, func() error {
+		if len(spools()) != 1 {
+			return fmt.Errorf("spool files in the data directory: %v", spools())
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("an import under way: %v", err)
+	}
+	s.kill()
+	pw.Close()
+	if left, _ := filepath.Glob(filepath.Join(tmp, "*")); len(left) != 0 {
+		t.Errorf("the import spooled to the system's temporary directory: %v", left)
+	}
+	if len(spools()) != 1 {
+		t.Fatalf("after the kill: spool files %v, want the one of the import cut off", spools())
+	}
+	s = f.start(8, false)
+	if got := spools(); len(got) != 0 {
+		t.Errorf("spool files left after a restart: %v", got)
+	}
+	if st, out := s.call(t, "GET", "/accounts/spooled-1", ""); st != 404 {
+		t.Errorf("an account of the import cut off before its end: %d %s", st, out)
+	}
 }
