@@ -7,6 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -40,33 +41,81 @@ func (h *Handler) provisionObservability(ctx caddy.Context) error {
 	return registerMetrics(ctx)
 }
 
-// decided is called once for every decision on a request: it counts it,
-// puts it in the request's access log entry when the server logs the
-// request, and writes the debug entry (log). kind is the debug entry's
-// message: "preflight", "request", or the check that refused the
-// request before it was told apart ("path guard", "header operations").
-func (h *Handler) decided(r *http.Request, kind, id string, origin []string, method string, allowed bool, reason string) {
-	preflight := kind == "preflight" || kind != "request" && isPreflight(r)
+// observe records one decision on an account path: it counts it, puts
+// it in the request's access log entry when the server logs the
+// request, and writes the debug entry. The explain command's copy of the
+// handler records it instead of counting it.
+func (h *Handler) observe(r *http.Request, d Decision) {
 	if rec := h.obs.record; rec != nil {
-		*rec = decisionRecord{decided: true, kind: kindNormal, account: id, allowed: allowed, reason: reason}
-		if preflight {
-			rec.kind = kindPreflight
-		}
-	} else if preflight {
-		preflightCounters.count(allowed, reason)
+		*rec = decisionRecord{decided: true, kind: d.Kind.String(), account: d.Account, allowed: d.Allowed(), reason: d.Reason.String()}
 	} else {
-		normalCounters.count(allowed, reason)
+		decisionCounters[d.Kind][d.Reason].Inc()
 	}
 	if srv := h.obs.srv; srv != nil && srv.Logs != nil {
-		accessLogDecision(srv.Logs, r, id, allowed, reason)
+		accessLogDecision(srv.Logs, r, d)
 	}
-	h.log(kind, id, origin, method, allowed, reason)
+	if ce := h.logger.Check(zapcore.DebugLevel, debugMessage(d)); ce != nil {
+		outcome := "denied"
+		if d.Allowed() {
+			outcome = "allowed"
+		}
+		fields := []zap.Field{
+			zap.String("account", d.Account),
+			zap.Strings("origin", r.Header[hdrOrigin]),
+			zap.String("method", d.method(r)),
+			zap.String("outcome", outcome),
+		}
+		if !d.Allowed() {
+			fields = append(fields, zap.String("reason", d.Reason.String()))
+		}
+		ce.Write(fields...)
+	}
 }
+
+// debugMessage is the message of a decision's debug entry: the kind of
+// request, or the check that refused it before it was told apart.
+func debugMessage(d Decision) string {
+	switch {
+	case d.Reason == AmbiguousPath:
+		return "path guard"
+	case d.Reason == DeferredHeaders:
+		return "header operations"
+	case d.Kind == Preflight:
+		return "preflight"
+	}
+	return "request"
+}
+
+// decisionCounters are requestsTotal's counters by kind and reason,
+// resolved once so that a decision costs one atomic add. A reason a kind
+// cannot have (behaviour §2.1: a preflight always has an Origin, only a
+// preflight has an Access-Control-Request-Method) counts as other.
+var decisionCounters = func() (c [numKinds][numReasons]prometheus.Counter) {
+	for _, k := range []Kind{Preflight, Normal} {
+		can := map[string]bool{}
+		for _, r := range decisionReasons {
+			if k == Preflight && r.preflight || k == Normal && r.normal {
+				can[r.reason] = true
+			}
+		}
+		for r := range numReasons {
+			switch label := r.String(); {
+			case r == Allowed:
+				c[k][r] = requestsTotal.WithLabelValues(k.String(), "allowed", "")
+			case can[label]:
+				c[k][r] = requestsTotal.WithLabelValues(k.String(), "denied", label)
+			default:
+				c[k][r] = requestsTotal.WithLabelValues(k.String(), "denied", reasonOther)
+			}
+		}
+	}
+	return c
+}()
 
 // accessLogDecision adds the decision to the request's access log entry,
 // as the field atomsphere_cors: {account, outcome, reason}, when the
 // server logs the request.
-func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, id string, allowed bool, reason string) {
+func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec Decision) {
 	if !logsHost(logs, r.Host) {
 		return
 	}
@@ -74,8 +123,8 @@ func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, id stri
 	if !ok || extra == nil {
 		return
 	}
-	d := &decisionFields{account: id, outcome: "denied", reason: reason}
-	if allowed {
+	d := &decisionFields{account: dec.Account, outcome: "denied", reason: dec.Reason.String()}
+	if dec.Allowed() {
 		d.outcome = "allowed"
 	}
 	extra.Set(zap.Object("atomsphere_cors", d))

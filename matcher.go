@@ -162,44 +162,44 @@ func foldedPrefix(p, lower string) (int, bool) {
 
 // match finds the rule of account id for the request's Origin values.
 // A missing, repeated, null, malformed or too long Origin matches
-// nothing (docs/behaviour.md §1). reason says why not, for the debug log.
-func (ix *index) match(id string, originHdr []string) (*allowedOrigin, string) {
+// nothing (docs/behaviour.md §1). The reason says why not.
+func (ix *index) match(id string, originHdr []string) (*allowedOrigin, Reason) {
 	switch len(originHdr) {
 	case 0:
-		return nil, reasonNoOrigin
+		return nil, NoOrigin
 	case 1:
 	default:
-		return nil, reasonRepeatedOrigin
+		return nil, RepeatedOrigin
 	}
 	// Most requests without Origin are same-origin: they need no lookup.
 	acct := ix.account(id)
 	if len(acct.origins) == 0 {
-		return nil, reasonNoRules
+		return nil, NoRules
 	}
 	o := originHdr[0]
 	// Nothing longer can match, not even exactly: refuse it before the
 	// lookup, which would hash all of it in a large account.
 	if len(o) > ix.maxOriginLen {
-		return nil, reasonOriginNotAllowed
+		return nil, OriginNotAllowed
 	}
 	// Browsers send origins already serialised (Fetch standard), so the
 	// exact string is nearly always the one to look for.
 	if ao := acct.find(o); ao != nil {
-		return ao, ""
+		return ao, Allowed
 	}
 	if isSerialised(o) {
-		return nil, reasonOriginNotAllowed
+		return nil, OriginNotAllowed
 	}
 	parsed, err := parseOrigin(o)
 	if err != nil {
-		return nil, reasonMalformedOrigin
+		return nil, MalformedOrigin
 	}
 	if canon := parsed.String(); canon != o {
 		if ao := acct.find(canon); ao != nil {
-			return ao, ""
+			return ao, Allowed
 		}
 	}
-	return nil, reasonOriginNotAllowed
+	return nil, OriginNotAllowed
 }
 
 // isSerialised reports whether parsing o could not change it: it has

@@ -190,50 +190,37 @@ var errAmbiguousPath error = caddyhttp.HandlerError{
 	Trace:      "atomsphere_cors",
 }
 
-// ServeHTTP implements caddyhttp.MiddlewareHandler.
+// ServeHTTP implements caddyhttp.MiddlewareHandler: decide, observe,
+// respond.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	id, ok := h.ix.accountOf(r.URL.Path)
-	// Refuse a target the upstream could read as another account before
-	// deciding anything (docs/behaviour.md §5).
-	if !h.DisablePathGuard && guardedPath(r) && h.ix.ambiguous(r, id, ok) {
-		h.decided(r, "path guard", id, r.Header[hdrOrigin], r.Method, false, reasonAmbiguousPath)
-		return h.refuse(w, r, errAmbiguousPath, "Origin")
-	}
-	if !ok {
-		// Not an account path: not ours.
+	d := h.ix.Decide(r, !h.DisablePathGuard)
+	if d.Kind == Untouched {
 		return next.ServeHTTP(w, r)
 	}
-	if below := deferredCORSWriter(w); below != nil {
-		h.decided(r, "header operations", id, r.Header[hdrOrigin], r.Method, false, reasonDeferred)
-		return h.refuseDeferredCORS(below)
-	}
-	origin := r.Header[hdrOrigin]
-	// A preflight is OPTIONS with Origin and a non-empty
-	// Access-Control-Request-Method (Fetch standard, "CORS-preflight
-	// request"); any other request is a normal one.
-	if r.Method == http.MethodOptions && len(origin) > 0 {
-		if reqMethod := r.Header[hdrReqMethod]; len(reqMethod) > 1 || len(reqMethod) == 1 && reqMethod[0] != "" {
-			return h.preflight(w, r, id, origin, reqMethod)
+	var below http.ResponseWriter
+	if !d.Refused() {
+		if below = deferredCORSWriter(w); below != nil {
+			d.Rule, d.Reason = nil, DeferredHeaders
 		}
 	}
-	return h.normal(w, r, next, id, origin)
+	h.observe(r, d)
+	switch {
+	case d.Reason == AmbiguousPath:
+		return h.refuse(w, r, errAmbiguousPath, "Origin")
+	case d.Reason == DeferredHeaders:
+		return h.refuseDeferredCORS(below)
+	case d.Kind == Preflight:
+		return h.preflight(w, r, d)
+	}
+	return h.normal(w, r, next, d)
 }
 
-func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, origin, reqMethod []string) error {
-	ao, reason := h.ix.match(id, origin)
-	if ao != nil {
-		switch {
-		case len(reqMethod) > 1:
-			ao, reason = nil, reasonRepeatedReqMethod
-		case !ao.methods.allows(reqMethod[0]):
-			ao, reason = nil, reasonMethodNotAllowed
-		}
-	}
-	h.decided(r, "preflight", id, origin, reqMethod[0], ao != nil, reason)
-	if ao == nil {
+// preflight answers a preflight: allowed, with preflight_status and the
+// Access-Control-* headers; denied, with 401 through the error routes.
+func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d Decision) error {
+	if d.Rule == nil {
 		return h.refuse(w, r, errPreflightDenied, varyPreflight)
 	}
-
 	// Only this handler's CORS headers go out on a preflight, not those
 	// that handlers before it set (a site-level header directive).
 	hdr := w.Header()
@@ -241,9 +228,9 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, o
 	// One allocation for every value this response sets (see
 	// preflightValues).
 	v := &preflightValues{
-		allowOrigin:  [1]string{origin[0]}, // the request's Origin, byte for byte
+		allowOrigin:  [1]string{r.Header[hdrOrigin][0]}, // the request's Origin, byte for byte
 		allowCreds:   [1]string{"true"},
-		allowMethods: [1]string{ao.methods.header},
+		allowMethods: [1]string{d.Rule.methods.header},
 		maxAge:       [1]string{h.ix.maxAge},
 		allowHeaders: [1]string{h.ix.allowHeaders},
 		vary:         [1]string{varyPreflight},
@@ -265,19 +252,16 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, id string, o
 	return nil
 }
 
-func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, id string, origin []string) error {
+// normal runs the next handler through a writer that makes the module's
+// CORS headers the only ones on the response.
+func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d Decision) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	ao, reason := h.ix.match(id, origin)
-	if ao != nil && !ao.methods.allows(r.Method) {
-		ao, reason = nil, reasonMethodNotAllowed
-	}
-	if ao != nil {
-		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = origin[0], "true", h.ix.exposeHeaders
+	if d.Rule != nil {
+		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = r.Header[hdrOrigin][0], "true", h.ix.exposeHeaders
 		cw.allowed = true
 	}
 	cw.v.vary[0] = "Origin"
 	cw.vary = true
-	h.decided(r, "request", id, origin, r.Method, ao != nil, reason)
 
 	err := next.ServeHTTP(cw, r)
 	if err != nil {
@@ -428,29 +412,6 @@ func errFields(r *http.Request, status int, herr caddyhttp.HandlerError) []zap.F
 type errorLog struct{}
 
 func (errorLog) CaddyModule() caddy.ModuleInfo { return caddy.ModuleInfo{ID: "http.log.error"} }
-
-// log writes one debug entry per decision, built only when debug
-// logging is on.
-func (h *Handler) log(kind, id string, origin []string, method string, allowed bool, reason string) {
-	ce := h.logger.Check(zapcore.DebugLevel, kind)
-	if ce == nil {
-		return
-	}
-	outcome := "denied"
-	if allowed {
-		outcome = "allowed"
-	}
-	fields := []zap.Field{
-		zap.String("account", id),
-		zap.Strings("origin", origin),
-		zap.String("method", method),
-		zap.String("outcome", outcome),
-	}
-	if !allowed {
-		fields = append(fields, zap.String("reason", reason))
-	}
-	ce.Write(fields...)
-}
 
 // preflightValues are the header values of one allowed preflight, each
 // its own one-element array: sliced into the header map, no value slice

@@ -1,0 +1,139 @@
+package atomspherecors
+
+import "net/http"
+
+// One request, one decision. Decide reads the request and the compiled
+// rules and says what the module does with it, without writing, logging
+// or counting anything; ServeHTTP then observes the decision (metrics,
+// access log, debug log) and responds to it. The explain command calls
+// the same Decide.
+
+// Kind is what a request is to the module.
+type Kind uint8
+
+const (
+	// Untouched is a request outside the account paths: it goes on to
+	// the next handler, and the module changes nothing.
+	Untouched Kind = iota
+	// Preflight is OPTIONS with Origin and a non-empty
+	// Access-Control-Request-Method (Fetch standard, "CORS-preflight
+	// request"): the module answers it.
+	Preflight
+	// Normal is any other request on an account path: it goes on to the
+	// next handler, with the module's CORS headers when allowed.
+	Normal
+
+	numKinds
+)
+
+// String is the kind's label in the metrics and the access log.
+func (k Kind) String() string {
+	return [numKinds]string{"untouched", kindPreflight, kindNormal}[k]
+}
+
+// Reason says why a request on an account path is denied; Allowed when
+// it is not.
+type Reason uint8
+
+const (
+	Allowed Reason = iota
+	NoOrigin
+	RepeatedOrigin
+	NoRules
+	OriginNotAllowed
+	MalformedOrigin
+	MethodNotAllowed
+	RepeatedRequestMethod
+	// AmbiguousPath is the path guard's refusal (docs/behaviour.md §5).
+	AmbiguousPath
+	// DeferredHeaders is the refusal of a request under a header handler
+	// that defers Access-Control-* operations (docs/behaviour.md §4).
+	DeferredHeaders
+
+	numReasons
+)
+
+// reasonLabels are the reasons as the debug log, the access log and the
+// metrics name them.
+var reasonLabels = [numReasons]string{
+	Allowed:               "",
+	NoOrigin:              reasonNoOrigin,
+	RepeatedOrigin:        reasonRepeatedOrigin,
+	NoRules:               reasonNoRules,
+	OriginNotAllowed:      reasonOriginNotAllowed,
+	MalformedOrigin:       reasonMalformedOrigin,
+	MethodNotAllowed:      reasonMethodNotAllowed,
+	RepeatedRequestMethod: reasonRepeatedReqMethod,
+	AmbiguousPath:         reasonAmbiguousPath,
+	DeferredHeaders:       reasonDeferred,
+}
+
+// String is the reason's label: "" for Allowed.
+func (r Reason) String() string { return reasonLabels[r] }
+
+// Decision is what the module does with one request.
+type Decision struct {
+	Kind    Kind
+	Reason  Reason
+	Account string         // the account of the path; "" when untouched
+	Rule    *allowedOrigin // the rule that allows the request; nil when denied
+}
+
+// Allowed reports whether the request is allowed.
+func (d Decision) Allowed() bool { return d.Reason == Allowed && d.Kind != Untouched }
+
+// Refused reports whether the request is refused before any CORS
+// decision (the path guard, deferred header operations): it is answered
+// with an error status and never reaches the next handler.
+func (d Decision) Refused() bool { return d.Reason == AmbiguousPath || d.Reason == DeferredHeaders }
+
+// kindOf tells a preflight from a normal request.
+func kindOf(r *http.Request) Kind {
+	if r.Method == http.MethodOptions && len(r.Header[hdrOrigin]) > 0 {
+		if m := r.Header[hdrReqMethod]; len(m) > 1 || len(m) == 1 && m[0] != "" {
+			return Preflight
+		}
+	}
+	return Normal
+}
+
+// Decide decides r: its account, under Caddy's reading of the path
+// (docs/behaviour.md §1), checked against the readings of common backends
+// when guard is set (§5); then the account's rule for the one Origin, and
+// whether it lists the method (§2, §3).
+func (ix *index) Decide(r *http.Request, guard bool) Decision {
+	id, ok := ix.accountOf(r.URL.Path)
+	if guard && guardedPath(r) && ix.ambiguous(r, id, ok) {
+		return Decision{Kind: kindOf(r), Reason: AmbiguousPath, Account: id}
+	}
+	if !ok {
+		return Decision{}
+	}
+	d := Decision{Kind: kindOf(r), Account: id}
+	d.Rule, d.Reason = ix.match(id, r.Header[hdrOrigin])
+	if d.Rule == nil {
+		return d
+	}
+	method := r.Method
+	if d.Kind == Preflight {
+		m := r.Header[hdrReqMethod]
+		if len(m) > 1 {
+			d.Rule, d.Reason = nil, RepeatedRequestMethod
+			return d
+		}
+		method = m[0]
+	}
+	if !d.Rule.methods.allows(method) {
+		d.Rule, d.Reason = nil, MethodNotAllowed
+	}
+	return d
+}
+
+// method is the method the decision is about: the requested one of a
+// preflight, the request's own otherwise.
+func (d Decision) method(r *http.Request) string {
+	if d.Kind == Preflight {
+		return r.Header[hdrReqMethod][0]
+	}
+	return r.Method
+}
