@@ -193,18 +193,11 @@ func (p *errorPolicy) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 // when a server has no error routes: adding this route must not turn its
 // 5xx entries into debug ones.
 func (p *errorPolicy) logAsCaddy(r *http.Request) {
-	herr, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
+	err, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
 	if !ok {
 		return
 	}
-	status, msg := http.StatusInternalServerError, herr.Error()
-	var he caddyhttp.HandlerError
-	if errors.As(herr, &he) {
-		status = he.StatusCode
-		if he.Err != nil {
-			msg = he.Err.Error()
-		}
-	}
+	status, msg, he := statusOf(err)
 	if status < 500 {
 		return
 	}

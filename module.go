@@ -328,14 +328,7 @@ func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
 	er = er.WithContext(context.WithValue(er.Context(), inModuleWriterKey{}, true))
 	err2 := h.errs.compiled().ServeHTTP(cw, er)
 
-	status, msg := http.StatusInternalServerError, err.Error()
-	var herr caddyhttp.HandlerError
-	if errors.As(err, &herr) {
-		status = herr.StatusCode
-		if herr.Err != nil {
-			msg = herr.Err.Error()
-		}
-	}
+	status, msg, herr := statusOf(err)
 	if err2 == nil {
 		if ce := h.errLogger.Check(zapcore.DebugLevel, msg); ce != nil {
 			ce.Write(errFields(er, status, herr)...)
@@ -351,6 +344,20 @@ func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
 		cw.finish()
 	}
 	return nil
+}
+
+// statusOf returns the status and message Caddy's server logs for err,
+// and the HandlerError it wraps, if any.
+func statusOf(err error) (int, string, caddyhttp.HandlerError) {
+	status, msg := http.StatusInternalServerError, err.Error()
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) {
+		status = herr.StatusCode
+		if herr.Err != nil {
+			msg = herr.Err.Error()
+		}
+	}
+	return status, msg, herr
 }
 
 // compiled returns the error routes, compiled once.

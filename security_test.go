@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"golang.org/x/net/idna"
 )
 
@@ -868,17 +867,9 @@ http://:9411 {
 	}
 	reverse_proxy %[1]s
 }`, upAddr)
-	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A fourth server, in JSON: the module inside a subroute whose own
 	// error routes set CORS headers.
-	var cfg map[string]any
-	if err := json.Unmarshal(adapted, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	servers := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+	cfg, servers := adaptToJSON(t, cf)
 	var sub map[string]any
 	if err := json.Unmarshal([]byte(`{
 		"listen": ["127.0.0.1:9412"],

@@ -143,6 +143,20 @@ http://:9420 {
 	}
 }
 
+// adaptToJSON adapts a Caddyfile to a JSON config, to be extended with
+// servers only JSON can express, and returns it with its servers.
+func adaptToJSON(t *testing.T, caddyfile string) (cfg, servers map[string]any) {
+	t.Helper()
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(adapted, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+}
+
 // reflectingErrors is a handle_errors block that reflects the request's
 // Origin with credentials, as a careless error page would.
 const reflectingErrors = `
@@ -220,15 +234,7 @@ http://:9424 {
 	}
 %[3]s
 }`, upAddr, twoTenants, reflectingErrors)
-	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(adapted, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	servers := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+	cfg, servers := adaptToJSON(t, cf)
 	module := `{"handler": "atomsphere_cors", "accounts": {
 		"acct-evil": [{"origin": "https://evil.example"}],
 		"acct-victim": [{"origin": "https://victim.example"}]}}`
