@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -336,6 +337,10 @@ type accountStore struct {
 	baseNext   uint64    // the seq from which to write a new base
 	baseAt     time.Time // when this server last set out to write it
 	baseBusy   bool
+	// What the last check of the base against the records found, and
+	// keys under accounts/ that are no record of this store.
+	baseMismatch string
+	ignoredKeys  []string
 
 	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
 	snapMu  sync.Mutex // one snapshot written at a time
@@ -595,22 +600,120 @@ func (s *accountStore) poll(ctx context.Context) error {
 		return nil
 	}
 	if !fromStore || head.Epoch != epoch || head.Seq < last || head.Seq-last > logRetain/2 {
-		base, err := s.loadBase(ctx, st, logger, head, gen0)
+		// The base is a cache of the records: its accounts are checked
+		// against the records' keys, listed after head was read, so
+		// that an account no record holds is never served from it.
+		keys, err := listAccounts(ctx, st, s.keys.accountsDir())
+		if err != nil {
+			return err
+		}
+		listed, ignored := s.recordIDs(st, keys)
+		base, dropped, err := s.loadBase(ctx, st, logger, head, gen0, listed)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
 				logger.Warn("store base not used: reading every account", zap.String("store", s.name), zap.Error(err))
 			}
 			return s.loadAll(ctx, st, logger, head, gen0)
 		}
-		last = base // and catch up from there through the log
+		// Records the base lacks are read at once, with the log after it.
+		v := s.view.Load()
+		var missing []string
+		s.mu.Lock()
+		for id := range listed {
+			if _, ok := v.get(id); !ok && s.refused[id] == "" {
+				missing = append(missing, id)
+				s.unreadable[id] = max(s.unreadable[id], unreadableAfter)
+			}
+		}
+		s.mu.Unlock()
+		named := map[string]bool{}
+		if err := s.readChanges(ctx, st, logger, head, base, gen0, named); err != nil {
+			return err
+		}
+		s.noteBaseCheck(logger, base, dropped, missing, ignored, named)
+		return nil
 	}
-	return s.readChanges(ctx, st, logger, head, last, gen0)
+	return s.readChanges(ctx, st, logger, head, last, gen0, nil)
+}
+
+// recordIDs reads the account IDs of the record keys listed. A key that is
+// not the canonical escape of its ID (escapeID), such as one written by
+// hand as "lowerenc%c3%a9", is no record of this store: it is ignored,
+// and reported. Temporary files of file_system are skipped.
+func (s *accountStore) recordIDs(st certmagic.Storage, keys []string) (ids map[string]bool, ignored []string) {
+	fileStorage, _ := st.(*certmagic.FileStorage)
+	ids = make(map[string]bool, len(keys))
+	for _, k := range keys {
+		seg := k[strings.LastIndexByte(k, '/')+1:]
+		if isTempName(fileStorage, seg) {
+			continue
+		}
+		id, err := unescapeID(seg)
+		if err != nil || escapeID(id) != seg {
+			ignored = append(ignored, seg)
+			continue
+		}
+		ids[id] = true
+	}
+	return ids, ignored
+}
+
+// noteBaseCheck reports what checking the base against the records found:
+// accounts of the base without a record (not served), records the base
+// lacked (read), neither of them changed in the log since the base, and
+// keys that are not a record of this store (ignored).
+func (s *accountStore) noteBaseCheck(logger *zap.Logger, baseSeq uint64, dropped, missing, ignored []string, named map[string]bool) {
+	var noRecord, notInBase []string
+	for _, id := range dropped {
+		if !named[id] {
+			noRecord = append(noRecord, id)
+		}
+	}
+	for _, id := range missing {
+		if !named[id] {
+			notInBase = append(notInBase, id)
+		}
+	}
+	slices.Sort(noRecord)
+	slices.Sort(notInBase)
+	slices.Sort(ignored)
+	var msg string
+	if len(noRecord)+len(notInBase) > 0 {
+		msg = fmt.Sprintf("the base (change %d) disagrees with the records: %d accounts in the base have no record (not served)%s, %d records are not in the base (read from the records)%s",
+			baseSeq, len(noRecord), someIDs(noRecord), len(notInBase), someIDs(notInBase))
+		logger.Error("store base disagrees with the records: serving the records", zap.String("store", s.name), zap.String("problem", msg))
+	}
+	if len(ignored) > 0 {
+		logger.Error("store keys that are no record of this store ignored", zap.String("store", s.name), zap.Strings("keys", ignored[:min(len(ignored), 20)]))
+	}
+	s.mu.Lock()
+	s.baseMismatch = msg
+	s.ignoredKeys = ignored[:min(len(ignored), 20):min(len(ignored), 20)]
+	s.mu.Unlock()
+}
+
+func someIDs(ids []string) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	out := make([]string, 0, 5)
+	for _, id := range ids[:min(len(ids), 5)] {
+		out = append(out, q(id))
+	}
+	more := ""
+	if len(ids) > 5 {
+		more = ", ..."
+	}
+	return " (" + strings.Join(out, ", ") + more + ")"
 }
 
 // readChanges reads the changes after seq last up to head: the log
 // entries, then the accounts they name.
-func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, last, gen0 uint64) error {
-	seen := map[string]bool{}
+func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, last, gen0 uint64, named map[string]bool) error {
+	seen := named
+	if seen == nil {
+		seen = map[string]bool{}
+	}
 	var ids []string
 	for seq := last + 1; seq <= head.Seq; seq++ {
 		b, err := st.Load(ctx, s.keys.log(seq))
@@ -709,6 +812,8 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 		a   *account
 		why string // the record was refused
 		err error
+		// ignored: id is a key that is no record of this store
+		ignored bool
 	}
 	// Read and compile in parallel (a network storage answers each read
 	// in a round trip; compiling takes the CPUs there are), each worker
@@ -718,8 +823,13 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	out := compileEach(storageWorkers, in, func(cache *methodCache, k string, emit func(loaded)) {
 		seg := k[strings.LastIndexByte(k, '/')+1:]
 		id, err := unescapeID(seg)
-		if err != nil {
-			return // not a key this store wrote
+		if err != nil || escapeID(id) != seg {
+			// Not a key this store wrote: an account's record is at
+			// the canonical escape of its ID alone.
+			if !isTempName(fileStorage, seg) {
+				emit(loaded{id: seg, ignored: true})
+			}
+			return
 		}
 		b, err := st.Load(ctx, k)
 		if err != nil {
@@ -748,8 +858,11 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	refused := map[string]string{}
 	var firstErr error
 	failed := map[string]error{}
+	var ignored []string
 	for l := range out {
 		switch {
+		case l.ignored:
+			ignored = append(ignored, l.id)
 		case errors.Is(l.err, fs.ErrNotExist): // deleted since listed
 		case l.err != nil && ctx.Err() == nil:
 			failed[l.id] = l.err
@@ -774,6 +887,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 		return firstErr
 	}
 	s.install(logger, accounts, refused, head, gen0)
+	s.noteBaseCheck(logger, 0, nil, nil, ignored, nil)
 	s.mu.Lock()
 	for id := range s.unreadable {
 		if _, ok := failed[id]; !ok {
@@ -1286,6 +1400,12 @@ type storeStatus struct {
 	ConsecutiveFailures int               `json:"consecutive_failures"`
 	LastError           string            `json:"last_error,omitempty"`
 	Refused             map[string]string `json:"refused,omitempty"`
+	// BaseMismatch says how the base this server started from differed
+	// from the records (checked when a server reads the base).
+	BaseMismatch string `json:"base_mismatch,omitempty"`
+	// IgnoredKeys are keys under accounts/ that are not the canonical
+	// key of an account ID (written by hand?): not served.
+	IgnoredKeys []string `json:"ignored_keys,omitempty"`
 }
 
 func (s *accountStore) status() storeStatus {
@@ -1294,7 +1414,8 @@ func (s *accountStore) status() storeStatus {
 	st := storeStatus{
 		Name: s.name, Serving: s.source, Accounts: s.view.Load().count, Seq: s.seq, Epoch: s.epoch,
 		PollInterval: s.interval.String(), ConsecutiveFailures: s.failures, LastError: s.lastErr,
-		Stale: s.failures > 0 || s.source != "store",
+		Stale:        s.failures > 0 || s.source != "store",
+		BaseMismatch: s.baseMismatch, IgnoredKeys: s.ignoredKeys,
 	}
 	if !s.loadedAt.IsZero() {
 		st.LastRead = s.loadedAt.UTC().Format(time.RFC3339Nano)

@@ -448,3 +448,81 @@ func TestStoreImportSpoolCleanedAfterAKill(t *testing.T) {
 		t.Errorf("an account of the import cut off before its end: %d %s", st, out)
 	}
 }
+
+// A new server starts from the store's base, a cache of the records:
+// checked against which records exist, an account added to the base by
+// hand (no record holds it) is not served, a record the base lacks is,
+// and the status says the base and the records disagree. A record under
+// a key that is not the canonical escape of its ID is no account of the
+// store, and is reported.
+func TestStoreBaseCheckedAgainstTheRecords(t *testing.T) {
+	f := newFleet(t)
+	s7 := f.start(7, true)
+	var imp strings.Builder
+	for i := range 150 {
+		fmt.Fprintf(&imp, `{"account":"acct-%03d","rules":[{"origin":"https://a%d.example","methods":["GET"]}]}`+"\n", i, i)
+	}
+	if st, out := s7.call(t, "POST", "/import", imp.String()); st != 200 {
+		t.Fatalf("import: %d %s", st, out)
+	}
+	dir := filepath.Join(f.storage, "atomsphere_cors", "fleet")
+	if err := until(20*time.Second, func() error {
+		head, _ := os.ReadFile(filepath.Join(dir, "head"))
+		base, _ := os.ReadFile(filepath.Join(dir, "base-seq"))
+		if len(head) == 0 || string(head) != string(base) {
+			return fmt.Errorf("head %s, base-seq %s", head, base)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("no base of the import: %v", err)
+	}
+	// Hand edits: an account in the base alone, a record the base lacks,
+	// and a record under a non-canonical key.
+	b, err := os.ReadFile(filepath.Join(dir, "base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, rest, _ := strings.Cut(string(b), "\n")
+	hdr = strings.Replace(hdr, `"accounts":150`, `"accounts":151`, 1)
+	edited := hdr + "\n" + rest + "ghost-acct\thttps://ghost.example GET\n"
+	if err := os.WriteFile(filepath.Join(dir, "base"), []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for key, rec := range map[string]string{
+		"extra-acct":     `{"account":"extra-acct","rules":[{"origin":"https://extra.example","methods":["GET"]}]}`,
+		"lowerenc%c3%a9": `{"account":"lowerencé","rules":[{"origin":"https://lower.example","methods":["GET"]}]}`,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, "accounts", key), []byte(rec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	s8 := f.start(8, true) // no snapshot: it reads the base
+	c := newProbeClient()
+	for _, p := range []probe{
+		preflightProbe(s8.base, "ghost-acct", "https://ghost.example", "GET", ""),
+		preflightProbe(s8.base, "extra-acct", "https://extra.example", "GET", "GET"),
+		preflightProbe(s8.base, "acct-149", "https://a149.example", "GET", "GET"),
+	} {
+		if err := until(5*time.Second, func() error { return send(c, p).err }); err != nil {
+			t.Errorf("the new server: %v", err)
+		}
+	}
+	if st, _ := s8.call(t, "GET", "/accounts/lowerenc%C3%A9", ""); st != 404 {
+		t.Errorf("an account read from a non-canonical key: %d", st)
+	}
+	st, err := s8.status(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.BaseMismatch, `1 accounts in the base have no record (not served) ("ghost-acct")`) ||
+		!strings.Contains(st.BaseMismatch, `1 records are not in the base (read from the records) ("extra-acct")`) {
+		t.Errorf("status base_mismatch %q", st.BaseMismatch)
+	}
+	if len(st.IgnoredKeys) != 1 || st.IgnoredKeys[0] != "lowerenc%c3%a9" {
+		t.Errorf("status ignored_keys %q", st.IgnoredKeys)
+	}
+	if st.Accounts != 151 {
+		t.Errorf("the new server serves %d accounts, want the 151 records", st.Accounts)
+	}
+}

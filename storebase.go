@@ -117,19 +117,32 @@ func (s *accountStore) writeBase(ctx context.Context, now bool) error {
 // loadBase serves the accounts of the base, when it is of head's epoch
 // and the log after it is kept, and returns its seq; the caller reads
 // the changes after it. fs.ErrNotExist: there is no base.
-func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64) (uint64, error) {
+//
+// listed, when not nil, are the accounts that have a record: an account of
+// the base without one is not served (dropped lists them), as the records
+// and not the base are the store.
+func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64, listed map[string]bool) (uint64, []string, error) {
 	b, err := st.Load(ctx, s.keys.base())
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	hdr, accounts, err := readAccountLines(bufio.NewReader(bytes.NewReader(b)), s.name)
 	switch {
 	case err != nil:
-		return 0, fmt.Errorf("%s: %v", s.keys.base(), err)
+		return 0, nil, fmt.Errorf("%s: %v", s.keys.base(), err)
 	case hdr.Epoch != head.Epoch:
-		return 0, fmt.Errorf("%s: of another epoch (the store was recreated)", s.keys.base())
+		return 0, nil, fmt.Errorf("%s: of another epoch (the store was recreated)", s.keys.base())
 	case hdr.Seq > head.Seq || head.Seq-hdr.Seq > logRetain/2:
-		return 0, fmt.Errorf("%s: at change %d, the store at %d", s.keys.base(), hdr.Seq, head.Seq)
+		return 0, nil, fmt.Errorf("%s: at change %d, the store at %d", s.keys.base(), hdr.Seq, head.Seq)
+	}
+	var dropped []string
+	if listed != nil {
+		for id := range accounts {
+			if !listed[id] {
+				dropped = append(dropped, id)
+				delete(accounts, id)
+			}
+		}
 	}
 	refused := hdr.Refused
 	if refused == nil {
@@ -142,5 +155,5 @@ func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logge
 	s.mu.Unlock()
 	logger.Info("store loaded from its base", zap.String("store", s.name), zap.Int("accounts", len(accounts)),
 		zap.Uint64("base_seq", hdr.Seq), zap.Uint64("seq", head.Seq))
-	return hdr.Seq, nil
+	return hdr.Seq, dropped, nil
 }
