@@ -166,15 +166,6 @@ func FuzzParseOrigin(f *testing.F) {
 	})
 }
 
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
 // ---- FuzzAccountOf ----------------------------------------------------
 
 // refAccountOf is the reference reading of a request path (docs/behaviour.md §1),
@@ -625,7 +616,7 @@ func refReadsOtherAccount(prefixes []string, p, account string, ok bool) bool {
 // byte that is not ASCII, or a segment ending in a dot other than "."
 // and "..".
 func mayBeReadDifferently(p string) bool {
-	if strings.ContainsAny(p, "%;\\#? \x7f") || hasNonASCII(p) {
+	if strings.ContainsAny(p, "%;\\#? \x7f") || !isASCII(p) {
 		return true
 	}
 	for _, seg := range strings.Split(p, "/") {
@@ -634,15 +625,6 @@ func mayBeReadDifferently(p string) bool {
 		}
 	}
 	return strings.IndexFunc(p, func(r rune) bool { return r < ' ' }) >= 0
-}
-
-func hasNonASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return true
-		}
-	}
-	return false
 }
 
 // moduleHeaders are the Access-Control-* headers the module itself sets.

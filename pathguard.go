@@ -110,7 +110,11 @@ func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
 	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
 		return true
 	}
-	for _, p := range readings(raw) {
+	rs := readings(raw)
+	for i, p := range rs {
+		if i > 0 && p == rs[i-1] || p == rs[0] && i > 0 {
+			continue // most readings change nothing: read each path once
+		}
 		if rid, rok := ix.accountOf(p); rok != ok || rid != id {
 			return true
 		}
@@ -210,6 +214,9 @@ func cutAtAny(s, chars string) string {
 // dropControls removes ASCII control characters, as backends that strip
 // them from a path before routing do.
 func dropControls(s string) string {
+	if !hasControl(s) {
+		return s
+	}
 	return strings.Map(func(r rune) rune {
 		if r < ' ' || r == 0x7f {
 			return -1
@@ -261,12 +268,30 @@ func needsTrimming(p string) bool {
 // fullwidth "．", "／" and "＼" are ".", "/" and "\\", as backends that
 // normalise paths read them.
 func compatible(s string) string {
+	if isASCII(s) {
+		return s
+	}
+	return norm.NFKC.String(s)
+}
+
+// isASCII reports whether s has only ASCII bytes.
+func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
-			return norm.NFKC.String(s)
+			return false
 		}
 	}
-	return s
+	return true
+}
+
+// hasControl reports whether s has an ASCII control character.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c == 0x7f {
+			return true
+		}
+	}
+	return false
 }
 
 // foldRunes replaces each letter that is not ASCII but case-folds to an
@@ -275,6 +300,9 @@ func compatible(s string) string {
 // ASCII letter: "ſ" (long s) is "s", "ı" (dotless i) is "i", the Kelvin
 // sign is "k".
 func foldRunes(s string) string {
+	if isASCII(s) {
+		return s
+	}
 	return strings.Map(func(r rune) rune {
 		if r < utf8.RuneSelf {
 			return r
@@ -355,6 +383,10 @@ func stripParams(p string) string {
 // ".") with the character, as decoders that do not check for overlong
 // forms read them.
 func decodeOverlong(s string) string {
+	if strings.IndexByte(s, 0xC0) < 0 && strings.IndexByte(s, 0xC1) < 0 &&
+		strings.IndexByte(s, 0xE0) < 0 && strings.IndexByte(s, 0xF0) < 0 {
+		return s // every overlong form of ASCII starts with one of these
+	}
 	var b *strings.Builder
 	for i := 0; i < len(s); {
 		c, n := overlongAt(s[i:])
