@@ -33,7 +33,7 @@ func TestAllocs(t *testing.T) {
 			"Origin": {rules[0].Origin}}},
 		benchCase{"get_unknown_account", http.MethodGet, "/api/rest/v1/account-none/Atom/1", http.Header{
 			"Origin": {rules[0].Origin}}},
-		benchCase{"get_path_not_clean", http.MethodGet, "/api/rest/v1/account-1/../" + id + "/Atom", http.Header{
+		benchCase{"get_path_not_clean", http.MethodGet, "/api/rest/v1/" + id + "/x/../Atom", http.Header{
 			"Origin": {rules[0].Origin}}},
 	)
 

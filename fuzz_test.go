@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -607,21 +608,44 @@ func refReadsOtherAccount(prefixes []string, p, account string, ok bool) bool {
 			return true
 		}
 	}
+	// A router that does not resolve dot segments reads the segment after
+	// the prefix, whatever it is.
+	var segs2 []string
+	for _, seg := range strings.Split(p, "/") {
+		if seg != "" {
+			segs2 = append(segs2, seg)
+		}
+	}
+	for _, pre := range prefixes {
+		preSegs := strings.Split(strings.Trim(strings.ToLower(pre), "/"), "/")
+		if len(segs2) <= len(preSegs) || !slices.Equal(lowerAll(segs2[:len(preSegs)]), preSegs) {
+			continue
+		}
+		return !ok || segs2[len(preSegs)] != account
+	}
 	return false
+}
+
+// lowerAll is each string of ss lower-cased.
+func lowerAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = strings.ToLower(s)
+	}
+	return out
 }
 
 // mayBeReadDifferently reports whether some backend reading that the
 // path guard checks could change the decoded path p (docs/behaviour.md
 // §5): it has a '%', ';', '\\', '#', '?', space, control character or
-// byte that is not ASCII, or a segment ending in a dot other than "."
-// and "..".
+// byte that is not ASCII, or a segment ending in a dot.
 func mayBeReadDifferently(p string) bool {
 	if strings.ContainsAny(p, "%;\\#? \x7f") || !isASCII(p) {
 		return true
 	}
 	for _, seg := range strings.Split(p, "/") {
-		if strings.HasSuffix(seg, ".") && seg != "." && seg != ".." {
-			return true
+		if strings.HasSuffix(seg, ".") {
+			return true // "." and ".." too: raw-path routers read them as segments
 		}
 	}
 	return strings.IndexFunc(p, func(r rune) bool { return r < ' ' }) >= 0

@@ -181,6 +181,28 @@ func withHeader(h http.Header, k, v string) http.Header {
 	return h
 }
 
+// guardOffCases: with the path guard off, the module reads the account
+// from the path as Caddy's path matchers do (docs/behaviour.md §1): dot
+// segments resolved, repeated slashes merged, %2F decoded first.
+func guardOffCases() []behaviourCase {
+	return []behaviourCase{
+		untouched("§1 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
+			"OPTIONS", "/api/rest/v1/account-123456/../", preflightHdr(mydomain, "GET")),
+		untouched("§1 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
+			"OPTIONS", "/api/rest/v1/../account-123456/x", preflightHdr(mydomain, "GET")),
+		allowPreflight("§1 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
+			"/api/rest/v1/account-987654/../account-123456/Atom", preflightHdr(mydomain, "DELETE"), mydomain, "GET, POST, DELETE"),
+		denyPreflight("§1 dot-segments resolved: account-123456/../account-987654 belongs to account-987654, which denies the origin",
+			"/api/rest/v1/account-123456/../account-987654/Atom", preflightHdr(mydomain, "GET")),
+		allowPreflight("§1 single-dot segment resolved: /api/rest/v1/./account-123456/x",
+			"/api/rest/v1/./account-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		allowPreflight("§1 %2F and %2E decoded before cleaning: account-987654%2F%2E%2E%2Faccount-123456 belongs to account-123456",
+			"/api/rest/v1/account-987654%2F%2E%2E%2Faccount-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		denyNormal("§1 %2F decoded: account-123456%2F..%2Faccount-987654 belongs to account-987654",
+			"GET", "/api/rest/v1/account-123456%2F..%2Faccount-987654/x", originHdr(mydomain)),
+	}
+}
+
 // Row builders of the behaviour table: each row says only what differs
 // from the plain case (next is a plain API answering 200 "next").
 
@@ -271,6 +293,7 @@ func TestServeHTTP(t *testing.T) {
 		cases  []behaviourCase
 	}{
 		{name: "defaults", config: behaviourConfig, cases: defaultCases()},
+		{name: "path guard off", config: strings.Replace(behaviourConfig, "{", `{"disable_path_guard": true,`, 1), cases: guardOffCases()},
 		{name: "custom", config: `{
 			"path_prefixes": ["/custom/", "/Other/Prefix/"],
 			"allow_headers": ["X-Custom", "Content-Type"],
@@ -392,9 +415,9 @@ func defaultCases() []behaviourCase {
 		{desc: "§1 empty account segment after merging slashes (/api/rest/v1//): untouched",
 			method: "GET", path: "/api/rest/v1//", reqHeaders: originHdr(mydomain),
 			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
-		untouched("§1 account segment removed by .. (/api/rest/v1/account-123456/../): untouched",
+		refusedPath("§5 account segment removed by .. (/api/rest/v1/account-123456/../): a raw-path router reads account-123456",
 			"OPTIONS", "/api/rest/v1/account-123456/../", preflightHdr(mydomain, "GET")),
-		untouched("§1 .. escaping the prefix (/api/rest/v1/../account-123456/x): no account path, untouched",
+		refusedPath("§5 .. escaping the prefix (/api/rest/v1/../account-123456/x): a raw-path router reads the account \"..\"",
 			"OPTIONS", "/api/rest/v1/../account-123456/x", preflightHdr(mydomain, "GET")),
 		allowPreflight("§1 first default prefix: account is the next segment",
 			pathA, preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
@@ -406,12 +429,14 @@ func defaultCases() []behaviourCase {
 			"/API/Rest/V1/account-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
 		denyPreflight("§1 account IDs are exact: ACCOUNT-123456 is an unknown account, preflight 401",
 			"/api/rest/v1/ACCOUNT-123456/x", preflightHdr(mydomain, "GET")),
-		allowPreflight("§1 dot-segments resolved: account-987654/../account-123456 belongs to account-123456",
-			"/api/rest/v1/account-987654/../account-123456/Atom", preflightHdr(mydomain, "DELETE"), mydomain, "GET, POST, DELETE"),
-		denyPreflight("§1 dot-segments resolved: account-123456/../account-987654 belongs to account-987654, which denies the origin",
-			"/api/rest/v1/account-123456/../account-987654/Atom", preflightHdr(mydomain, "GET")),
-		allowPreflight("§1 single-dot segment resolved: /api/rest/v1/./account-123456/x",
-			"/api/rest/v1/./account-123456/x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
+		refusedPath("§5 dot segments across accounts: account-987654/../account-123456 is account-987654 for a raw-path router",
+			"OPTIONS", "/api/rest/v1/account-987654/../account-123456/Atom", preflightHdr(mydomain, "DELETE")),
+		refusedPath("§5 dot segments across accounts: account-123456/../account-987654",
+			"GET", "/api/rest/v1/account-123456/../account-987654/Atom", originHdr(mydomain)),
+		refusedPath("§5 single-dot segment before the account: /api/rest/v1/./account-123456/x",
+			"OPTIONS", "/api/rest/v1/./account-123456/x", preflightHdr(mydomain, "GET")),
+		allowPreflight("§1 dot segments inside the account's path resolved: account-123456/x/../Atom",
+			"/api/rest/v1/account-123456/x/../Atom", preflightHdr(mydomain, "DELETE"), mydomain, "GET, POST, DELETE"),
 		allowPreflight("§1 repeated slashes merged: /api/rest/v1//account-123456//x",
 			"//api//rest/v1//account-123456//x", preflightHdr(mydomain, "GET"), mydomain, "GET, POST, DELETE"),
 		allowPreflight("§1 percent-encoded account segment read decoded: account%2D123456 is account-123456",

@@ -2,6 +2,7 @@ package atomspherecors
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -29,38 +30,38 @@ import (
 // differently this way; every other path costs a scan for them.
 
 // guardedPath reports whether the path guard must look at r: its target
-// was escaped in a way Go's URL parser does not produce itself (RawPath
-// set), or its path has a byte some backend reads specially (see
-// hasGuardedByte), or a segment that ends in a dot ("...", "x.").
+// was escaped in a way Go's URL parser does not keep as it is (RawPath
+// set, or a target as sent that differs from the path), or its path has
+// a byte some backend reads specially (see hasGuardedByte), or a segment
+// that ends in a dot: a "." or ".." segment (which a router that does not
+// resolve them reads as a segment) or one such as "..." or "x." (which a
+// trimming backend reads as another).
 func guardedPath(r *http.Request) bool {
-	return r.URL.RawPath != "" || hasGuardedByte(r.URL.Path) || hasDotEndedSegment(r.URL.Path)
+	p := r.URL.Path
+	if r.URL.RawPath != "" || hasGuardedByte(p) || hasDotEndedSegment(p) {
+		return true
+	}
+	sent := sentPath(r)
+	return sent != p && hasGuardedByte(sent)
 }
 
-// hasDotEndedSegment reports whether a segment of p ends in a dot and is
-// not a "." or ".." segment (which Caddy resolves as everyone does):
-// "..." or "x." is read as another segment where trailing dots are
-// trimmed.
-func hasDotEndedSegment(p string) bool {
-	for i := strings.IndexByte(p, '.'); i >= 0; {
-		// The dot segment p[start:end] ends at end, when p[end-1] is '.'
-		// and p[end] is '/' or the end of p.
-		j := strings.Index(p[i:], "./")
-		end := len(p)
-		if j >= 0 {
-			end = i + j + 1
-		} else if p[len(p)-1] != '.' {
-			return false
-		}
-		start := strings.LastIndexByte(p[:end], '/') + 1
-		if seg := p[start:end]; seg != "." && seg != ".." {
-			return true
-		}
-		if end == len(p) {
-			return false
-		}
-		i = end + 1
+// sentPath is the path of the request target as the client sent it, or
+// "" when the request has none (one made in Go, not read from a client).
+// A rewrite sets it to the rewritten target.
+func sentPath(r *http.Request) string {
+	p := r.RequestURI
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
 	}
-	return false
+	if !strings.HasPrefix(p, "/") {
+		return "" // absolute-form or "*": the URL's path is what was sent
+	}
+	return p
+}
+
+// hasDotEndedSegment reports whether a segment of p ends in a dot.
+func hasDotEndedSegment(p string) bool {
+	return p != "" && p[len(p)-1] == '.' || strings.Contains(p, "./")
 }
 
 // hasGuardedByte reports whether p has a byte some backend reads
@@ -104,15 +105,32 @@ func guardedByte(c byte) bool {
 }
 
 // ambiguous reports whether some common backend reading of r's target
-// names another account than Caddy's reading (id, ok).
+// names another account than Caddy's reading (id, ok). It reads the
+// target reverse_proxy forwards (the escaped path) and, where it differs
+// and spells the same path, the target as the client sent it (which other
+// transports, such as FastCGI's REQUEST_URI, pass on).
 func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
 	raw := r.URL.EscapedPath()
+	if ix.readsOther(raw, r.URL.Path, id, ok) {
+		return true
+	}
+	if sent := sentPath(r); sent != "" && sent != raw && strings.IndexByte(sent, '%') >= 0 {
+		if p, err := url.PathUnescape(sent); err == nil && p == r.URL.Path {
+			return ix.readsOther(sent, r.URL.Path, id, ok)
+		}
+	}
+	return false
+}
+
+// readsOther reports whether a reading of the escaped path raw names
+// another account than (id, ok), Caddy's reading of path.
+func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
 		return true
 	}
 	rs := readings(raw)
 	for i, p := range rs {
-		if i > 0 && p == rs[i-1] || p == rs[0] && i > 0 {
+		if p == path || i > 0 && (p == rs[i-1] || p == rs[0]) {
 			continue // most readings change nothing: read each path once
 		}
 		if rid, rok := ix.accountOf(p); rok != ok || rid != id {
@@ -124,7 +142,7 @@ func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
 
 // readings are the paths that common backends read from the escaped
 // path raw, other than Caddy's and the raw segments' (rawAccountOf).
-func readings(raw string) [12]string {
+func readings(raw string) [15]string {
 	once := percentDecode(raw)
 	return [...]string{
 		percentDecode(stripParams(raw)),    // parameters stripped, then decoded (Tomcat)
@@ -134,22 +152,25 @@ func readings(raw string) [12]string {
 		decodeOverlong(once),               // overlong UTF-8 for ASCII
 		cutAtAny(once, "#?"),               // decoded, then parsed again as a URL
 		cutAtAny(once, "\x00"),             // a C string ends at the first NUL
-		dropControls(once),                 // control characters removed
-		trimSegments(once),                 // trailing dots and spaces trimmed (Windows)
+		dropControls(once),                 // control and invisible format characters removed
+		trimSegments(once),                 // spaces trimmed, trailing dots too (Windows)
 		compatible(once),                   // Unicode compatibility forms (NFKC)
 		foldRunes(once),                    // Unicode case folding (Java's equalsIgnoreCase)
+		bestFit(once),                      // Windows "best fit" to an ANSI code page
+		latin1(once),                       // bytes that are not UTF-8 read as Latin-1
+		trimSegments(latin1(once)),         // the same, then trimmed
 		lenientest(raw),                    // all of the above at once
 	}
 }
 
 // lenientest reads p as the most lenient backend would: decoded until
-// nothing changes (at most three times, compatibility forms and overlong
-// UTF-8 folded each time), "\\" as "/", path parameters stripped, cut at
-// '#', '?' or NUL, control characters dropped, segments trimmed, and
-// letters case-folded.
+// nothing changes (at most three times, compatibility and best-fit forms
+// and overlong UTF-8 folded each time), "\\" as "/", path parameters
+// stripped, cut at '#', '?' or NUL, control and format characters
+// dropped, segments trimmed, and letters case-folded.
 func lenientest(p string) string {
 	for range 3 {
-		d := compatible(decodeOverlong(percentDecode(p)))
+		d := bestFit(compatible(decodeOverlong(percentDecode(p))))
 		if d == p {
 			break
 		}
@@ -163,21 +184,16 @@ func lenientest(p string) string {
 
 // rawAccountOf reads the account as a router that splits the target
 // before it decodes it does (Express, chi and other raw-path routers):
-// an encoded "/" ("%2f") stays inside its segment, and "%2e" is not a
-// dot. Literal "." and ".." segments are resolved and empty segments
-// dropped, as Caddy does: a browser resolves dot segments before it
-// sends a request, so only a client that needs no CORS sends them.
+// an encoded "/" ("%2f") stays inside its segment, "%2e" is not a dot,
+// and "." and ".." are segments like any other (such routers do not
+// resolve them; browsers do before they send a request, but Caddy's
+// decoding of "%2f" makes new ones in the target reverse_proxy sends).
+// Empty segments are dropped, as Caddy and most routers do.
 func (ix *index) rawAccountOf(raw string) (string, bool) {
 	var buf [16]string
 	segs := buf[:0]
 	for seg := range strings.SplitSeq(raw, "/") {
-		switch seg {
-		case "", ".":
-		case "..":
-			if len(segs) > 0 {
-				segs = segs[:len(segs)-1]
-			}
-		default:
+		if seg != "" {
 			segs = append(segs, seg)
 		}
 	}
@@ -211,24 +227,34 @@ func cutAtAny(s, chars string) string {
 	return s
 }
 
-// dropControls removes ASCII control characters, as backends that strip
-// them from a path before routing do.
+// dropControls removes ASCII control characters and invisible format
+// characters (Unicode category Cf and other default-ignorable code
+// points: soft hyphen, zero-width space, byte order mark...), as backends
+// that strip them, or normalise with NFKC_Casefold, do before routing.
 func dropControls(s string) string {
-	if !hasControl(s) {
+	if !hasControl(s) && isASCII(s) {
 		return s
 	}
 	return strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
+		if r < ' ' || r == 0x7f || r >= utf8.RuneSelf && invisible(r) {
 			return -1
 		}
 		return r
 	}, s)
 }
 
+// invisible reports whether r is a format character or another
+// default-ignorable code point.
+func invisible(r rune) bool {
+	return unicode.In(r, unicode.Cf, unicode.Other_Default_Ignorable_Code_Point)
+}
+
 // trimSegments trims each segment of p as Windows and trimming backends
-// read it: spaces and control characters at both ends, dots at the end.
-// A segment of dots and spaces only becomes "..", and so a parent
-// directory, when it has two dots or more, "." when it has one.
+// read it: white space (Unicode's, as Go's TrimSpace, Java's strip and
+// JavaScript's trim read it), control and format characters at both
+// ends, dots at the end. A segment of dots, spaces and such only becomes
+// "..", and so a parent directory, when it has two dots or more, "."
+// when it has one.
 func trimSegments(p string) string {
 	if !needsTrimming(p) {
 		return p
@@ -238,7 +264,7 @@ func trimSegments(p string) string {
 		if seg == "." || seg == ".." {
 			continue
 		}
-		t := strings.TrimRight(strings.TrimFunc(seg, func(r rune) bool { return r <= ' ' }), ". \t")
+		t := strings.TrimRightFunc(strings.TrimFunc(seg, trimmable), func(r rune) bool { return r == '.' || trimmable(r) })
 		if t == "" {
 			switch n := strings.Count(seg, "."); {
 			case n >= 2:
@@ -252,16 +278,35 @@ func trimSegments(p string) string {
 	return strings.Join(segs, "/")
 }
 
-// needsTrimming reports whether trimSegments would change p: whether p
-// has a space or control character, or a segment ending in a dot other
-// than "." and "..".
+// trimmable reports whether some backend trims r from the ends of a
+// segment.
+func trimmable(r rune) bool {
+	return r <= ' ' || r == 0x7f || unicode.IsSpace(r) || r >= utf8.RuneSelf && invisible(r)
+}
+
+// needsTrimming reports whether trimSegments could change p: whether p
+// has a space, a control character or a byte that is not ASCII, or a
+// segment ending in a dot.
 func needsTrimming(p string) bool {
 	for i := 0; i < len(p); i++ {
-		if p[i] <= ' ' {
+		if p[i] <= ' ' || p[i] >= utf8.RuneSelf || p[i] == 0x7f {
 			return true
 		}
 	}
-	return hasDotEndedSegment(p)
+	return hasTrailingDots(p)
+}
+
+// hasTrailingDots reports whether a segment of p other than "." and ".."
+// ends in a dot, which trimSegments trims.
+func hasTrailingDots(p string) bool {
+	for p != "" {
+		seg, rest, _ := strings.Cut(p, "/")
+		if seg != "" && seg[len(seg)-1] == '.' && seg != "." && seg != ".." {
+			return true
+		}
+		p = rest
+	}
+	return false
 }
 
 // compatible is s in Unicode compatibility form (NFKC), in which the
@@ -294,15 +339,17 @@ func hasControl(s string) bool {
 	return false
 }
 
-// foldRunes replaces each letter that is not ASCII but case-folds to an
-// ASCII one (upper-cased, then lower-cased, as Java's equalsIgnoreCase
-// and regionMatches compare, or within Go's strings.EqualFold) with that
-// ASCII letter: "ſ" (long s) is "s", "ı" (dotless i) is "i", the Kelvin
-// sign is "k".
+// foldRunes replaces each letter that is not ASCII but case-folds to
+// ASCII (upper-cased, then lower-cased, as Java's equalsIgnoreCase and
+// regionMatches compare, or within Go's strings.EqualFold) with that
+// ASCII text: "ſ" (long s) is "s", "ı" (dotless i) is "i", the Kelvin
+// sign is "k", and "ß" and "ẞ" are "ss" (full case mapping, as Java's and
+// JavaScript's toUpperCase and Python's casefold give).
 func foldRunes(s string) string {
 	if isASCII(s) {
 		return s
 	}
+	s = sharpS.Replace(s)
 	return strings.Map(func(r rune) rune {
 		if r < utf8.RuneSelf {
 			return r
@@ -317,6 +364,51 @@ func foldRunes(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// sharpS replaces the letters whose full case folding is ASCII text of
+// more than one letter.
+var sharpS = strings.NewReplacer("\u00df", "ss", "\u1e9e", "ss")
+
+// bestFitRunes are characters that Windows' "best fit" conversion to an
+// ANSI code page turns into "/", "\\" or "." (NFKC already folds the
+// fullwidth and small forms): a backend that converts a path that way
+// reads them as separators or dots.
+var bestFitRunes = strings.NewReplacer(
+	"\u2215", "/", // division slash
+	"\u2044", "/", // fraction slash
+	"\u2216", `\`, // set minus
+	"\u29f5", `\`, // reverse solidus operator
+	"\u00a5", `\`, // yen sign (Japanese code pages)
+	"\u20a9", `\`, // won sign (Korean code pages)
+	"\u2024", ".", // one dot leader
+)
+
+// bestFit is s with the characters of bestFitRunes replaced.
+func bestFit(s string) string {
+	if isASCII(s) {
+		return s
+	}
+	return bestFitRunes.Replace(s)
+}
+
+// latin1 reads every byte of s that is not part of valid UTF-8 as the
+// Latin-1 character of that value ("\xa0" as a no-break space, "\x85" as
+// a next-line), as backends that decode escapes to Latin-1 do.
+func latin1(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			r = rune(s[i])
+		}
+		b.WriteRune(r)
+		i += n
+	}
+	return b.String()
 }
 
 // percentDecode decodes every valid %XX escape of s and leaves invalid

@@ -71,6 +71,32 @@ func TestPathGuardReadings(t *testing.T) {
 		// Unicode case folding of the prefix.
 		{"long s in the prefix", "/api/re%C5%BFt/v1/acct-victim/x"},
 		{"dotless i in the prefix", "/ap%C4%B1/rest/v1/acct-victim/x"},
+		// Trimmed as Unicode white space, or invisible characters dropped.
+		{"dot-dot and a line separator (JavaScript trim)", e + "/..%E2%80%A8/acct-victim/x"},
+		{"dot-dot and a next-line (Go TrimSpace, Python strip)", e + "/..%C2%85/acct-victim/x"},
+		{"dot-dot and an ogham space mark", e + "/..%E1%9A%80/acct-victim/x"},
+		{"dot-dot and a paragraph separator", e + "/..%E2%80%A9/acct-victim/x"},
+		{"dot-dot and a byte order mark", e + "/..%EF%BB%BF/acct-victim/x"},
+		{"a line separator before dot-dot", e + "/%E2%80%A8../acct-victim/x"},
+		{"a space and a line separator after dot-dot", e + "/..%20%E2%80%A8/acct-victim/x"},
+		{"a line separator after the prefix", "/api/rest/v1%E2%80%A8/acct-victim/x"},
+		{"a line separator inside the prefix", "/api%E2%80%A8/rest/v1/acct-victim/x"},
+		{"a soft hyphen inside the prefix", "/ap%C2%ADi/rest/v1/acct-victim/x"},
+		{"a zero-width space inside the prefix", "/api/re%E2%80%8Bst/v1/acct-victim/x"},
+		{"dot-dot and a zero-width space", e + "/..%E2%80%8B/acct-victim/x"},
+		{"dot-dot and a Latin-1 no-break space", e + "/..%a0/acct-victim/x"},
+		{"dot-dot and a Latin-1 next-line", e + "/..%85/acct-victim/x"},
+		{"a Latin-1 no-break space after the prefix", "/api/rest/v1%a0/acct-victim/x"},
+		// Windows best fit to an ANSI code page.
+		{"division slash", e + "/..%E2%88%95acct-victim/x"},
+		{"set minus", e + "/..%E2%88%96acct-victim/x"},
+		{"yen sign", e + "/..%C2%A5acct-victim/x"},
+		{"won sign", e + "/..%E2%82%A9acct-victim/x"},
+		// Dot segments that Caddy resolves and a raw-path router does not:
+		// a browser never sends them, but Caddy's decoding of %2f makes
+		// them in the target reverse_proxy forwards.
+		{"dot-dot segment", e + "/../acct-victim/x"},
+		{"single-dot segment before the account", "/api/rest/v1/./acct-victim/x"},
 		// The readings that were there before.
 		{"path parameters", e + "/..;/acct-victim/x"},
 		{"encoded backslash", e + "/..%5cacct-victim/x"},
@@ -104,8 +130,10 @@ func TestPathGuardPasses(t *testing.T) {
 		"/api/rest/v1/caf%C3%A9/x",
 		"/api/rest/v1/ACCOUNT-1/x",
 		"/API/Rest/v1/account-1/x",
-		a + "/../account-987654/x", // a dot segment that browsers resolve themselves
+		a + "/x/../y", // a dot segment that stays in the account
 		a + "/./x",
+		a + "/x%E2%80%A8y",
+		a + "/%E2%82%AC/%F0%9F%98%80",
 		"/api/rest/v1//account-1//x",
 		"/static/%2e%2e;x/a%5cb",
 		"/static/..%2f..%2fapi",
@@ -141,7 +169,7 @@ func TestPathGuardKelvinSign(t *testing.T) {
 func TestHasDotEndedSegment(t *testing.T) {
 	plain := func(p string) bool {
 		for _, seg := range strings.Split(p, "/") {
-			if strings.HasSuffix(seg, ".") && seg != "." && seg != ".." {
+			if strings.HasSuffix(seg, ".") {
 				return true
 			}
 		}
@@ -159,4 +187,49 @@ func TestHasDotEndedSegment(t *testing.T) {
 		}
 	}
 	walk("")
+}
+
+// TestPathGuardTargetAsSent: a raw "|" or "^" in the target is not a
+// valid escaped path for Go, so the URL's escaped path is the decoded
+// path escaped again, "%2f" become "/" (and reverse_proxy forwards a
+// literal "../"); the guard reads the target as sent and as forwarded.
+func TestPathGuardTargetAsSent(t *testing.T) {
+	ix, err := newIndex(&Handler{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{
+		"/api/rest/v1/acct-victim/..%2facct-evil/x|",
+		"/api/rest/v1/acct-victim/..%2facct-evil/x^",
+		"/api/rest/v1/acct-victim/%2e%2e%2facct-evil/x|",
+		"/api/rest/v1/acct-victim/..%2facct-evil/|/x",
+		"/partner/api/rest/v1/acct-victim/..%2facct-evil/x|",
+		"/api/rest/v1/acct-victim/..%2f..%2f..%2fx|",
+	} {
+		r := parseTarget(t, target)
+		if r.URL.EscapedPath() == target {
+			t.Fatalf("%s: Go keeps the target as the escaped path; this test needs one it does not", target)
+		}
+		if !guardRefuses(t, ix, target) {
+			t.Errorf("%s passes the guard (forwarded as %s)", target, r.URL.EscapedPath())
+		}
+	}
+	if guardRefuses(t, ix, "/api/rest/v1/acct-victim/x|y") {
+		t.Error("a raw | after the account is refused")
+	}
+}
+
+// TestPathGuardFullCaseMapping: "ß" is "SS" upper-cased (Java, JavaScript)
+// and "ss" case-folded (Python), so a prefix with "ss" can be spelled
+// with it; the module reads no account there, so it is refused.
+func TestPathGuardFullCaseMapping(t *testing.T) {
+	ix, err := newIndex(&Handler{PathPrefixes: []string{"/class/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/cla%C3%9F/acct-victim/x", "/CLA%E1%BA%9E/acct-victim/x"} {
+		if !guardRefuses(t, ix, target) {
+			t.Errorf("%s passes the guard", target)
+		}
+	}
 }
