@@ -1,6 +1,8 @@
 package atomspherecors
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"reflect"
@@ -35,53 +37,222 @@ import (
 // handler runs inside its own writer.
 type inModuleWriterKey struct{}
 
-// errorPolicy is the head of one server's or subroute's error routes.
+// errorPolicy is the head of a server's error routes, and of those of
+// every subroute in it.
 type errorPolicy struct {
 	handlers   []*Handler // the atomsphere_cors handlers whose errors reach these routes
 	userRoutes bool       // the server had error routes of its own
 	logger     *zap.Logger
 }
 
-// policies holds the policy of each server and subroute being set up or
-// running; a config's are dropped with the config.
-var policies sync.Map // *caddyhttp.Server or *caddyhttp.Subroute -> *errorPolicy
+// policies holds the policy of each server being set up or running; a
+// config's are dropped with the config.
+var policies sync.Map // *caddyhttp.Server -> *errorPolicy
 
-// installErrorPolicies puts h under the policy of every set of error
-// routes that an error raised around it can reach: those of each
-// subroute around it, and the server's. It returns false when h is
-// inside the server's error routes, too late to add a route there: then
-// h relies on the policy of the server's other handlers, if any.
+// installErrorPolicies puts h under its server's policy, and the policy
+// at the head of every set of error routes an error raised around h can
+// reach: the server's, and those of every subroute of the server, around
+// h or not. It returns false when h is inside the server's error routes,
+// too late to add a route there: then h relies on the policy of the
+// server's other handlers, if any.
 func installErrorPolicies(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) (bool, error) {
-	for _, m := range ctx.Modules() {
-		sr, ok := m.(*caddyhttp.Subroute)
-		if !ok || sr.Errors == nil || len(sr.Errors.Routes) == 0 || !pending(sr.Routes) {
-			continue // no error routes, or h is in them
-		}
-		addPolicy(ctx, sr, &sr.Errors.Routes, h, true)
+	if p, ok := policies.Load(srv); ok {
+		p := p.(*errorPolicy)
+		p.add(h)
+		// The subroutes around h were JSON when the policy was set up.
+		p.coverLineage(ctx)
+		return !(srv.Errors != nil && pending(srv.Errors.Routes) && !pending(srv.Routes)), nil
 	}
+	p := &errorPolicy{handlers: []*Handler{h}, logger: h.errLogger, userRoutes: true}
 	switch {
 	case pending(srv.Routes):
 		// h is in the main routes: the error routes are still JSON.
 		if srv.Errors == nil {
 			srv.Errors = new(caddyhttp.HTTPErrorConfig)
 		}
-		addPolicy(ctx, srv, &srv.Errors.Routes, h, len(srv.Errors.Routes) > 0)
-		return true, nil
+		p.userRoutes = len(srv.Errors.Routes) > 0
+		srv.Errors.Routes = append(caddyhttp.RouteList{p.route()}, srv.Errors.Routes...)
 	case srv.Errors != nil && pending(srv.Errors.Routes):
-		// h is in the error routes.
-		if p, ok := policies.Load(srv); ok {
-			p.(*errorPolicy).add(h)
-		}
+		// h is in the error routes, and no handler of the main routes
+		// set the policy up.
 		return false, nil
 	default:
 		// h is in a named route (invoke), provisioned after the error
 		// routes were compiled.
-		if p, ok := policies.Load(srv); ok {
-			p.(*errorPolicy).add(h)
-			return true, nil
+		if err := p.wrapCompiledErrors(srv); err != nil {
+			return true, err
 		}
-		return true, wrapCompiledErrors(ctx, srv, h)
 	}
+	policies.Store(srv, p)
+	ctx.OnCancel(func() { policies.Delete(srv) })
+	p.coverLineage(ctx)
+	p.coverRoutes(ctx, srv.Routes, 0)
+	if srv.Errors != nil {
+		p.coverRoutes(ctx, srv.Errors.Routes, 0)
+	}
+	for _, r := range srv.NamedRoutes {
+		p.coverRoutes(ctx, caddyhttp.RouteList{*r}, 0)
+		p.coverJSON(r.HandlersRaw)
+	}
+	return true, nil
+}
+
+// route is a route that runs p: its handler is set already, so Caddy's
+// provisioning of it loads nothing and compiles the handler in.
+func (p *errorPolicy) route() caddyhttp.Route {
+	return caddyhttp.Route{Handlers: []caddyhttp.MiddlewareHandler{p}}
+}
+
+// coverLineage puts p at the head of the error routes of each subroute
+// around the handler being provisioned (whose routes are being loaded,
+// so that its error routes are still to be).
+func (p *errorPolicy) coverLineage(ctx caddy.Context) {
+	for _, m := range ctx.Modules() {
+		if sr, ok := m.(*caddyhttp.Subroute); ok && pending(sr.Routes) {
+			p.coverSubroute(ctx, sr)
+		}
+	}
+}
+
+// coverRoutes puts p at the head of the error routes of every subroute
+// in routes, at any depth: those already loaded directly, those still
+// JSON through their JSON.
+func (p *errorPolicy) coverRoutes(ctx caddy.Context, routes caddyhttp.RouteList, depth int) {
+	if depth > maxRouteDepth {
+		return
+	}
+	for i := range routes {
+		for _, mh := range routes[i].Handlers {
+			if sr, ok := mh.(*caddyhttp.Subroute); ok {
+				p.coverSubroute(ctx, sr)
+				p.coverRoutes(ctx, sr.Routes, depth+1)
+				if sr.Errors != nil {
+					p.coverRoutes(ctx, sr.Errors.Routes, depth+1)
+				}
+			}
+		}
+		p.coverJSON(routes[i].HandlersRaw)
+	}
+}
+
+// coverSubroute puts p at the head of sr's error routes, once. Routes
+// that are still to be provisioned get the route as it is; routes
+// already provisioned (which a subroute compiles at every request) get
+// it provisioned.
+func (p *errorPolicy) coverSubroute(ctx caddy.Context, sr *caddyhttp.Subroute) {
+	if sr.Errors == nil || len(sr.Errors.Routes) == 0 || p.heads(sr.Errors.Routes) {
+		return
+	}
+	head := p.route()
+	if !pending(sr.Errors.Routes) && !pending(sr.Routes) {
+		if err := head.ProvisionHandlers(ctx, nil); err != nil {
+			return
+		}
+	} else if pending(sr.Errors.Routes) && !pending(sr.Routes) {
+		return // being provisioned: too late to add a route
+	}
+	sr.Errors.Routes = append(caddyhttp.RouteList{head}, sr.Errors.Routes...)
+}
+
+// heads reports whether routes start with a route of p.
+func (p *errorPolicy) heads(routes caddyhttp.RouteList) bool {
+	return len(routes[0].Handlers) == 1 && routes[0].Handlers[0] == caddyhttp.MiddlewareHandler(p)
+}
+
+// coverJSON puts a route with an errorsGuard (which finds p when it is
+// provisioned) at the head of the error routes of every subroute in the
+// JSON of handlers still to be loaded.
+func (p *errorPolicy) coverJSON(raws []json.RawMessage) {
+	for i, raw := range raws {
+		if !bytes.Contains(raw, []byte(`"subroute"`)) {
+			continue
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		if dec.Decode(&v) != nil || !guardSubroutes(v, 0) {
+			continue
+		}
+		if out, err := json.Marshal(v); err == nil {
+			raws[i] = out
+		}
+	}
+}
+
+// guardRoute is the JSON of the route coverJSON adds.
+var guardRoute = map[string]any{"handle": []any{map[string]any{"handler": "atomsphere_cors_errors"}}}
+
+// guardSubroutes adds guardRoute at the head of the error routes of
+// every subroute in v, and reports whether it added any.
+func guardSubroutes(v any, depth int) bool {
+	if depth > maxRouteDepth {
+		return false
+	}
+	changed := false
+	switch v := v.(type) {
+	case map[string]any:
+		if v["handler"] == "subroute" {
+			if errs, ok := v["errors"].(map[string]any); ok {
+				if routes, ok := errs["routes"].([]any); ok && len(routes) > 0 && !isGuardRoute(routes[0]) {
+					errs["routes"] = append([]any{guardRoute}, routes...)
+					changed = true
+				}
+			}
+		}
+		for _, x := range v {
+			changed = guardSubroutes(x, depth+1) || changed
+		}
+	case []any:
+		for _, x := range v {
+			changed = guardSubroutes(x, depth+1) || changed
+		}
+	}
+	return changed
+}
+
+// isGuardRoute reports whether a route in JSON is guardRoute.
+func isGuardRoute(route any) bool {
+	m, _ := route.(map[string]any)
+	handle, _ := m["handle"].([]any)
+	if len(handle) != 1 {
+		return false
+	}
+	h, _ := handle[0].(map[string]any)
+	return h["handler"] == "atomsphere_cors_errors"
+}
+
+// errorsGuard is p's handler where a subroute's error routes were still
+// JSON when p was set up: Caddy loads it with the subroute, and it finds
+// the policy of its server then. Caddyfiles and configs never name it;
+// without a policy in its server it does nothing.
+type errorsGuard struct {
+	p *errorPolicy
+}
+
+// CaddyModule returns the Caddy module information.
+func (errorsGuard) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.atomsphere_cors_errors",
+		New: func() caddy.Module { return new(errorsGuard) },
+	}
+}
+
+// Provision finds the policy of the guard's server.
+func (g *errorsGuard) Provision(ctx caddy.Context) error {
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		if p, ok := policies.Load(srv); ok {
+			g.p = p.(*errorPolicy)
+		}
+	}
+	return nil
+}
+
+// ServeHTTP runs the rest of the error routes under the policy.
+func (g *errorsGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if g.p == nil {
+		return next.ServeHTTP(w, r)
+	}
+	return g.p.ServeHTTP(w, r, next)
 }
 
 // pending reports whether some route of routes has handlers that are
@@ -95,22 +266,6 @@ func pending(routes caddyhttp.RouteList) bool {
 	return false
 }
 
-// addPolicy adds h to the policy of key, and the policy's route to the
-// head of routes (not yet provisioned) if it is the first.
-func addPolicy(ctx caddy.Context, key any, routes *caddyhttp.RouteList, h *Handler, userRoutes bool) {
-	if p, ok := policies.Load(key); ok {
-		p.(*errorPolicy).add(h)
-		return
-	}
-	p := &errorPolicy{handlers: []*Handler{h}, logger: h.errLogger, userRoutes: userRoutes}
-	// The route has its handler already: provisioning it loads nothing
-	// and compiles the handler into the route.
-	head := caddyhttp.Route{Handlers: []caddyhttp.MiddlewareHandler{p}}
-	*routes = append(caddyhttp.RouteList{head}, *routes...)
-	policies.Store(key, p)
-	ctx.OnCancel(func() { policies.Delete(key) })
-}
-
 // add puts h under p, unless it is there already.
 func (p *errorPolicy) add(h *Handler) {
 	if !slices.Contains(p.handlers, h) {
@@ -118,21 +273,20 @@ func (p *errorPolicy) add(h *Handler) {
 	}
 }
 
-// wrapCompiledErrors puts the policy in front of a server's error
-// routes that are compiled already, for a handler in a named route when
-// no handler in the server's routes did so. Caddy has no hook for that:
-// the server reads its compiled error routes from an unexported field at
-// every request, so the field is replaced, once, before the server
-// starts. If a Caddy version renames the field, the config is refused
-// rather than served unprotected.
-func wrapCompiledErrors(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) error {
+// wrapCompiledErrors puts p in front of a server's error routes that
+// are compiled already, for a handler in a named route when no handler
+// in the server's routes did so. Caddy has no hook for that: the server
+// reads its compiled error routes from an unexported field at every
+// request, so the field is replaced, once, before the server starts. If
+// a Caddy version renames the field, the config is refused rather than
+// served unprotected.
+func (p *errorPolicy) wrapCompiledErrors(srv *caddyhttp.Server) error {
 	f := reflect.ValueOf(srv).Elem().FieldByName("errorHandlerChain")
 	if !f.IsValid() || f.Type() != reflect.TypeFor[caddyhttp.Handler]() || !f.CanAddr() {
 		return errors.New("atomsphere_cors in a named route (invoke): this Caddy version gives no way to " +
 			"protect the server's error routes; put atomsphere_cors in the site's routes instead")
 	}
 	chain := (*caddyhttp.Handler)(unsafe.Pointer(f.UnsafeAddr()))
-	p := &errorPolicy{handlers: []*Handler{h}, logger: h.errLogger, userRoutes: true}
 	next := *chain
 	if srv.Errors == nil || len(srv.Errors.Routes) == 0 || next == nil {
 		// The server runs its error chain only when it has error routes:
@@ -147,8 +301,6 @@ func wrapCompiledErrors(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) er
 	*chain = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return p.ServeHTTP(w, r, next)
 	})
-	policies.Store(srv, p)
-	ctx.OnCancel(func() { policies.Delete(srv) })
 	return nil
 }
 

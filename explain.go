@@ -176,7 +176,8 @@ func listensOn(listen []string, port int) bool {
 	return false
 }
 
-// maxRouteDepth bounds the nesting of subroutes that findHandler follows.
+// maxRouteDepth bounds the nesting of subroutes that findHandler and the
+// error policy (errorpolicy.go) follow.
 const maxRouteDepth = 32
 
 // findHandler returns the first atomsphere_cors handler r reaches in

@@ -21,6 +21,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
+	caddy.RegisterModule(errorsGuard{})
 }
 
 // Handler answers CORS preflight requests for an API's accounts and adds

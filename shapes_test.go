@@ -8,7 +8,7 @@ package atomspherecors
 // an error route's answer on acct-victim's path) together with
 // Access-Control-Allow-Origin: https://evil.example.
 //
-// Ports: 9420-9429 on 127.0.0.1 (loopback only), admin localhost:2994.
+// Ports: 9419-9429 on 127.0.0.1 (loopback only), admin localhost:2994.
 
 import (
 	"encoding/json"
@@ -102,6 +102,18 @@ http://:9420 {
 		"/api/re%C5%BFt/v1/acct-victim/x",
 		"/ap%C4%B1/rest/v1/acct-victim/x",
 		"/api/rest/v1/acct-evil%2f..%2facct-victim/x",
+		// A raw "|" or "^": Go escapes the decoded path again, and
+		// reverse_proxy forwards "/acct-victim/../acct-evil/data%7C".
+		v + "/..%2facct-evil/data|",
+		v + "/..%2facct-evil/data^",
+		v + "/%2e%2e%2facct-evil/data|",
+		v + "/..%2f..%2f..%2fx|",
+		// Unicode white space and invisible characters.
+		e + "/..%E2%80%A8/acct-victim/data",
+		e + "/..%EF%BB%BF/acct-victim/data",
+		"/api/rest/v1%E2%80%A8/acct-victim/x",
+		"/ap%C2%ADi/rest/v1/acct-victim/x",
+		e + "/..%E2%88%95acct-victim/x",
 	} {
 		for _, method := range []string{"GET", "OPTIONS"} {
 			lines := hdrs(hOrigin(evilOrigin))
@@ -171,8 +183,9 @@ const reflectingErrors = `
 // reaches no client with an Access-Control-* header the module did not
 // decide, wherever the module sits: inside a JSON subroute with error
 // routes of its own, a named route run by invoke, handle_path, route,
-// nested subroutes, and several modules with different prefixes in one
-// server (docs/behaviour.md §4).
+// nested subroutes, beside a subroute with error routes of its own, and
+// several modules with different prefixes in one server
+// (docs/behaviour.md §4).
 func TestSecurityErrorsBeforeTheModuleInAnyShape(t *testing.T) {
 	up := hostileUpstream()
 	defer up.Close()
@@ -262,6 +275,25 @@ http://:9424 {
 				"errors": {"routes": [{"handle": [` + proxy + `]}]}}]}],
 			"errors": {"routes": [{"handle": [` + reflect + `,
 				{"handler": "static_response", "status_code": 500, "body": "error"}]}]}}]}]}`,
+		// A subroute beside the module, not around it, with error routes
+		// of its own: the error is raised in it, before the module.
+		"sibling-before": `{"listen": ["127.0.0.1:9428"], "routes": [
+			{"handle": [{"handler": "subroute", "routes": [` + big + `],
+				"errors": {"routes": [{"handle": [` + proxy + `]}]}}]},
+			{"handle": [` + module + `, ` + proxy + `]}]}`,
+		// The same, the subroute after the module.
+		"sibling-after": `{"listen": ["127.0.0.1:9429"], "routes": [
+			{"match": [{"method": ["PUT"]}], "handle": [` + module + `, ` + proxy + `]},
+			{"handle": [{"handler": "subroute", "routes": [` + big + `],
+				"errors": {"routes": [{"handle": [` + reflect + `,
+					{"handler": "static_response", "status_code": 500, "body": "error"}]}]}}]},
+			{"handle": [` + module + `, ` + proxy + `]}]}`,
+		// The subroute in a named route that invoke runs before the module.
+		"sibling-named": `{"listen": ["127.0.0.1:9419"],
+			"named_routes": {"side": {"handle": [{"handler": "subroute", "routes": [` + big + `],
+				"errors": {"routes": [{"handle": [` + reflect + `,
+					{"handler": "static_response", "status_code": 500, "body": "error"}]}]}}]}},
+			"routes": [{"handle": [{"handler": "invoke", "name": "side"}]}, {"handle": [` + module + `, ` + proxy + `]}]}`,
 	} {
 		var srv map[string]any
 		if err := json.Unmarshal([]byte(js), &srv); err != nil {
@@ -287,6 +319,9 @@ http://:9424 {
 		{"nested JSON subroutes, the outer error routes reflect the Origin", "127.0.0.1:9427", v},
 		{"JSON subroute, an encoded slash to the prefix", "127.0.0.1:9426", "/api/rest/v1/acct-victim/..%2f?page=abc"},
 		{"JSON subroute, a long s in the prefix", "127.0.0.1:9426", "/api/re%C5%BFt/v1/acct-victim/x?page=abc"},
+		{"JSON subroute beside the module, before it, proxies to a reflecting upstream", "127.0.0.1:9428", v},
+		{"JSON subroute beside the module, after it, reflects the Origin", "127.0.0.1:9429", v},
+		{"JSON subroute in a named route beside the module, reflects the Origin", "127.0.0.1:9419", v},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res, body := rawRequest(t, tc.addr, "GET", tc.target, hdrs(hOrigin(evilOrigin)))
