@@ -105,8 +105,13 @@ func explainConfig(configFile, adapter string, req explainRequest) (*Explanation
 	if err != nil {
 		return nil, err
 	}
+	var top struct {
+		Storage json.RawMessage `json:"storage"`
+	}
+	_ = json.Unmarshal(cfgJSON, &top) // treeFromConfig reports a config that is not JSON
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
+	ctx = ctx.WithValue(explainKey{}, explainEnv{storageRaw: top.Storage})
 	tree, err := treeFromConfig(ctx, cfgJSON)
 	if err != nil {
 		return nil, err

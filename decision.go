@@ -13,25 +13,11 @@ import (
 )
 
 // observation is where a handler's decisions go besides the debug log: the
-// metrics, the access log entry of the request, and, for the explain
-// command, a record.
+// metrics and the access log entry of the request.
 type observation struct {
 	// srv is the server the handler runs in, whose access log config
 	// says whether a request is logged; nil outside a server.
 	srv *caddyhttp.Server
-
-	// record, when set, receives the decisions instead of the metrics:
-	// the handler is the explain command's copy (explain.go).
-	record *decisionRecord
-}
-
-// decisionRecord is one decision, as the explain command reports it.
-type decisionRecord struct {
-	decided bool
-	kind    string // "preflight" or "normal"
-	account string
-	allowed bool
-	reason  string
 }
 
 // provisionObservability registers the metrics in the config's registry
@@ -43,14 +29,9 @@ func (h *Handler) provisionObservability(ctx caddy.Context) error {
 
 // observe records one decision on an account path: it counts it, puts
 // it in the request's access log entry when the server logs the
-// request, and writes the debug entry. The explain command's copy of the
-// handler records it instead of counting it.
+// request, and writes the debug entry.
 func (h *Handler) observe(r *http.Request, d Decision) {
-	if rec := h.obs.record; rec != nil {
-		*rec = decisionRecord{decided: true, kind: d.Kind.String(), account: d.Account, allowed: d.Allowed(), reason: d.Reason.String()}
-	} else {
-		decisionCounters[d.Kind][d.Reason].Inc()
-	}
+	decisionCounters[d.Kind][d.Reason].Inc()
 	if srv := h.obs.srv; srv != nil && srv.Logs != nil {
 		accessLogDecision(srv.Logs, r, d)
 	}

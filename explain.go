@@ -12,11 +12,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // Explaining a decision. The explain command (command.go) and its admin
@@ -257,20 +255,23 @@ func syntheticRequest(req explainRequest) (*http.Request, error) {
 	return caddyhttp.PrepareRequest(r, caddy.NewReplacer(), httptest.NewRecorder(), nil), nil
 }
 
-// run runs h on the request, recording the decision and the response.
+// run decides the request as h's ServeHTTP does, and answers it with
+// h's own respond into a recorder, with a next handler that writes 200.
+// Nothing is counted or logged, and no error route runs (they could
+// proxy or write files; they never change CORS headers, behaviour §4):
+// h was provisioned by the explain command, outside any server.
 func (e *Explanation) run(h *Handler, req explainRequest) {
 	r, _ := syntheticRequest(req) // checked by explain
-	var rec decisionRecord
-	// A copy of the handler that records its decision instead of
-	// counting it, logs nothing and runs no error routes (they could
-	// proxy or write files; they never change CORS headers, behaviour §4).
-	x := &Handler{
-		DisablePathGuard: h.DisablePathGuard,
-		ix:               h.ix,
-		logger:           zap.NewNop(),
-		errLogger:        zap.NewNop(),
-		warnDeferred:     new(sync.Once),
-		obs:              observation{record: &rec},
+	ix := h.ix
+	d := ix.Decide(r, !h.DisablePathGuard)
+	e.Preflight = kindOf(r) == Preflight
+	e.CleanPath = caddyhttp.CleanPath(r.URL.Path, true)
+	if len(req.origins) == 1 {
+		if o, err := parseOrigin(req.origins[0]); err != nil {
+			e.OriginError = err.Error()
+		} else {
+			e.OriginNormalised = o.String()
+		}
 	}
 	w := httptest.NewRecorder()
 	nextRan := false
@@ -279,51 +280,41 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	})
-	err := x.ServeHTTP(w, r, next)
+	var err error
+	if d.Kind == Untouched {
+		err = next.ServeHTTP(w, r)
+	} else {
+		errs := h.errs
+		h.errs = nil // never set outside a server; kept so for certain
+		err = h.respond(w, r, next, d, nil)
+		h.errs = errs
+	}
 	e.Status = w.Code
 	if err != nil {
-		e.Status = http.StatusInternalServerError
-		var herr caddyhttp.HandlerError
-		if errors.As(err, &herr) {
-			e.Status = herr.StatusCode
-		}
+		e.Status, _, _ = statusOf(err)
 	}
 	e.NextHandler = nextRan
 	e.Headers = corsAndVary(w.Header())
 
-	ix := h.ix
-	id, isAccount := ix.accountOf(r.URL.Path)
-	e.CleanPath = caddyhttp.CleanPath(r.URL.Path, true)
-	if isAccount {
+	if id, isAccount := ix.accountOf(r.URL.Path); isAccount {
 		e.Account = id
 		e.Prefix = ix.prefixOf(r.URL.Path)
 		for _, ao := range ix.account(id).origins {
 			e.Rules = append(e.Rules, ExplainRule{Origin: ao.origin, Methods: ao.methods.header})
 		}
 	}
-	if len(req.origins) == 1 {
-		if o, err := parseOrigin(req.origins[0]); err != nil {
-			e.OriginError = err.Error()
-		} else {
-			e.OriginNormalised = o.String()
-		}
-	}
-	e.Preflight = isPreflight(r)
 	switch {
-	case rec.decided && rec.allowed:
-		e.Outcome, e.Account = "allowed", rec.account
-	case rec.decided:
-		e.Outcome, e.Reason, e.Account = "denied", rec.reason, rec.account
-		if rec.reason == reasonNoRules && ix.live != nil && !ix.live.loaded() {
+	case d.Kind == Untouched:
+		e.Outcome, e.Reason = "untouched", "not an account path"
+	case d.Allowed():
+		e.Outcome, e.Account = "allowed", d.Account
+	default:
+		e.Outcome, e.Reason, e.Account = "denied", d.Reason.String(), d.Account
+		if d.Reason == NoRules && ix.live != nil && !ix.live.loaded() {
 			// No account is served before the store's first read:
 			// the account's rules are not known, not absent.
 			e.Reason = reasonStoreNotLoaded
 		}
-		if rec.kind == kindPreflight {
-			e.Preflight = true
-		}
-	default:
-		e.Outcome, e.Reason = "untouched", "not an account path"
 	}
 }
 

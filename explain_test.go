@@ -272,3 +272,93 @@ func TestExplainCommand(t *testing.T) {
 		}
 	})
 }
+
+// TestExplainWithStore: the explain command answers for a handler whose
+// accounts are in a rules store on disk: it reads the store once and
+// writes nothing there; an empty store has no accounts; a storage that
+// cannot be read is an error, and a non-zero exit.
+func TestExplainWithStore(t *testing.T) {
+	dir := t.TempDir()
+	s := testStores(t, dir, 1)[0] // store "t"
+	put(t, s, "acct-1", Rule{Origin: "https://app.example", Methods: []string{"GET"}})
+
+	writeConfig := func(root string) string {
+		cfg := fmt.Sprintf(`{"apps": {"http": {"servers": {"s": {"listen": [":9099"], "routes": [{"handle": [
+			{"handler": "atomsphere_cors", "store": {"name": "t", "storage": {"module": "file_system", "root": %q}}}]}]}}}}}`, root)
+		name := filepath.Join(t.TempDir(), "caddy.json")
+		if err := os.WriteFile(name, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	files := func() []string {
+		var out []string
+		_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil {
+				info, _ := d.Info()
+				out = append(out, fmt.Sprintf("%s %d %v", p, info.Size(), info.ModTime()))
+			}
+			return nil
+		})
+		return out
+	}
+	before := files()
+	full := writeConfig(dir)
+	for _, tc := range []struct {
+		url, outcome, reason string
+	}{
+		{"http://127.0.0.1:9099/api/rest/v1/acct-1/x", "allowed", ""},
+		{"http://127.0.0.1:9099/api/rest/v1/acct-2/x", "denied", "account has no rules"},
+	} {
+		e, err := explainConfig(full, "", explainRequest{method: "GET", url: tc.url, origins: []string{"https://app.example"}})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.url, err)
+		}
+		if e.Outcome != tc.outcome || e.Reason != tc.reason {
+			t.Errorf("%s: %s %q, want %s %q", tc.url, e.Outcome, e.Reason, tc.outcome, tc.reason)
+		}
+	}
+	if after := files(); !slices.Equal(before, after) {
+		t.Errorf("explain changed the store's files:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// The store in Caddy's own storage, set at the top of the config.
+	global := filepath.Join(t.TempDir(), "global.json")
+	if err := os.WriteFile(global, []byte(fmt.Sprintf(`{"storage": {"module": "file_system", "root": %q},
+		"apps": {"http": {"servers": {"s": {"listen": [":9099"], "routes": [{"handle": [
+			{"handler": "atomsphere_cors", "store": {"name": "t"}}]}]}}}}}`, dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := explainConfig(global, "", explainRequest{method: "GET", url: "http://127.0.0.1:9099/api/rest/v1/acct-1/x",
+		origins: []string{"https://app.example"}}); err != nil || e.Outcome != "allowed" {
+		t.Errorf("store in Caddy's storage: %+v, %v; want allowed", e, err)
+	}
+
+	// An empty store: no accounts, every account path denied.
+	e, err := explainConfig(writeConfig(t.TempDir()), "", explainRequest{method: "GET",
+		url: "http://127.0.0.1:9099/api/rest/v1/acct-1/x", origins: []string{"https://app.example"}})
+	if err != nil || e.Outcome != "denied" || e.Reason != "account has no rules" {
+		t.Errorf("empty store: %+v, %v; want denied, account has no rules", e, err)
+	}
+
+	// A storage that cannot be read: its root is a file.
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := writeConfig(notDir)
+	if _, err := explainConfig(bad, "", explainRequest{method: "GET", url: "http://127.0.0.1:9099/api/rest/v1/acct-1/x"}); err == nil ||
+		!strings.Contains(err.Error(), `store "t"`) {
+		t.Errorf("unreadable storage: error %v, want one naming the store", err)
+	}
+
+	// The command itself, as a user runs it.
+	bin := caddyBinary(t)
+	if e := explainJSON(t, bin, "--config", full, "--origin", "https://app.example", "GET",
+		"http://127.0.0.1:9099/api/rest/v1/acct-1/x"); e.Outcome != "allowed" {
+		t.Errorf("explain command with a store: %+v, want allowed", e)
+	}
+	if out, errOut, code := runExplainBinary(t, bin, "--config", bad, "GET", "http://127.0.0.1:9099/api/rest/v1/acct-1/x"); code == 0 {
+		t.Errorf("explain command, unreadable storage: exit 0\n%s%s", out, errOut)
+	}
+}

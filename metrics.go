@@ -2,7 +2,6 @@ package atomspherecors
 
 import (
 	"errors"
-	"net/http"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -71,91 +70,6 @@ var requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Requests on account paths decided by atomsphere_cors, by kind (preflight, normal), " +
 		"outcome (allowed, denied) and reason of a denial (empty when allowed).",
 }, []string{"kind", "outcome", "reason"})
-
-// decisionCounter holds the counters of one kind of request, resolved
-// once so that a request costs one atomic add and no label lookup. A
-// reason the kind cannot have counts as other.
-type decisionCounter struct {
-	allowed, noOrigin, repeatedOrigin, noRules, originNotAllowed, malformed,
-	methodNotAllowed, repeatedReqMethod, ambiguous, deferred, other prometheus.Counter
-}
-
-var (
-	preflightCounters = newDecisionCounter(kindPreflight)
-	normalCounters    = newDecisionCounter(kindNormal)
-)
-
-func newDecisionCounter(kind string) *decisionCounter {
-	denied := make(map[string]prometheus.Counter)
-	for _, r := range decisionReasons {
-		if kind == kindPreflight && r.preflight || kind == kindNormal && r.normal {
-			denied[r.reason] = requestsTotal.WithLabelValues(kind, "denied", r.reason)
-		}
-	}
-	get := func(reason string) prometheus.Counter {
-		if c := denied[reason]; c != nil {
-			return c
-		}
-		return denied[reasonOther]
-	}
-	return &decisionCounter{
-		allowed:           requestsTotal.WithLabelValues(kind, "allowed", ""),
-		noOrigin:          get(reasonNoOrigin),
-		repeatedOrigin:    get(reasonRepeatedOrigin),
-		noRules:           get(reasonNoRules),
-		originNotAllowed:  get(reasonOriginNotAllowed),
-		malformed:         get(reasonMalformedOrigin),
-		methodNotAllowed:  get(reasonMethodNotAllowed),
-		repeatedReqMethod: get(reasonRepeatedReqMethod),
-		ambiguous:         get(reasonAmbiguousPath),
-		deferred:          get(reasonDeferred),
-		other:             get(reasonOther),
-	}
-}
-
-// count counts one decision. The reasons are a handful of constant
-// strings: a switch on them compiles to a few comparisons.
-func (c *decisionCounter) count(allowed bool, reason string) {
-	var ctr prometheus.Counter
-	switch {
-	case allowed:
-		ctr = c.allowed
-	default:
-		switch reason {
-		case reasonOriginNotAllowed:
-			ctr = c.originNotAllowed
-		case reasonNoOrigin:
-			ctr = c.noOrigin
-		case reasonMethodNotAllowed:
-			ctr = c.methodNotAllowed
-		case reasonNoRules:
-			ctr = c.noRules
-		case reasonRepeatedOrigin:
-			ctr = c.repeatedOrigin
-		case reasonMalformedOrigin:
-			ctr = c.malformed
-		case reasonRepeatedReqMethod:
-			ctr = c.repeatedReqMethod
-		case reasonAmbiguousPath:
-			ctr = c.ambiguous
-		case reasonDeferred:
-			ctr = c.deferred
-		default:
-			ctr = c.other
-		}
-	}
-	ctr.Inc()
-}
-
-// isPreflight reports whether r is a preflight (behaviour §2.1), for
-// the decisions made before ServeHTTP tells them apart.
-func isPreflight(r *http.Request) bool {
-	if r.Method != http.MethodOptions || len(r.Header[hdrOrigin]) == 0 {
-		return false
-	}
-	m := r.Header[hdrReqMethod]
-	return len(m) > 1 || len(m) == 1 && m[0] != ""
-}
 
 // Metrics of the rules store, each with the label store (the store's
 // name: a small set the operator chooses, never tenant data), so that

@@ -104,7 +104,7 @@ type Handler struct {
 	// itself on account paths; nil when the server has none.
 	errs *errorRoutes
 
-	// obs receives every decision: metrics, access log, explain
+	// obs receives every decision: metrics and access log
 	// (decision.go).
 	obs observation
 }
@@ -198,6 +198,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if d.Kind == Untouched {
 		return next.ServeHTTP(w, r)
 	}
+	// A header handler before this one that defers Access-Control-*
+	// operations would override whatever this handler writes: such a
+	// request is refused below it (outerheaders.go).
 	var below http.ResponseWriter
 	if !d.Refused() {
 		if below = deferredCORSWriter(w); below != nil {
@@ -205,6 +208,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	h.observe(r, d)
+	return h.respond(w, r, next, d, below)
+}
+
+// respond answers a decision on an account path: a refusal, a
+// preflight, or a normal request that goes on to next. below is the
+// deferring writer of a DeferredHeaders refusal. The explain command
+// calls it too, with a recorder.
+func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d Decision, below http.ResponseWriter) error {
 	switch {
 	case d.Reason == AmbiguousPath:
 		return h.refuse(w, r, errAmbiguousPath, "Origin")

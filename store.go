@@ -102,6 +102,9 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	if h.Store == nil {
 		return nil
 	}
+	if env, ok := ctx.Value(explainKey{}).(explainEnv); ok {
+		return h.readStoreOnce(ctx, env)
+	}
 	if err := registerStoreMetrics(ctx); err != nil {
 		return err
 	}
@@ -355,6 +358,62 @@ type storeUser struct {
 	h      *Handler
 	st     certmagic.Storage
 	logger *zap.Logger
+}
+
+// explainKey marks, in the context of the explain command, the handlers
+// it provisions from a config file: their store is read once, read-only.
+type explainKey struct{}
+
+// explainEnv is what the explain command knows of the config besides
+// its handlers: Caddy's storage, as the config sets it (nil for the
+// default, file_system in Caddy's data directory).
+type explainEnv struct {
+	storageRaw json.RawMessage
+}
+
+// readStoreOnce gives the handler the accounts of its store, read once
+// for the explain command: no snapshot, no poller, nothing written, no
+// store registered for the admin routes. A store that cannot be read is
+// an error; an empty one has no accounts.
+func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
+	name := h.Store.Name
+	raw := h.Store.StorageRaw
+	if raw == nil {
+		raw = env.storageRaw
+	}
+	var st certmagic.Storage = caddy.DefaultStorage
+	if raw != nil {
+		holder := struct {
+			StorageRaw json.RawMessage `caddy:"namespace=caddy.storage inline_key=module"`
+		}{raw}
+		loaded, err := ctx.LoadModule(&holder, "StorageRaw")
+		if err != nil {
+			return fmt.Errorf("store %s: loading storage module: %v", q(name), err)
+		}
+		conv, ok := loaded.(caddy.StorageConverter)
+		if !ok {
+			return fmt.Errorf("store %s: module %T is not a storage", q(name), loaded)
+		}
+		if st, err = conv.CertMagicStorage(); err != nil {
+			return fmt.Errorf("store %s: storage: %v", q(name), err)
+		}
+	}
+	s := &accountStore{
+		name: name, keys: storageKeys("atomsphere_cors/" + name + "/"), source: "none",
+		local: map[string]uint64{}, refused: map[string]string{}, unreadable: map[string]int{},
+		cache: newMethodCache(), done: make(chan struct{}),
+		users: []storeUser{{st: st, logger: zap.NewNop()}},
+	}
+	s.view.Store(newView(nil))
+	rctx, cancel := context.WithTimeout(ctx, fullReadTimeout)
+	defer cancel()
+	if err := s.poll(rctx); err != nil {
+		return fmt.Errorf("store %s: reading it: %v", q(name), err)
+	}
+	s.source = "store"
+	h.ix.live = s
+	h.ix.maxOriginLen = maxStoreOriginLen
+	return nil
 }
 
 // openStore starts a store: from the local snapshot if there is one,
