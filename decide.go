@@ -103,7 +103,7 @@ func kindOf(r *http.Request) Kind {
 // whether it lists the method (§2, §3).
 func (ix *index) Decide(r *http.Request, guard bool) Decision {
 	id, ok := ix.accountOf(r.URL.Path)
-	if guard && guardedPath(r) && ix.ambiguous(r, id, ok) {
+	if guard && (guardedPath(r) && ix.ambiguous(r, id, ok) || ix.rewrites && ix.originalReadsOther(r, id, ok)) {
 		return Decision{Kind: kindOf(r), Reason: AmbiguousPath, Account: id}
 	}
 	if !ok {

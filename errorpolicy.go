@@ -42,6 +42,7 @@ type inModuleWriterKey struct{}
 type errorPolicy struct {
 	handlers   []*Handler // the atomsphere_cors handlers whose errors reach these routes
 	userRoutes bool       // the server had error routes of its own
+	swept      bool       // every subroute of the server is covered
 	logger     *zap.Logger
 }
 
@@ -71,7 +72,10 @@ func installErrorPolicies(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) 
 			srv.Errors = new(caddyhttp.HTTPErrorConfig)
 		}
 		p.userRoutes = len(srv.Errors.Routes) > 0
-		srv.Errors.Routes = append(caddyhttp.RouteList{p.route()}, srv.Errors.Routes...)
+		// The head is an errorsGuard in JSON: Caddy provisions it with
+		// the error routes, once every main route is loaded, and then it
+		// covers the subroutes that were neither JSON nor reachable here.
+		srv.Errors.Routes = append(caddyhttp.RouteList{{HandlersRaw: []json.RawMessage{guardJSON}}}, srv.Errors.Routes...)
 	case srv.Errors != nil && pending(srv.Errors.Routes):
 		// h is in the error routes, and no handler of the main routes
 		// set the policy up.
@@ -93,6 +97,9 @@ func installErrorPolicies(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) 
 	for _, r := range srv.NamedRoutes {
 		p.coverRoutes(ctx, caddyhttp.RouteList{*r}, 0)
 		p.coverJSON(r.HandlersRaw)
+	}
+	if !pending(srv.Routes) && (srv.Errors == nil || !pending(srv.Errors.Routes)) {
+		p.sweep(ctx, srv) // h is in a named route: everything else is loaded
 	}
 	return true, nil
 }
@@ -154,9 +161,84 @@ func (p *errorPolicy) coverSubroute(ctx caddy.Context, sr *caddyhttp.Subroute) {
 	sr.Errors.Routes = append(caddyhttp.RouteList{head}, sr.Errors.Routes...)
 }
 
-// heads reports whether routes start with a route of p.
+// heads reports whether routes start with a route of p (or a guard).
 func (p *errorPolicy) heads(routes caddyhttp.RouteList) bool {
-	return len(routes[0].Handlers) == 1 && routes[0].Handlers[0] == caddyhttp.MiddlewareHandler(p)
+	if len(routes[0].Handlers) != 1 {
+		return len(routes[0].HandlersRaw) == 1 && bytes.Equal(routes[0].HandlersRaw[0], guardJSON)
+	}
+	_, guard := routes[0].Handlers[0].(*errorsGuard)
+	return guard || routes[0].Handlers[0] == caddyhttp.MiddlewareHandler(p)
+}
+
+// guardJSON is the JSON of an errorsGuard handler.
+var guardJSON = json.RawMessage(`{"handler":"atomsphere_cors_errors"}`)
+
+// sweep puts p at the head of the error routes of every subroute of the
+// server's routes, once they are all loaded: subroutes found in the
+// exported fields of any handler too (reverse_proxy's handle_response,
+// intercept).
+func (p *errorPolicy) sweep(ctx caddy.Context, srv *caddyhttp.Server) {
+	if p.swept {
+		return
+	}
+	p.swept = true
+	budget := maxSweep
+	p.coverValue(ctx, reflect.ValueOf(srv.Routes), 0, &budget)
+	for _, r := range srv.NamedRoutes {
+		p.coverValue(ctx, reflect.ValueOf(r), 0, &budget)
+	}
+}
+
+// maxSweep bounds the values sweep looks at.
+const maxSweep = 1 << 16
+
+var (
+	subrouteType  = reflect.TypeFor[*caddyhttp.Subroute]()
+	routeListType = reflect.TypeFor[caddyhttp.RouteList]()
+)
+
+// coverValue looks for subroutes in v, through exported fields, slices,
+// pointers and interfaces, depth and budget bounded.
+func (p *errorPolicy) coverValue(ctx caddy.Context, v reflect.Value, depth int, budget *int) {
+	if depth > maxRouteDepth || *budget <= 0 || !v.IsValid() {
+		return
+	}
+	*budget--
+	switch v.Kind() {
+	case reflect.Interface:
+		p.coverValue(ctx, v.Elem(), depth+1, budget)
+	case reflect.Pointer:
+		if v.IsNil() {
+			return
+		}
+		if v.Type() == subrouteType {
+			p.coverSubroute(ctx, v.Interface().(*caddyhttp.Subroute))
+		}
+		p.coverValue(ctx, v.Elem(), depth+1, budget)
+	case reflect.Slice, reflect.Array:
+		if v.Type() == routeListType {
+			p.coverJSONOf(v.Interface().(caddyhttp.RouteList))
+		}
+		if k := v.Type().Elem().Kind(); k == reflect.Uint8 || k == reflect.String || k < reflect.Array && k != reflect.Interface {
+			return // bytes, strings and numbers hold no routes
+		}
+		for i := 0; i < v.Len() && *budget > 0; i++ {
+			p.coverValue(ctx, v.Index(i), depth+1, budget)
+		}
+	case reflect.Struct:
+		for i := 0; i < v.NumField() && *budget > 0; i++ {
+			if v.Type().Field(i).IsExported() {
+				p.coverValue(ctx, v.Field(i), depth+1, budget)
+			}
+		}
+	}
+}
+
+// coverJSONOf covers the subroutes of routes still in JSON.
+func (p *errorPolicy) coverJSONOf(routes caddyhttp.RouteList) {
+	for i := range routes {
+		p.coverJSON(routes[i].HandlersRaw)
+	}
 }
 
 // coverJSON puts a route with an errorsGuard (which finds p when it is
@@ -237,11 +319,16 @@ func (errorsGuard) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision finds the policy of the guard's server.
+// Provision finds the policy of the guard's server; the guard at the
+// head of the server's error routes, provisioned once every main route
+// is, has the policy sweep the server's subroutes then.
 func (g *errorsGuard) Provision(ctx caddy.Context) error {
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		if p, ok := policies.Load(srv); ok {
 			g.p = p.(*errorPolicy)
+			if !pending(srv.Routes) {
+				g.p.sweep(ctx, srv)
+			}
 		}
 	}
 	return nil
@@ -253,6 +340,43 @@ func (g *errorsGuard) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		return next.ServeHTTP(w, r)
 	}
 	return g.p.ServeHTTP(w, r, next)
+}
+
+// serverRewrites reports whether a handler of srv could rewrite a
+// request's path (rewrite, uri, handle_path, php_fastcgi...): one that is
+// loaded, or one whose JSON names the rewrite handler.
+func serverRewrites(srv *caddyhttp.Server) bool {
+	if routesRewrite(srv.Routes, 0) {
+		return true
+	}
+	for _, r := range srv.NamedRoutes {
+		if routesRewrite(caddyhttp.RouteList{*r}, 0) {
+			return true
+		}
+	}
+	return false
+}
+
+func routesRewrite(routes caddyhttp.RouteList, depth int) bool {
+	if depth > maxRouteDepth {
+		return true
+	}
+	for _, r := range routes {
+		for _, raw := range r.HandlersRaw {
+			if bytes.Contains(raw, []byte(`"rewrite"`)) {
+				return true
+			}
+		}
+		for _, mh := range r.Handlers {
+			if caddy.GetModuleName(mh) == "rewrite" {
+				return true
+			}
+			if sr, ok := mh.(*caddyhttp.Subroute); ok && routesRewrite(sr.Routes, depth+1) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // pending reports whether some route of routes has handlers that are

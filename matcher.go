@@ -19,6 +19,10 @@ type index struct {
 	prefixes []string // lower-cased, in configured order
 	// prefixSegs are the segments of each prefix, for the path guard.
 	prefixSegs [][]string
+	// rewrites is set when a handler of the server could rewrite the
+	// path before this one: the path guard then reads the original
+	// target too (errorpolicy.go sets it).
+	rewrites bool
 	accounts   map[string]account // account ID -> its allowed origins
 
 	// maxOriginLen bounds the Origin values worth parsing: no longer

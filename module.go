@@ -144,6 +144,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// start with a route of ours (see errorpolicy.go); this handler runs
 	// them itself, inside its own writer.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		h.ix.rewrites = serverRewrites(srv)
 		installed, err := installErrorPolicies(ctx, srv, h)
 		if err != nil {
 			return err

@@ -128,22 +128,41 @@ func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
 		return true
 	}
-	rs := readings(raw)
+	rs, converged := readings(raw)
+	if !converged {
+		return true // still decoding after maxDecodes: no telling what it names
+	}
 	for i, p := range rs {
 		if p == path || i > 0 && (p == rs[i-1] || p == rs[0]) {
 			continue // most readings change nothing: read each path once
 		}
-		if rid, rok := ix.accountOf(p); rok != ok || rid != id {
+		rid, rok := ix.accountOf(p)
+		if rok != ok || rid != id && !(i >= firstLetterReading && ix.sameLetters(rid, id)) {
 			return true
 		}
 	}
 	return false
 }
 
+// sameLetters reports whether a reading that folds letters may name the
+// account rid where Caddy names id: when they are the same ID with
+// letters folded ("straße" read as "strasse"), and no other account has
+// the ID rid. Without this an account ID with such letters could never
+// be served.
+func (ix *index) sameLetters(rid, id string) bool {
+	return letters(rid) == letters(id) && len(ix.account(rid).origins) == 0
+}
+
+// letters is s with the letter foldings of the readings applied.
+func letters(s string) string { return foldRunes(stripMarks(compatible(s))) }
+
 // readings are the paths that common backends read from the escaped
-// path raw, other than Caddy's and the raw segments' (rawAccountOf).
-func readings(raw string) [15]string {
+// path raw, other than Caddy's and the raw segments' (rawAccountOf); from
+// firstLetterReading on, readings that fold letters. converged is false
+// when raw is still decoding after maxDecodes rounds.
+func readings(raw string) (rs [16]string, converged bool) {
 	once := percentDecode(raw)
+	lenient, converged := lenientest(raw)
 	return [...]string{
 		percentDecode(stripParams(raw)),    // parameters stripped, then decoded (Tomcat)
 		stripParams(once),                  // decoded, then parameters stripped (%3B)
@@ -154,24 +173,37 @@ func readings(raw string) [15]string {
 		cutAtAny(once, "\x00"),             // a C string ends at the first NUL
 		dropControls(once),                 // control and invisible format characters removed
 		trimSegments(once),                 // spaces trimmed, trailing dots too (Windows)
-		compatible(once),                   // Unicode compatibility forms (NFKC)
-		foldRunes(once),                    // Unicode case folding (Java's equalsIgnoreCase)
 		bestFit(once),                      // Windows "best fit" to an ANSI code page
 		latin1(once),                       // bytes that are not UTF-8 read as Latin-1
 		trimSegments(latin1(once)),         // the same, then trimmed
-		lenientest(raw),                    // all of the above at once
-	}
+		compatible(once),                   // Unicode compatibility forms (NFKC)
+		foldRunes(once),                    // Unicode case folding (Java's equalsIgnoreCase)
+		stripMarks(once),                   // accents and other combining marks dropped
+		lenient,                            // all of the above at once
+	}, converged
 }
 
+// firstLetterReading is the index of the first reading that folds
+// letters, which may change an account ID's letters without naming
+// another account (see sameLetters).
+const firstLetterReading = 12
+
+// maxDecodes bounds the rounds of decoding of the most lenient reading.
+// A target still decoding after them is refused: every round at least
+// shortens it, and no client of an API nests escapes that deep.
+const maxDecodes = 8
+
 // lenientest reads p as the most lenient backend would: decoded until
-// nothing changes (at most three times, compatibility and best-fit forms
-// and overlong UTF-8 folded each time), "\\" as "/", path parameters
-// stripped, cut at '#', '?' or NUL, control and format characters
-// dropped, segments trimmed, and letters case-folded.
-func lenientest(p string) string {
-	for range 3 {
+// nothing changes (compatibility and best-fit forms and overlong UTF-8
+// folded each time), "\\" as "/", path parameters stripped, cut at '#',
+// '?' or NUL, control and format characters dropped, segments trimmed,
+// marks dropped and letters case-folded. converged is false when p was
+// still changing after maxDecodes rounds.
+func lenientest(p string) (_ string, converged bool) {
+	for range maxDecodes {
 		d := bestFit(compatible(decodeOverlong(percentDecode(p))))
 		if d == p {
+			converged = true
 			break
 		}
 		p = d
@@ -179,7 +211,22 @@ func lenientest(p string) string {
 	p = strings.ReplaceAll(p, `\`, "/")
 	p = stripParams(p)
 	p = cutAtAny(p, "#?\x00")
-	return foldRunes(trimSegments(dropControls(p)))
+	return foldRunes(stripMarks(trimSegments(dropControls(p)))), converged
+}
+
+// stripMarks drops combining marks (accents): "kü" (with a combining
+// diaeresis) and "ku\u0308" are "ku", as backends that strip accents
+// before routing read them.
+func stripMarks(s string) string {
+	if isASCII(s) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.Is(unicode.Mn, r) {
+			return -1
+		}
+		return r
+	}, norm.NFKD.String(s))
 }
 
 // rawAccountOf reads the account as a router that splits the target
@@ -522,6 +569,102 @@ func overlongAt(s string) (byte, int) {
 	return 0, 0
 }
 
+// originalReadsOther reports whether the target the client sent, before
+// a rewrite (handle_path, uri strip_prefix...) changed it, names another
+// account than (id, ok) under some reading: a transport that passes the
+// original target on (FastCGI's REQUEST_URI, a header with
+// {http.request.orig_uri}) lets the backend read it. The prefix may be
+// anywhere in it (a rewrite may have stripped what comes before), so
+// every place a prefix stands must name Caddy's account.
+func (ix *index) originalReadsOther(r *http.Request, id string, ok bool) bool {
+	orig, found := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+	if !found {
+		return false
+	}
+	sent := sentPath(&orig)
+	if sent == "" || sent == sentPath(r) {
+		return false
+	}
+	for _, acct := range ix.rawAccountsAnywhere(sent) {
+		if !ok || acct != id {
+			return true
+		}
+	}
+	rs, converged := readings(sent)
+	if !converged {
+		return true
+	}
+	for i, p := range rs {
+		if i > 0 && p == rs[i-1] {
+			continue
+		}
+		for _, acct := range ix.accountsAnywhere(p) {
+			if !ok || acct != id && !(i >= firstLetterReading && ix.sameLetters(acct, id)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// rawAccountsAnywhere is rawAccountOf for a prefix anywhere in raw: the
+// account after each place a prefix's segments stand.
+func (ix *index) rawAccountsAnywhere(raw string) []string {
+	var segs []string
+	for seg := range strings.SplitSeq(raw, "/") {
+		if seg != "" {
+			segs = append(segs, seg)
+		}
+	}
+	var out []string
+	for _, preSegs := range ix.prefixSegs {
+		for start := 0; start+len(preSegs) < len(segs); start++ {
+			match := true
+			for i, ps := range preSegs {
+				if strings.ToLower(percentDecode(segs[start+i])) != ps {
+					match = false
+					break
+				}
+			}
+			if match {
+				out = append(out, percentDecode(segs[start+len(preSegs)]))
+			}
+		}
+	}
+	return out
+}
+
+// accountsAnywhere is accountOf for a prefix anywhere in p: the account
+// after each place a prefix stands in p, cleaned and lower-cased as
+// Caddy's path matchers read it.
+func (ix *index) accountsAnywhere(p string) []string {
+	if needsCleaning(p) {
+		p = caddyhttp.CleanPath(p, true)
+	}
+	lower := strings.ToLower(p)
+	if len(lower) != len(p) {
+		p = lower // the account is compared lower-cased too, then
+	}
+	var out []string
+	for _, pre := range ix.prefixes {
+		for i := 0; ; {
+			j := strings.Index(lower[i:], pre)
+			if j < 0 {
+				break
+			}
+			rest := p[i+j+len(pre):]
+			if k := strings.IndexByte(rest, '/'); k >= 0 {
+				rest = rest[:k]
+			}
+			if rest != "" {
+				out = append(out, rest)
+			}
+			i += j + 1
+		}
+	}
+	return out
+}
+
 // mightOwn reports whether r's path, or a path a backend reads from it,
 // has one of the prefixes anywhere: whether a handler with them could
 // act on r here, or further down its route after a prefix is stripped.
@@ -537,7 +680,11 @@ func (ix *index) mightOwn(r *http.Request, guard bool) bool {
 	if _, ok := ix.rawAccountOf(raw); ok || ix.containsPrefix(percentDecode(raw)) {
 		return true
 	}
-	for _, p := range readings(raw) {
+	rs, converged := readings(raw)
+	if !converged {
+		return true
+	}
+	for _, p := range rs {
 		if ix.containsPrefix(p) {
 			return true
 		}

@@ -233,3 +233,66 @@ func TestPathGuardFullCaseMapping(t *testing.T) {
 		}
 	}
 }
+
+// TestPathGuardDecodedUntilItStops: a target encoded more times than the
+// guard decodes is refused, not read as decoded so far.
+func TestPathGuardDecodedUntilItStops(t *testing.T) {
+	ix, err := newIndex(&Handler{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const e = "/api/rest/v1/acct-evil"
+	for _, target := range []string{
+		e + "/..%2525252facct-victim/x",
+		e + "/%2525252e%2525252e/acct-victim/x",
+		e + "/..%2525255cacct-victim/x",
+		e + "/..%252525252525252525252fx",
+	} {
+		if !guardRefuses(t, ix, target) {
+			t.Errorf("%s passes the guard", target)
+		}
+	}
+	if !ix.mightOwn(parseTarget(t, "/ap%2525252569/rest/v1/acct-victim/x"), true) {
+		t.Error("the error routes' check does not see the prefix in a target encoded four times")
+	}
+	if guardRefuses(t, ix, e+"/100%2525") {
+		t.Error("a double-encoded percent sign after the account is refused")
+	}
+}
+
+// TestPathGuardLettersInAccountIDs: account IDs with letters that a
+// reading folds ("ß" to "ss", accents dropped, fullwidth letters) are
+// served, since every reading names that same account; an ID that folds
+// to another configured account's ID is refused.
+func TestPathGuardLettersInAccountIDs(t *testing.T) {
+	h := mustLoadHandler(t, `{"accounts": {
+		"straße": [{"origin": "https://a.example"}],
+		"café": [{"origin": "https://a.example"}],
+		"ｘ": [{"origin": "https://a.example"}],
+		"ſtore": [{"origin": "https://a.example"}],
+		"store": [{"origin": "https://b.example"}]}}`, nil)
+	for _, target := range []string{
+		"/api/rest/v1/stra%C3%9Fe/x", "/api/rest/v1/caf%C3%A9/x", "/api/rest/v1/%EF%BD%98/x",
+	} {
+		if guardRefuses(t, h.ix, target) {
+			t.Errorf("%s is refused", target)
+		}
+	}
+	if !guardRefuses(t, h.ix, "/api/rest/v1/%C5%BFtore/x") {
+		t.Error("ſtore passes the guard, though a folding backend reads the account store")
+	}
+}
+
+// TestPathGuardCombiningMarks: a prefix spelled with a combining accent
+// is the prefix for a backend that strips accents.
+func TestPathGuardCombiningMarks(t *testing.T) {
+	ix, err := newIndex(&Handler{PathPrefixes: []string{"/kunde/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/ku%CC%88nde/acct-victim/x", "/kunde%CC%81/acct-victim/x"} {
+		if !guardRefuses(t, ix, target) {
+			t.Errorf("%s passes the guard", target)
+		}
+	}
+}

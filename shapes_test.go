@@ -8,7 +8,7 @@ package atomspherecors
 // an error route's answer on acct-victim's path) together with
 // Access-Control-Allow-Origin: https://evil.example.
 //
-// Ports: 9419-9429 on 127.0.0.1 (loopback only), admin localhost:2994.
+// Ports: 9416-9429 on 127.0.0.1 (loopback only), admin localhost:2994.
 
 import (
 	"encoding/json"
@@ -44,7 +44,14 @@ const twoTenants = `
 // carelessly, reflects any Origin with credentials.
 func rawPathRouter() *httptest.Server {
 	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		raw, _, _ := strings.Cut(r.RequestURI, "?")
+		// Behind a rewrite, the target as the client sent it comes in a
+		// header, as FastCGI's REQUEST_URI passes it on; the app is
+		// mounted under /partner there.
+		target := r.RequestURI
+		if orig := r.Header.Get("X-Orig-Uri"); orig != "" {
+			target = strings.TrimPrefix(orig, "/partner")
+		}
+		raw, _, _ := strings.Cut(target, "?")
 		h := w.Header()
 		h["Access-Control-Allow-Origin"] = r.Header["Origin"]
 		h.Set("Access-Control-Allow-Credentials", "true")
@@ -75,10 +82,38 @@ func TestSecurityRawPathRouterAccount(t *testing.T) {
 	default_bind 127.0.0.1
 }
 http://:9420 {
-	atomsphere_cors {%s
+	atomsphere_cors {%[1]s
 	}
-	reverse_proxy %s
+	reverse_proxy %[2]s
+}
+http://:9418 {
+	handle_path /partner/* {
+		atomsphere_cors {%[1]s
+		}
+		reverse_proxy %[2]s {
+			header_up X-Orig-Uri {http.request.orig_uri}
+		}
+	}
 }`, twoTenants, up.Listener.Addr().String()))
+
+	// Under handle_path the module sees the path with /partner stripped
+	// (decoded and cleaned by the rewrite), while the backend reads the
+	// target as sent.
+	for _, target := range []string{
+		"/partner/api/rest/v1/acct-victim/..%2facct-evil/x",
+		"/partner/api/rest/v1/acct-victim/%2e%2e%2facct-evil/x",
+		"/partner/api/rest/v1/acct-victim/..%2f..%2f..%2fx",
+	} {
+		res, body := rawRequest(t, "127.0.0.1:9418", "GET", target, hdrs(hOrigin(evilOrigin)))
+		if res.StatusCode != http.StatusBadRequest || res.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("GET %s under handle_path: %d %q ACAO %q, want 400 and none", target, res.StatusCode, body,
+				res.Header.Get("Access-Control-Allow-Origin"))
+		}
+	}
+	if res, body := rawRequest(t, "127.0.0.1:9418", "GET", "/partner/api/rest/v1/acct-evil/x", hdrs(hOrigin(evilOrigin))); res.StatusCode != 200 ||
+		body != "data of acct-evil" || res.Header.Get("Access-Control-Allow-Origin") != evilOrigin {
+		t.Errorf("control under handle_path: %d %q ACAO %q", res.StatusCode, body, res.Header.Get("Access-Control-Allow-Origin"))
+	}
 
 	const v, e = "/api/rest/v1/acct-victim", "/api/rest/v1/acct-evil"
 	for _, target := range []string{
@@ -288,6 +323,14 @@ http://:9424 {
 				"errors": {"routes": [{"handle": [` + reflect + `,
 					{"handler": "static_response", "status_code": 500, "body": "error"}]}]}}]},
 			{"handle": [` + module + `, ` + proxy + `]}]}`,
+		// A subroute before the module in the same handler list.
+		"sibling-same-route": `{"listen": ["127.0.0.1:9417"], "routes": [{"handle": [
+			{"handler": "subroute", "routes": [` + big + `], "errors": {"routes": [{"handle": [` + proxy + `]}]}},
+			` + module + `, ` + proxy + `]}]}`,
+		// A subroute in an earlier route of a subroute around the module.
+		"sibling-inside": `{"listen": ["127.0.0.1:9416"], "routes": [{"handle": [{"handler": "subroute", "routes": [
+			{"handle": [{"handler": "subroute", "routes": [` + big + `], "errors": {"routes": [{"handle": [` + proxy + `]}]}}]},
+			{"handle": [` + module + `, ` + proxy + `]}]}]}]}`,
 		// The subroute in a named route that invoke runs before the module.
 		"sibling-named": `{"listen": ["127.0.0.1:9419"],
 			"named_routes": {"side": {"handle": [{"handler": "subroute", "routes": [` + big + `],
@@ -322,6 +365,8 @@ http://:9424 {
 		{"JSON subroute beside the module, before it, proxies to a reflecting upstream", "127.0.0.1:9428", v},
 		{"JSON subroute beside the module, after it, reflects the Origin", "127.0.0.1:9429", v},
 		{"JSON subroute in a named route beside the module, reflects the Origin", "127.0.0.1:9419", v},
+		{"JSON subroute before the module in the same handler list", "127.0.0.1:9417", v},
+		{"JSON subroute in an earlier route of a subroute around the module", "127.0.0.1:9416", v},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res, body := rawRequest(t, tc.addr, "GET", tc.target, hdrs(hOrigin(evilOrigin)))
