@@ -81,6 +81,20 @@ func (ix *index) accountOf(p string) (id string, ok bool) {
 		// resolved, repeated slashes merged.
 		p = caddyhttp.CleanPath(p, true)
 	}
+	if id, ok, found := ix.accountAtStart(p); found {
+		return id, ok
+	}
+	// A PHP front controller (php_fastcgi) serves /index.php/api/... as
+	// the path after the script, its PATH_INFO.
+	if i := phpScriptEnd(p); i >= 0 {
+		id, ok, _ = ix.accountAtStart(p[i:])
+	}
+	return id, ok
+}
+
+// accountAtStart reads the account of a cleaned path that starts with a
+// prefix; found is false when none matches.
+func (ix *index) accountAtStart(p string) (id string, ok, found bool) {
 	for _, pre := range ix.prefixes {
 		n := len(pre)
 		if !strings.HasPrefix(p, pre) { // paths are nearly always lower case already
@@ -92,9 +106,26 @@ func (ix *index) accountOf(p string) (id string, ok bool) {
 		if i := strings.IndexByte(rest, '/'); i >= 0 {
 			rest = rest[:i]
 		}
-		return rest, rest != ""
+		return rest, rest != "", true
 	}
-	return "", false
+	return "", false, false
+}
+
+// phpScriptEnd returns where the PATH_INFO of p starts, after its first
+// segment that ends in ".php" (in any case), as php_fastcgi splits a
+// path; -1 when p has none.
+func phpScriptEnd(p string) int {
+	for i := strings.IndexByte(p, '.'); i >= 0 && i+4 <= len(p); {
+		if strings.EqualFold(p[i:i+4], ".php") && i+4 < len(p) && p[i+4] == '/' {
+			return i + 4
+		}
+		j := strings.IndexByte(p[i+1:], '.')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return -1
 }
 
 // needsCleaning reports whether caddyhttp.CleanPath could change p:

@@ -38,7 +38,7 @@ import (
 // trimming backend reads as another).
 func guardedPath(r *http.Request) bool {
 	p := r.URL.Path
-	if r.URL.RawPath != "" || hasGuardedByte(p) || hasDotEndedSegment(p) {
+	if r.URL.RawPath != "" || hasGuardedByte(p) || hasDotEndedSegment(p) || phpScriptEnd(p) >= 0 {
 		return true
 	}
 	sent := sentPath(r)
@@ -145,12 +145,14 @@ func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 }
 
 // sameLetters reports whether a reading that folds letters may name the
-// account rid where Caddy names id: when they are the same ID with
-// letters folded ("straße" read as "strasse"), and no other account has
-// the ID rid. Without this an account ID with such letters could never
-// be served.
+// account rid where Caddy names id: when rid is id with the reading's
+// letters folded ("straße" read as "strasse"), the same path segment, and
+// no configured account has the ID rid or its lower case. Such readings
+// are there for the prefix (docs/behaviour.md §5); a backend that looks
+// an account up by a folded ID is a setup the docs warn against.
 func (ix *index) sameLetters(rid, id string) bool {
-	return letters(rid) == letters(id) && len(ix.account(rid).origins) == 0
+	return rid == letters(id) && len(ix.account(rid).origins) == 0 &&
+		len(ix.account(strings.ToLower(rid)).origins) == 0
 }
 
 // letters is s with the letter foldings of the readings applied.
@@ -244,6 +246,21 @@ func (ix *index) rawAccountOf(raw string) (string, bool) {
 			segs = append(segs, seg)
 		}
 	}
+	if id, ok, found := ix.rawAccountAtStart(segs); found {
+		return id, ok
+	}
+	for i, seg := range segs { // PATH_INFO after a PHP script (accountOf)
+		if len(seg) > 4 && strings.EqualFold(percentDecode(seg)[max(0, len(percentDecode(seg))-4):], ".php") {
+			id, ok, _ := ix.rawAccountAtStart(segs[i+1:])
+			return id, ok
+		}
+	}
+	return "", false
+}
+
+// rawAccountAtStart is rawAccountOf for segments that start with a
+// prefix's; found is false when none matches.
+func (ix *index) rawAccountAtStart(segs []string) (id string, ok, found bool) {
 	for _, preSegs := range ix.prefixSegs {
 		if len(segs) < len(preSegs) {
 			continue
@@ -259,11 +276,11 @@ func (ix *index) rawAccountOf(raw string) (string, bool) {
 			continue
 		}
 		if len(segs) == len(preSegs) {
-			return "", false
+			return "", false, true
 		}
-		return percentDecode(segs[len(preSegs)]), true
+		return percentDecode(segs[len(preSegs)]), true, true
 	}
-	return "", false
+	return "", false, false
 }
 
 // cutAtAny returns s up to its first byte in chars.

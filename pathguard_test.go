@@ -281,6 +281,55 @@ func TestPathGuardLettersInAccountIDs(t *testing.T) {
 	if !guardRefuses(t, h.ix, "/api/rest/v1/%C5%BFtore/x") {
 		t.Error("ſtore passes the guard, though a folding backend reads the account store")
 	}
+	// Pairs whose folded IDs differ only in ASCII case from a configured
+	// account (Go's strings.EqualFold, Java's equalsIgnoreCase and
+	// case-insensitive collations read them as one).
+	pairs := mustLoadHandler(t, `{"accounts": {
+		"store": [{"origin": "https://b.example"}], "strasse": [{"origin": "https://b.example"}],
+		"cafe": [{"origin": "https://b.example"}], "file": [{"origin": "https://b.example"}],
+		"id": [{"origin": "https://b.example"}],
+		"ſTORE": [{"origin": "https://a.example"}], "STRAßE": [{"origin": "https://a.example"}],
+		"ＳＴＯＲＥ": [{"origin": "https://a.example"}], "Café": [{"origin": "https://a.example"}],
+		"ﬁLE": [{"origin": "https://a.example"}], "ıD": [{"origin": "https://a.example"}]}}`, nil)
+	for _, target := range []string{
+		"/api/rest/v1/%C5%BFTORE/x", "/api/rest/v1/STRA%C3%9FE/x", "/api/rest/v1/%EF%BC%B3%EF%BC%B4%EF%BC%AF%EF%BC%B2%EF%BC%A5/x",
+		"/api/rest/v1/Cafe%CC%81/x", "/api/rest/v1/Caf%C3%A9/x", "/api/rest/v1/%EF%AC%81LE/x", "/api/rest/v1/%C4%B1D/x",
+	} {
+		if !guardRefuses(t, pairs.ix, target) {
+			t.Errorf("%s passes the guard next to an account its folded ID names", target)
+		}
+	}
+}
+
+// TestAccountOfPHPFrontController: php_fastcgi serves /index.php/api/...
+// with the path after the script as PATH_INFO, which PHP routers read:
+// the module reads the account there too, so it acts on such paths.
+func TestAccountOfPHPFrontController(t *testing.T) {
+	ix, err := newIndex(&Handler{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]string{
+		"/index.php/api/rest/v1/acct-victim/x":          "acct-victim",
+		"/INDEX.PHP/API/rest/v1/acct-victim/x":          "acct-victim",
+		"/app/front.php/partner/api/rest/v1/acct-1/x":   "acct-1",
+		"/api/rest/v1/acct-1/index.php/api/rest/v1/a/x": "acct-1",
+	} {
+		if id, ok := ix.accountOf(target); !ok || id != want {
+			t.Errorf("%s: account %q %v, want %q", target, id, ok, want)
+		}
+		if guardRefuses(t, ix, target) {
+			t.Errorf("%s is refused", target)
+		}
+	}
+	for _, target := range []string{"/index.php", "/index.php/static/x", "/x.phpx/api/rest/v1/a/x", "/static/app.js"} {
+		if id, ok := ix.accountOf(target); ok {
+			t.Errorf("%s: account %q, want none", target, id)
+		}
+	}
+	if !guardRefuses(t, ix, "/index.php%2fapi/rest/v1/acct-victim/x") {
+		t.Error("an encoded slash after the script passes the guard")
+	}
 }
 
 // TestPathGuardCombiningMarks: a prefix spelled with a combining accent

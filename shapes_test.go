@@ -8,7 +8,7 @@ package atomspherecors
 // an error route's answer on acct-victim's path) together with
 // Access-Control-Allow-Origin: https://evil.example.
 //
-// Ports: 9416-9429 on 127.0.0.1 (loopback only), admin localhost:2994.
+// Ports: 9414-9429 on 127.0.0.1 (loopback only), admin localhost:2994.
 
 import (
 	"encoding/json"
@@ -403,5 +403,51 @@ http://:9424 {
 					res.Header.Get("Access-Control-Allow-Origin"), tc.status, tc.acao)
 			}
 		})
+	}
+}
+
+// TestSecurityPHPFrontController: a PHP front controller (php_fastcgi)
+// routes /index.php/api/rest/v1/<account>/... as the account's path, so
+// the module acts on it: before this, the upstream's own CORS headers
+// went out there. A rewrite to /index.php{uri} before the module keeps
+// ordinary requests working, and the guard still reads the target as
+// sent.
+func TestSecurityPHPFrontController(t *testing.T) {
+	up := hostileUpstream()
+	defer up.Close()
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin localhost:2994
+	default_bind 127.0.0.1
+}
+http://:9415 {
+	atomsphere_cors {%[1]s
+	}
+	reverse_proxy %[2]s
+}
+http://:9414 {
+	rewrite * /index.php{uri}
+	atomsphere_cors {%[1]s
+	}
+	reverse_proxy %[2]s
+}`, twoTenants, up.Listener.Addr().String()))
+	for _, tc := range []struct {
+		addr, target, origin, acao string
+		status                     int
+	}{
+		{"127.0.0.1:9415", "/index.php/api/rest/v1/acct-victim/x", evilOrigin, "", 200},
+		{"127.0.0.1:9415", "/INDEX.PHP/api/rest/v1/acct-victim/x", evilOrigin, "", 200},
+		{"127.0.0.1:9415", "/index.php/api/rest/v1/acct-victim/x", victimOrigin, victimOrigin, 200},
+		{"127.0.0.1:9414", "/api/rest/v1/acct-evil/x", evilOrigin, evilOrigin, 200},
+		{"127.0.0.1:9414", "/api/rest/v1/acct-victim/x", evilOrigin, "", 200},
+		{"127.0.0.1:9414", "/api/rest/v1/acct-victim/..%2facct-evil/x", evilOrigin, "", 400},
+	} {
+		res, body := rawRequest(t, tc.addr, "GET", tc.target, hdrs(hOrigin(tc.origin)))
+		if res.StatusCode != tc.status || res.Header.Get("Access-Control-Allow-Origin") != tc.acao {
+			t.Errorf("%s GET %s from %s: %d %q ACAO %q, want %d ACAO %q", tc.addr, tc.target, tc.origin,
+				res.StatusCode, body, res.Header.Get("Access-Control-Allow-Origin"), tc.status, tc.acao)
+		}
+		if !varyHasToken(res.Header, "Origin") {
+			t.Errorf("%s GET %s: Vary %q lacks Origin", tc.addr, tc.target, res.Header["Vary"])
+		}
 	}
 }
