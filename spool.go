@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -43,6 +44,11 @@ var cleanSpool sync.Once
 // longer running (a server killed during an import). A file of a running
 // process, such as a server whose data directory a `caddy validate` shares,
 // is left alone. It runs once per process, when its first store opens.
+// spoolAbandoned is how long a spool file of a live process may go
+// unchanged before it is taken for abandoned: longer than any import's
+// validation and writes take (minutes at 10^6 accounts).
+const spoolAbandoned = 6 * time.Hour
+
 func removeStaleSpools(logger *zap.Logger) {
 	dir := spoolDir()
 	entries, err := os.ReadDir(dir)
@@ -61,8 +67,13 @@ func removeStaleSpools(logger *zap.Logger) {
 		if err != nil || pid <= 0 {
 			continue
 		}
+		// A live process's spool is its import in progress, unless it has
+		// not changed for spoolAbandoned: then the PID is another
+		// process's now, or the server's that wrote it is a zombie.
 		if pid != self && processAlive(pid) {
-			continue
+			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < spoolAbandoned {
+				continue
+			}
 		}
 		if err := os.Remove(filepath.Join(dir, name)); err == nil {
 			logger.Info("removed the import spool file of a server that stopped during an import", zap.String("file", name))

@@ -2,6 +2,7 @@ package atomspherecors
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -110,6 +111,7 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	}
 	st := ctx.Storage()
 	var storageKey string
+	storageRaw := h.Store.StorageRaw // loading the module clears the field
 	if h.Store.StorageRaw != nil {
 		var b bytes.Buffer
 		if err := json.Compact(&b, h.Store.StorageRaw); err != nil {
@@ -142,12 +144,13 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 		// storage, is the same store.
 		storageKey = "file_system " + filepath.Clean(fst.Path)
 	}
-	if err := claimStoreName(ctx, h.Store.Name, storageKey, h.Store.StorageRaw); err != nil {
-		return err
-	}
 	interval := time.Duration(h.Store.PollInterval)
 	if interval == 0 {
 		interval = defaultPollInterval
+	}
+	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(h.Store.MaxImportSize, defaultMaxImportSize))
+	if err := claimStoreName(ctx, h.Store.Name, storageKey, storageRaw, settings); err != nil {
+		return err
 	}
 	key := h.Store.Name + "\n" + storageKey
 	logger := ctx.Logger().Named("store")
@@ -182,13 +185,14 @@ var storeClaims struct {
 
 type storeClaim struct {
 	storageKey string
+	settings   string // poll_interval and max_import_size, defaults applied
 	where      string
 }
 
 // claimStoreName records that this config's handler names store name in
 // the storage storageKey, and refuses a config whose handlers give one
 // store name two storages.
-func claimStoreName(ctx caddy.Context, name, storageKey string, raw json.RawMessage) error {
+func claimStoreName(ctx caddy.Context, name, storageKey string, raw json.RawMessage, settings string) error {
 	where := "Caddy's storage (" + storageKey + ")"
 	if raw != nil {
 		var b bytes.Buffer
@@ -220,13 +224,18 @@ func claimStoreName(ctx caddy.Context, name, storageKey string, raw json.RawMess
 	}
 	c, ok := claims[name]
 	if !ok {
-		claims[name] = storeClaim{storageKey: storageKey, where: where}
+		claims[name] = storeClaim{storageKey: storageKey, settings: settings, where: where}
 		return nil
 	}
 	if c.storageKey != storageKey {
 		return fmt.Errorf("store %s is named with two different storages in this config: %s, and %s; "+
 			"the admin routes /atomsphere_cors/%s/ reach one store by its name, so give the handlers the same storage "+
 			"settings (one shared store) or different store names", q(name), c.where, where, name)
+	}
+	if c.settings != settings {
+		return fmt.Errorf("store %s is named with two different settings in this config: %s in %s, and %s in %s; "+
+			"one store has one poll interval and one import limit, so give the handlers the same settings",
+			q(name), c.settings, c.where, settings, where)
 	}
 	return nil
 }
@@ -1119,8 +1128,22 @@ func (s *accountStore) compile(id string, rules []Rule) (*account, error) {
 		return nil, p.err()
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return compileWith(id, rules, s.cache)
+	a, err := compileWith(id, rules, s.cache)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	// What the store takes, its export gives back as one import line
+	// and its GET as one PUT body: both are bounded by maxRulesBody, so
+	// an account over it could be written but never restored.
+	if line, _ := json.Marshal(record{Account: id, Rules: rulesOf(*a)}); len(line)+1 > maxRulesBody {
+		var p problems
+		p.add(place{field: "accounts", account: id, rule: -1}, fmt.Errorf(
+			"account %s: its rules, as export writes them (methods included), take %d bytes, over the %d of one import line or PUT body",
+			q(id), len(line)+1, maxRulesBody))
+		return nil, p.err()
+	}
+	return a, nil
 }
 
 // maxKeySegment bounds an account's storage key segment (escapeID), within

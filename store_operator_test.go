@@ -10,6 +10,7 @@ package atomspherecors
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"go.uber.org/zap"
 )
 
 // One store name in one config is one store: two handlers that give the
@@ -94,6 +96,21 @@ http://127.0.0.1:9608 {
 	err = caddy.Load([]byte(cfg(dirB)), true)
 	if err == nil || !strings.Contains(err.Error(), `store "main" is named with two different storages`) {
 		t.Errorf("a load with one store name and two storages: %v", err)
+	}
+	// A handler's own storage block is named as such, not as Caddy's.
+	if err == nil || !strings.Contains(err.Error(), `storage {"module":"file_system","root":`) {
+		t.Errorf("the refusal does not name the storage block as written: %v", err)
+	}
+	// The same storage with other settings: refused too, or one of them
+	// would hold at random (the poll interval of a revocation, say).
+	other := strings.Replace(cfg(dirA), `"storage":{"module":"file_system","root":`+fmt.Sprintf("%q", dirA)+`}}}`,
+		`"poll_interval":"1h","storage":{"module":"file_system","root":`+fmt.Sprintf("%q", dirA)+`}}}`, 1)
+	if other == cfg(dirA) {
+		t.Fatal("the config with another poll_interval was not made")
+	}
+	if err := caddy.Load([]byte(other), true); err == nil || !strings.Contains(err.Error(), `store "main" is named with two different settings`) ||
+		!strings.Contains(err.Error(), "poll_interval 1h0m0s") {
+		t.Errorf("a load with one store name and two poll intervals: %v", err)
 	}
 	if err := caddy.Load([]byte(cfg(dirA)), true); err != nil {
 		t.Fatalf("a load with one store name and one storage: %v", err)
@@ -524,5 +541,57 @@ func TestStoreBaseCheckedAgainstTheRecords(t *testing.T) {
 	}
 	if st.Accounts != 151 {
 		t.Errorf("the new server serves %d accounts, want the 151 records", st.Accounts)
+	}
+}
+
+// An account the store takes is one its export can give back: rules that
+// export (with the default methods written out) to more than one import
+// line or PUT body can hold are refused when written, not found out at
+// the restore.
+func TestStoreAccountFitsOneImportLine(t *testing.T) {
+	s := testStores(t, t.TempDir(), 1)[0]
+	rules := make([]Rule, 30000)
+	for i := range rules {
+		rules[i] = Rule{Origin: fmt.Sprintf("http://a%d", i)}
+	}
+	body, _ := json.Marshal(rules)
+	if len(body) > maxRulesBody {
+		t.Fatalf("the PUT body is %d bytes: this test needs one under %d", len(body), maxRulesBody)
+	}
+	if _, err := s.compile("big", rules); err == nil || !strings.Contains(err.Error(), "as export writes them") {
+		t.Errorf("an account whose export line is over %d bytes: %v", maxRulesBody, err)
+	}
+	if _, err := s.compile("small", rules[:1000]); err != nil {
+		t.Errorf("an account of 1 000 rules: %v", err)
+	}
+}
+
+// A spool file of a live process that has not changed for a long time
+// is abandoned (its PID is another process's now, or a zombie's): the
+// next store opening removes it; a fresh one is an import in progress.
+func TestStoreSpoolOfALivePIDAbandoned(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", t.TempDir())
+	dir := spoolDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	live := os.Getppid() // the go command running this test: alive
+	old := filepath.Join(dir, fmt.Sprintf("%s%d-old.ndjson", spoolPrefix, live))
+	fresh := filepath.Join(dir, fmt.Sprintf("%s%d-fresh.ndjson", spoolPrefix, live))
+	for _, f := range []string{old, fresh} {
+		if err := os.WriteFile(f, []byte("{}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-spoolAbandoned - time.Minute)
+	if err := os.Chtimes(old, long, long); err != nil {
+		t.Fatal(err)
+	}
+	removeStaleSpools(zap.NewNop())
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("an abandoned spool file of a live PID is still there: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("a fresh spool file of a live PID was removed: %v", err)
 	}
 }
