@@ -336,6 +336,7 @@ type accountStore struct {
 	epoch      string
 	source     string    // "none", "snapshot" or "store"
 	loadedAt   time.Time // last successful read of the store
+	openedAt   time.Time // when this server opened the store
 	failures   int
 	lastErr    string
 	gen        uint64            // counts local writes
@@ -436,6 +437,7 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 		done:  make(chan struct{}),
 	}
 	s.users = []storeUser{{st: st, logger: logger}}
+	s.openedAt = time.Now()
 	s.view.Store(newView(nil))
 	s.maxImport.Store(defaultMaxImportSize)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -1501,9 +1503,15 @@ func (s *accountStore) status() storeStatus {
 	}
 	if !s.loadedAt.IsZero() {
 		st.LastRead = s.loadedAt.UTC().Format(time.RFC3339Nano)
-		if st.Stale {
-			st.StaleSeconds = time.Since(s.loadedAt).Seconds()
+	}
+	if st.Stale {
+		// Since the last read of the storage; a store never read (none
+		// or a snapshot served) has been stale since it was opened.
+		since := s.loadedAt
+		if since.IsZero() {
+			since = s.openedAt
 		}
+		st.StaleSeconds = time.Since(since).Seconds()
 	}
 	if len(s.refused) > 0 {
 		st.Refused = make(map[string]string, min(len(s.refused), 20))

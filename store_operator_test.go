@@ -300,6 +300,16 @@ func TestStoreNeverLoadedAnswers503(t *testing.T) {
 			t.Errorf("GET %s on a store never loaded: %d %q, want 503 saying it is not loaded", path, st, out)
 		}
 	}
+	// Its status says for how long it has been stale: since it opened.
+	if err := until(10*time.Second, func() error {
+		st, err := s.status(t)
+		if err != nil || st == nil || !st.Stale || st.StaleSeconds <= 0 {
+			return fmt.Errorf("status %+v: %v", st, err)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("a store never loaded: %v", err)
+	}
 	q := "/atomsphere_cors/explain?method=OPTIONS&request_method=GET&origin=https%3A%2F%2Fa.example&url=" +
 		"http%3A%2F%2F127.0.0.1%3A9607%2Fapi%2Frest%2Fv1%2Facct-1%2Fx"
 	st, out := storeCall(t, s.admin, "GET", q, "")
