@@ -250,3 +250,46 @@ func TestStoreFullReadDuringWrites(t *testing.T) {
 		t.Fatalf("only %d commits written during the reads: the test did not race", n)
 	}
 }
+
+// TestStoreBaseAfterImportsInARow: an import asks for the base at once,
+// but imports in a row do not each rewrite it (every account, each
+// time): a second one within baseMinInterval leaves it to the poller.
+func TestStoreBaseAfterImportsInARow(t *testing.T) {
+	dir := t.TempDir()
+	a := testStores(t, dir, 1)[0]
+	baseSeq := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "atomsphere_cors", "t", "base-seq"))
+		return string(b)
+	}
+	idle := func() error {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.baseBusy {
+			return errors.New("busy")
+		}
+		return nil
+	}
+	put(t, a, "acct-1", Rule{Origin: "https://a.example"})
+	if err := a.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a.maybeWriteBase(true) // the first import
+	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error {
+		if baseSeq() == "" {
+			return errors.New("no base")
+		}
+		return idle()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	first := baseSeq()
+	put(t, a, "acct-2", Rule{Origin: "https://a.example"})
+	if err := a.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a.maybeWriteBase(true) // a second import, at once
+	time.Sleep(200 * time.Millisecond)
+	if err := idle(); err != nil || baseSeq() != first {
+		t.Errorf("the base was rewritten by an import right after another (%q, then %q)", first, baseSeq())
+	}
+}
