@@ -23,7 +23,7 @@ type index struct {
 	// path before this one: the path guard then reads the original
 	// target too (errorpolicy.go sets it).
 	rewrites bool
-	accounts   map[string]account // account ID -> its allowed origins
+	accounts map[string]account // account ID -> its allowed origins
 
 	// maxOriginLen bounds the Origin values worth parsing: no longer
 	// value can normalise to a configured origin (see compile).

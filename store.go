@@ -329,27 +329,30 @@ type accountStore struct {
 
 	maxImport atomic.Int64 // an import's largest body, as the newest handler sets it
 
-	mu         sync.Mutex // everything below, and applying changes
-	users      []storeUser
-	interval   time.Duration
-	seq        uint64 // the last change of the store read
-	epoch      string
-	source     string    // "none", "snapshot" or "store"
-	loadedAt   time.Time // last successful read of the store
-	openedAt   time.Time // when this server opened the store
-	failures   int
-	lastErr    string
-	gen        uint64            // counts local writes
-	local      map[string]uint64 // account -> gen of its last local write
-	refused    map[string]string // account -> why its record was refused
-	unreadable map[string]int    // account -> polls in a row its record failed to read
-	cache      *methodCache
-	dirty      bool // changed since the snapshot was written
-	snapAt     time.Time
-	snapBusy   bool
-	baseNext   uint64    // the seq from which to write a new base
-	baseAt     time.Time // when this server last set out to write it
-	baseBusy   bool
+	mu       sync.Mutex // everything below, and applying changes
+	users    []storeUser
+	interval time.Duration
+	seq      uint64 // the last change of the store read
+	epoch    string
+	source   string    // "none", "snapshot" or "store"
+	loadedAt time.Time // last successful read of the store
+	openedAt time.Time // when this server opened the store
+
+	// importBaseAt is when an import last had the base written.
+	importBaseAt time.Time
+	failures     int
+	lastErr      string
+	gen          uint64            // counts local writes
+	local        map[string]uint64 // account -> gen of its last local write
+	refused      map[string]string // account -> why its record was refused
+	unreadable   map[string]int    // account -> polls in a row its record failed to read
+	cache        *methodCache
+	dirty        bool // changed since the snapshot was written
+	snapAt       time.Time
+	snapBusy     bool
+	baseNext     uint64    // the seq from which to write a new base
+	baseAt       time.Time // when this server last set out to write it
+	baseBusy     bool
 	// What the last check of the base against the records found, and
 	// keys under accounts/ that are no record of this store.
 	baseMismatch string

@@ -39,17 +39,22 @@ const (
 // maybeWriteBase starts writing the base when this server's accounts
 // are baseEvery changes past the base it last saw, at most once every
 // baseMinInterval; with now (after an import of at least baseEvery
-// accounts), whatever the changes, but as seldom. It runs in the poller
-// after each successful poll, and with now after such an import.
+// accounts), at once, unless the last import's base is less than
+// baseMinInterval old. It runs in the poller after each successful poll,
+// and with now after such an import.
 func (s *accountStore) maybeWriteBase(now bool) {
 	s.mu.Lock()
-	// An import asks for the base at once, but not more often than
-	// baseMinInterval either: imports in a row would each rewrite every
-	// account (about 140 MB at 10^6). The poller writes the one skipped
+	// An import asks for the base at once, but imports in a row do not
+	// each rewrite every account (about 140 MB at 10^6): within
+	// baseMinInterval of the last import's base, the poller writes it
 	// once the interval has passed, as the changes are past baseNext.
-	due := s.source == "store" && !s.baseBusy && (now || s.seq >= s.baseNext) && time.Since(s.baseAt) >= baseMinInterval
+	due := s.source == "store" && !s.baseBusy && (now && time.Since(s.importBaseAt) >= baseMinInterval ||
+		s.seq >= s.baseNext && time.Since(s.baseAt) >= baseMinInterval)
 	if due {
 		s.baseBusy, s.baseAt = true, time.Now()
+		if now {
+			s.importBaseAt = s.baseAt
+		}
 	}
 	s.mu.Unlock()
 	if !due {
