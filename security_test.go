@@ -705,11 +705,7 @@ func TestSecurityTrailersAddNoCORSHeaders(t *testing.T) {
 func TestSecurityPathGuardOff(t *testing.T) {
 	up := hostileUpstream()
 	defer up.Close()
-	startCaddy(t, "caddyfile", fmt.Sprintf(`{
-	admin localhost:2994
-	default_bind 127.0.0.1
-}
-http://:9406 {
+	startSites(t, fmt.Sprintf(`http://:9406 {
 	atomsphere_cors {
 		disable_path_guard
 		account account-123456 {
@@ -938,11 +934,7 @@ http://:9411 {
 func TestSecurityEncodedSlashSnippet(t *testing.T) {
 	up := hostileUpstream()
 	defer up.Close()
-	startCaddy(t, "caddyfile", fmt.Sprintf(`{
-	admin localhost:2994
-	default_bind 127.0.0.1
-}
-http://:9413 {
+	startSites(t, fmt.Sprintf(`http://:9413 {
 	route {
 		@encoded expression `+"`{http.request.uri}.matches('^[^?]*(?i:%%2f|%%2e)')`"+`
 		error @encoded 400

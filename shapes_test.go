@@ -77,11 +77,7 @@ func rawPathRouter() *httptest.Server {
 func TestSecurityRawPathRouterAccount(t *testing.T) {
 	up := rawPathRouter()
 	defer up.Close()
-	startCaddy(t, "caddyfile", fmt.Sprintf(`{
-	admin localhost:2994
-	default_bind 127.0.0.1
-}
-http://:9420 {
+	startSites(t, fmt.Sprintf(`http://:9420 {
 	atomsphere_cors {%[1]s
 	}
 	reverse_proxy %[2]s
@@ -202,6 +198,13 @@ func adaptToJSON(t *testing.T, caddyfile string) (cfg, servers map[string]any) {
 		t.Fatal(err)
 	}
 	return cfg, cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+}
+
+// startSites starts this process's Caddy on the Caddyfile's sites, with
+// the admin endpoint and bind address of the security tests.
+func startSites(t *testing.T, sites string) {
+	t.Helper()
+	startCaddy(t, "caddyfile", "{\n\tadmin localhost:2994\n\tdefault_bind 127.0.0.1\n}\n"+sites)
 }
 
 // reflectingErrors is a handle_errors block that reflects the request's
@@ -415,11 +418,7 @@ http://:9424 {
 func TestSecurityPHPFrontController(t *testing.T) {
 	up := hostileUpstream()
 	defer up.Close()
-	startCaddy(t, "caddyfile", fmt.Sprintf(`{
-	admin localhost:2994
-	default_bind 127.0.0.1
-}
-http://:9415 {
+	startSites(t, fmt.Sprintf(`http://:9415 {
 	atomsphere_cors {%[1]s
 	}
 	reverse_proxy %[2]s
