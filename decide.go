@@ -77,6 +77,7 @@ type Decision struct {
 	Reason  Reason
 	Account string         // the account of the path; "" when untouched
 	Rule    *allowedOrigin // the rule that allows the request; nil when denied
+	Origin  string         // the request's one Origin when allowed, byte for byte
 }
 
 // Allowed reports whether the request is allowed.
@@ -109,23 +110,32 @@ func (ix *index) Decide(r *http.Request, guard bool) Decision {
 	if !ok {
 		return Decision{}
 	}
-	d := Decision{Kind: kindOf(r), Account: id}
-	d.Rule, d.Reason = ix.match(id, r.Header[hdrOrigin])
+	// Each header is read once: a lookup hashes its name.
+	d := Decision{Kind: Normal, Account: id}
+	origin := r.Header[hdrOrigin]
+	method := r.Method
+	var reqMethod []string
+	if method == http.MethodOptions && len(origin) > 0 {
+		if m := r.Header[hdrReqMethod]; len(m) > 1 || len(m) == 1 && m[0] != "" {
+			d.Kind, reqMethod = Preflight, m
+		}
+	}
+	d.Rule, d.Reason = ix.match(id, origin)
 	if d.Rule == nil {
 		return d
 	}
-	method := r.Method
 	if d.Kind == Preflight {
-		m := r.Header[hdrReqMethod]
-		if len(m) > 1 {
+		if len(reqMethod) > 1 {
 			d.Rule, d.Reason = nil, RepeatedRequestMethod
 			return d
 		}
-		method = m[0]
+		method = reqMethod[0]
 	}
 	if !d.Rule.methods.allows(method) {
 		d.Rule, d.Reason = nil, MethodNotAllowed
+		return d
 	}
+	d.Origin = origin[0]
 	return d
 }
 

@@ -648,7 +648,7 @@ func mayBeReadDifferently(p string) bool {
 			return true // "." and ".." too: raw-path routers read them as segments
 		}
 	}
-	return strings.IndexFunc(p, func(r rune) bool { return r < ' ' }) >= 0
+	return strings.IndexFunc(p, func(r rune) bool { return r < ' ' }) >= 0 || strings.Contains(strings.ToLower(p), ".php/")
 }
 
 // moduleHeaders are the Access-Control-* headers the module itself sets.

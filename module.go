@@ -241,7 +241,7 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d Decision) 
 	// One allocation for every value this response sets (see
 	// preflightValues).
 	v := &preflightValues{
-		allowOrigin:  [1]string{r.Header[hdrOrigin][0]}, // the request's Origin, byte for byte
+		allowOrigin:  [1]string{d.Origin}, // the request's Origin, byte for byte
 		allowCreds:   [1]string{"true"},
 		allowMethods: [1]string{d.Rule.methods.header},
 		maxAge:       [1]string{h.ix.maxAge},
@@ -270,7 +270,7 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d Decision) 
 func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d Decision) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	if d.Rule != nil {
-		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = r.Header[hdrOrigin][0], "true", h.ix.exposeHeaders
+		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = d.Origin, "true", h.ix.exposeHeaders
 		cw.allowed = true
 	}
 	cw.v.vary[0] = "Origin"

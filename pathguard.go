@@ -26,23 +26,23 @@ import (
 // refused before any CORS decision (docs/behaviour.md §5).
 //
 // Only targets with an escape Go would not write, or a byte that
-// hasGuardedByte lists, or a segment ending in a dot, can be read
+// scanPath looks for, or a segment ending in a dot, can be read
 // differently this way; every other path costs a scan for them.
 
 // guardedPath reports whether the path guard must look at r: its target
 // was escaped in a way Go's URL parser does not keep as it is (RawPath
 // set, or a target as sent that differs from the path), or its path has
-// a byte some backend reads specially (see hasGuardedByte), or a segment
-// that ends in a dot: a "." or ".." segment (which a router that does not
-// resolve them reads as a segment) or one such as "..." or "x." (which a
-// trimming backend reads as another).
+// a byte some backend reads specially, a segment that ends in a dot (a
+// "." or ".." segment, which a router that does not resolve them reads
+// as a segment, or one such as "..." or "x.", which a trimming backend
+// reads as another) or a PHP script's PATH_INFO (see scanPath).
 func guardedPath(r *http.Request) bool {
 	p := r.URL.Path
-	if r.URL.RawPath != "" || hasGuardedByte(p) || hasDotEndedSegment(p) || phpScriptEnd(p) >= 0 {
+	if r.URL.RawPath != "" || scanPath(p) {
 		return true
 	}
 	sent := sentPath(r)
-	return sent != p && hasGuardedByte(sent)
+	return sent != p && scanPath(sent)
 }
 
 // sentPath is the path of the request target as the client sent it, or
@@ -64,38 +64,70 @@ func hasDotEndedSegment(p string) bool {
 	return p != "" && p[len(p)-1] == '.' || strings.Contains(p, "./")
 }
 
-// hasGuardedByte reports whether p has a byte some backend reads
-// differently from Caddy: '%' (decoded again), ';' (path parameters),
-// '\\' (a separator on Windows), '#' and '?' (decoded and parsed again),
-// a space or control character (trimmed, or ending a C string) or a byte
-// of 0x80 or more (overlong UTF-8, Unicode case folding and compatibility
-// forms). Every path of every request is scanned, so it reads eight
-// bytes at a time: a zero byte of x^(c*lo) is a byte of x equal to c, and
-// (x-n*lo)&^x has the high bit of each byte of x below n.
-func hasGuardedByte(p string) bool {
-	const lo, hi = 0x0101010101010101, 0x8080808080808080
-	for len(p) >= 8 {
-		x := uint64(p[0]) | uint64(p[1])<<8 | uint64(p[2])<<16 | uint64(p[3])<<24 |
-			uint64(p[4])<<32 | uint64(p[5])<<40 | uint64(p[6])<<48 | uint64(p[7])<<56
-		if x&hi != 0 {
-			return true
+// Byte classes of scanPath: a byte some backend reads differently from
+// Caddy, and the dot.
+const (
+	plainByte = iota
+	guardByte
+	dotByte
+)
+
+// byteClasses classes every byte for scanPath.
+var byteClasses = func() (t [256]uint8) {
+	for c := range 256 {
+		if guardedByte(byte(c)) {
+			t[c] = guardByte
 		}
-		a, b, c := x^('%'*lo), x^(';'*lo), x^('\\'*lo)
-		d, e, f := x^('#'*lo), x^('?'*lo), x^(0x7f*lo)
-		if ((a-lo)&^a|(b-lo)&^b|(c-lo)&^c|(d-lo)&^d|(e-lo)&^e|(f-lo)&^f|(x-(0x21*lo))&^x)&hi != 0 {
-			return true
-		}
-		p = p[8:]
 	}
-	for i := 0; i < len(p); i++ {
-		if guardedByte(p[i]) {
+	t['.'] = dotByte
+	return t
+}()
+
+// scanPath reports whether the path guard must read p: whether it has a
+// byte some backend reads differently from Caddy (guardedByte), a segment
+// that ends in a dot, or a segment that ends in ".php" followed by more
+// path (a PHP script's PATH_INFO). Every path of every request is
+// scanned, so it looks at eight bytes at a time, and at each only when
+// one of them is not plain.
+func scanPath(p string) bool {
+	t := &byteClasses
+	i := 0
+	for ; i+8 <= len(p); i += 8 {
+		if t[p[i]]|t[p[i+1]]|t[p[i+2]]|t[p[i+3]]|t[p[i+4]]|t[p[i+5]]|t[p[i+6]]|t[p[i+7]] != plainByte {
+			for j := i; j < i+8; j++ {
+				if scanAt(p, j) {
+					return true
+				}
+			}
+		}
+	}
+	for ; i < len(p); i++ {
+		if scanAt(p, i) {
 			return true
 		}
 	}
 	return false
 }
 
-// guardedByte is hasGuardedByte for one byte.
+// scanAt is scanPath for the byte at i.
+func scanAt(p string, i int) bool {
+	switch byteClasses[p[i]] {
+	case plainByte:
+		return false
+	case guardByte:
+		return true
+	}
+	if i+1 == len(p) || p[i+1] == '/' {
+		return true // a segment ends in a dot
+	}
+	return i+4 < len(p) && p[i+4] == '/' && p[i+1]|0x20 == 'p' && p[i+2]|0x20 == 'h' && p[i+3]|0x20 == 'p'
+}
+
+// guardedByte reports whether some backend reads c differently from
+// Caddy: '%' (decoded again), ';' (path parameters), '\\' (a separator
+// on Windows), '#' and '?' (decoded and parsed again), a space or control
+// character (trimmed, or ending a C string) or a byte of 0x80 or more
+// (overlong UTF-8, Unicode folding, compatibility forms, Latin-1).
 func guardedByte(c byte) bool {
 	switch c {
 	case '%', ';', '\\', '#', '?', 0x7f:

@@ -976,30 +976,37 @@ func TestSecurityEncodedSlashSnippet(t *testing.T) {
 	}
 }
 
-// TestHasGuardedByte compares the path guard's eight-bytes-at-a-time scan
-// with the plain definition, on every position of short paths and on
+// TestScanPath compares the path guard's eight-bytes-at-a-time scan with
+// its plain definition, on every position of short paths and on
 // pseudo-random ones.
-func TestHasGuardedByte(t *testing.T) {
+func TestScanPath(t *testing.T) {
 	plain := func(p string) bool {
-		return strings.ContainsAny(p, "%;\\#?\x7f") || strings.IndexFunc(p, func(r rune) bool { return r <= ' ' || r >= 0x80 }) >= 0
+		return strings.ContainsAny(p, "%;\\#?\x7f") || strings.IndexFunc(p, func(r rune) bool { return r <= ' ' || r >= 0x80 }) >= 0 ||
+			hasDotEndedSegment(p) || phpScriptEnd(p) >= 0
 	}
 	base := "/api/rest/v1/account-123456/Atom/3456"
 	for i := 0; i <= len(base); i++ {
-		for _, c := range []string{"%", ";", "\\", "#", "?", " ", "\t", "\x1f", "\x7f", "\xc0", "\xff", "é", "a", "$", "!", "\x00", "@", "~"} {
+		for _, c := range []string{"%", ";", "\\", "#", "?", " ", "\t", "\x1f", "\x7f", "\xc0", "\xff", "é", "a", "$", "!", "\x00", "@", "~",
+			".", "./", "..", ".php/", ".PhP/", ".php", ".phpx/", "x."} {
 			p := base[:i] + c + base[i:]
-			if got, want := hasGuardedByte(p), plain(p); got != want {
+			if got, want := scanPath(p), plain(p); got != want {
 				t.Errorf("%q: %v, want %v", p, got, want)
 			}
 		}
 	}
 	seed := uint64(1)
+	alphabet := "/.aphP%;x#9\x80"
 	for range 20000 {
 		b := make([]byte, int(seed%40))
 		for j := range b {
 			seed = seed*6364136223846793005 + 1442695040888963407
-			b[j] = byte(seed >> 56)
+			if seed>>63 == 0 {
+				b[j] = alphabet[int(seed>>40)%len(alphabet)]
+			} else {
+				b[j] = byte(seed >> 56)
+			}
 		}
-		if got, want := hasGuardedByte(string(b)), plain(string(b)); got != want {
+		if got, want := scanPath(string(b)), plain(string(b)); got != want {
 			t.Fatalf("%q: %v, want %v", b, got, want)
 		}
 	}
