@@ -15,6 +15,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"atomspherecors/internal/origin"
 )
 
 // Explaining a decision. The explain command (command.go) and its admin
@@ -267,7 +269,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 	e.Preflight = kindOf(r) == Preflight
 	e.CleanPath = caddyhttp.CleanPath(r.URL.Path, true)
 	if len(req.origins) == 1 {
-		if o, err := parseOrigin(req.origins[0]); err != nil {
+		if o, err := origin.Parse(req.origins[0]); err != nil {
 			e.OriginError = err.Error()
 		} else {
 			e.OriginNormalised = o.String()

@@ -31,6 +31,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/idna"
+
+	"atomspherecors/internal/origin"
 )
 
 // originSeeds are inputs worth starting every origin-shaped fuzz
@@ -99,7 +101,7 @@ func FuzzParseOrigin(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		o, err := parseOrigin(s) // must not panic
+		o, err := origin.Parse(s) // must not panic
 		if err != nil {
 			return
 		}
@@ -109,31 +111,31 @@ func FuzzParseOrigin(f *testing.F) {
 		// and an http or https scheme (checked on the input itself).
 		scheme, rest, ok := strings.Cut(s, "://")
 		if !ok {
-			t.Fatalf("parseOrigin(%q) accepted an input without ://", s)
+			t.Fatalf("origin.Parse(%q) accepted an input without ://", s)
 		}
 		if ls := strings.ToLower(scheme); ls != "http" && ls != "https" {
-			t.Fatalf("parseOrigin(%q) accepted the scheme %q", s, scheme)
+			t.Fatalf("origin.Parse(%q) accepted the scheme %q", s, scheme)
 		}
 		if i := strings.IndexAny(rest, "/?#@\\"); i >= 0 {
-			t.Fatalf("parseOrigin(%q) accepted %q after the scheme (path, query, fragment or user info)", s, rest[i])
+			t.Fatalf("origin.Parse(%q) accepted %q after the scheme (path, query, fragment or user info)", s, rest[i])
 		}
 		if s == "null" || strings.Contains(s, "*") {
-			t.Fatalf("parseOrigin(%q) accepted a null or wildcard origin", s)
+			t.Fatalf("origin.Parse(%q) accepted a null or wildcard origin", s)
 		}
 
 		// The serialisation is canonical...
 		m := canonicalOrigin.FindStringSubmatch(canon)
 		if m == nil {
-			t.Fatalf("parseOrigin(%q).String() = %q: not a canonical origin", s, canon)
+			t.Fatalf("origin.Parse(%q).String() = %q: not a canonical origin", s, canon)
 		}
 		host, port := m[2], m[3]
 		if strings.HasSuffix(host, ".") || host == "" {
-			t.Fatalf("parseOrigin(%q).String() = %q: empty host or trailing dot", s, canon)
+			t.Fatalf("origin.Parse(%q).String() = %q: empty host or trailing dot", s, canon)
 		}
 		if port != "" {
 			n, _ := strconv.Atoi(port)
 			if n > 65535 || (m[1] == "https" && n == 443) || (m[1] == "http" && n == 80) {
-				t.Fatalf("parseOrigin(%q).String() = %q: port not canonical", s, canon)
+				t.Fatalf("origin.Parse(%q).String() = %q: port not canonical", s, canon)
 			}
 		}
 		// ...and net/url reads it as a bare origin with the same parts.
@@ -146,12 +148,12 @@ func FuzzParseOrigin(f *testing.F) {
 			t.Fatalf("url.Parse(%q) = %#v: not a bare origin", canon, u)
 		}
 		// It parses to the same value, and serialising is idempotent.
-		o2, err := parseOrigin(canon)
+		o2, err := origin.Parse(canon)
 		if err != nil {
-			t.Fatalf("parseOrigin(%q) accepted, but its canonical form %q is refused: %v", s, canon, err)
+			t.Fatalf("origin.Parse(%q) accepted, but its canonical form %q is refused: %v", s, canon, err)
 		}
 		if o2 != o {
-			t.Fatalf("parseOrigin(%q) = %+v, but parseOrigin(%q) = %+v", s, o, canon, o2)
+			t.Fatalf("origin.Parse(%q) = %+v, but origin.Parse(%q) = %+v", s, o, canon, o2)
 		}
 		if c2 := o2.String(); c2 != canon {
 			t.Fatalf("String not idempotent: %q -> %q -> %q", s, canon, c2)
@@ -159,9 +161,9 @@ func FuzzParseOrigin(f *testing.F) {
 		// Lower-casing the input never changes which origin it is for an
 		// ASCII input: scheme and host are case-insensitive.
 		if isASCII(s) {
-			o3, err := parseOrigin(strings.ToLower(s))
+			o3, err := origin.Parse(strings.ToLower(s))
 			if err != nil || o3 != o {
-				t.Fatalf("parseOrigin(%q) = %+v but its lower-case form gives %+v, %v", s, o, o3, err)
+				t.Fatalf("origin.Parse(%q) = %+v but its lower-case form gives %+v, %v", s, o, o3, err)
 			}
 		}
 	})

@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"atomspherecors/internal/origin"
 )
 
 // index is the compiled form of a Handler's config, built once by
@@ -225,7 +227,7 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, Reason) {
 	if isSerialised(o) {
 		return nil, OriginNotAllowed
 	}
-	parsed, err := parseOrigin(o)
+	parsed, err := origin.Parse(o)
 	if err != nil {
 		return nil, MalformedOrigin
 	}
@@ -368,7 +370,7 @@ func compileAccount(id string, rules []Rule, cache *methodCache, p *problems) ac
 		pos = make(map[string]int, len(rules))
 	}
 	for i, r := range rules {
-		o, err := parseOrigin(r.Origin)
+		o, err := origin.Parse(r.Origin)
 		methods, merrs := cache.parse(r.Methods)
 		if err != nil || merrs != nil {
 			at := place{field: "accounts", account: id, rule: i}
@@ -415,21 +417,21 @@ func compileAccount(id string, rules []Rule, cache *methodCache, p *problems) ac
 
 // serialises reports whether s is the serialisation of o (o.String()),
 // without building it.
-func serialises(o origin, s string) bool {
-	rest, ok := strings.CutPrefix(s, o.scheme+"://")
+func serialises(o origin.Origin, s string) bool {
+	rest, ok := strings.CutPrefix(s, o.Scheme+"://")
 	if !ok {
 		return false
 	}
-	if rest, ok = strings.CutPrefix(rest, o.host); !ok {
+	if rest, ok = strings.CutPrefix(rest, o.Host); !ok {
 		return false
 	}
-	if o.port == 0 {
+	if o.Port == 0 {
 		return rest == ""
 	}
-	// parseOrigin has refused a port with a sign or leading zero.
+	// origin.Parse has refused a port with a sign or leading zero.
 	port, ok := strings.CutPrefix(rest, ":")
 	n, err := strconv.Atoi(port)
-	return ok && err == nil && n == o.port && port[0] != '0'
+	return ok && err == nil && n == o.Port && port[0] != '0'
 }
 
 // methodCache compiles rules' method lists into shared methodSets. A
