@@ -718,7 +718,7 @@ func (s *accountStore) recordIDs(st certmagic.Storage, keys []string) (ids map[s
 	ids = make(map[string]bool, len(keys))
 	for _, k := range keys {
 		seg := k[strings.LastIndexByte(k, '/')+1:]
-		if isTempName(fileStorage, seg) {
+		if isTempName(fileStorage, k) {
 			continue
 		}
 		id, err := unescapeID(seg)
@@ -899,7 +899,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 		if err != nil || escapeID(id) != seg {
 			// Not a key this store wrote: an account's record is at
 			// the canonical escape of its ID alone.
-			if !isTempName(fileStorage, seg) {
+			if !isTempName(fileStorage, k) {
 				emit(loaded{id: seg, ignored: true})
 			}
 			return
@@ -910,7 +910,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 			return
 		}
 		a, why := compileRecord(id, b, cache)
-		if why != "" && isTempName(fileStorage, seg) {
+		if why != "" && isTempName(fileStorage, k) {
 			// A file being written, listed before its rename: not an
 			// account (docs/store.md, "Faults").
 			return
@@ -1085,12 +1085,15 @@ func listAccounts(ctx context.Context, st certmagic.Storage, dir string) ([]stri
 	return keys, nil
 }
 
-// isTempName reports whether seg, the last segment of a key that does
-// not hold a valid record, is the name of a temporary file that
-// file_system writes a key to before renaming it (os.CreateTemp's
-// digits): such a key is not an account, and is skipped rather than
-// refused. On other storages every key is one.
-func isTempName(fst *certmagic.FileStorage, seg string) bool {
+// isTempName reports whether key, whose last segment does not hold a
+// valid record, is a temporary file that file_system writes a key to
+// before renaming it (os.CreateTemp's digits): such a key is not an
+// account, and is skipped rather than refused. An account ID of digits
+// has a key of the same shape, so only a file younger than tempFileAge
+// is taken for one (a temporary file lives for a write). On other
+// storages every key is one.
+func isTempName(fst *certmagic.FileStorage, key string) bool {
+	seg := key[strings.LastIndexByte(key, '/')+1:]
 	if fst == nil || seg == "" {
 		return false
 	}
@@ -1099,8 +1102,13 @@ func isTempName(fst *certmagic.FileStorage, seg string) bool {
 			return false
 		}
 	}
-	return true
+	info, err := os.Stat(fst.Filename(key))
+	return err != nil || time.Since(info.ModTime()) < tempFileAge
 }
+
+// tempFileAge is how young a file must be to be taken for a temporary
+// file of file_system rather than a record.
+const tempFileAge = time.Minute
 
 // compileRecord compiles a stored account with cache, which only its
 // caller uses; a record that does not read or does not validate is

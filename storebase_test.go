@@ -293,3 +293,48 @@ func TestStoreBaseAfterImportsInARow(t *testing.T) {
 		t.Errorf("the base was rewritten by an import right after another (%q, then %q)", first, baseSeq())
 	}
 }
+
+// TestStoreNumericAccountIDs: an account ID of digits has a key of the
+// same shape as file_system's temporary files; it is an account all the
+// same: served by a new server that starts from the base, and its
+// corrupt record refused (and reported) by a full read, not skipped.
+func TestStoreNumericAccountIDs(t *testing.T) {
+	dir := t.TempDir()
+	a := testStores(t, dir, 1)[0]
+	put(t, a, "4242", Rule{Origin: "https://n.example"})
+	put(t, a, "777", Rule{Origin: "https://m.example"})
+	if err := a.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.writeBase(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	// The records are older than any temporary file is.
+	old := time.Now().Add(-2 * time.Minute)
+	for _, id := range []string{"4242", "777"} {
+		if err := os.Chtimes(filepath.Join(dir, "atomsphere_cors", "t", "accounts", id), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := freshServer(t, dir); !allows(s, "4242", "https://n.example") {
+		t.Errorf("a new server from the base does not serve account 4242: %+v", s.status())
+	}
+	// A corrupt record of a digits ID: refused and reported by a full read.
+	rec := filepath.Join(dir, "atomsphere_cors", "t", "accounts", "777")
+	if err := os.WriteFile(rec, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(rec, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "atomsphere_cors", "t", "base")); err != nil {
+		t.Fatal(err)
+	}
+	s := freshServer(t, dir)
+	if st := s.status(); st.Refused["777"] == "" {
+		t.Errorf("the corrupt record of account 777 is not reported as refused: %+v", st)
+	}
+	if allows(s, "777", "https://m.example") {
+		t.Error("account 777 is served from a corrupt record")
+	}
+}
