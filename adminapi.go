@@ -315,6 +315,8 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		case tooLong:
 			bad.add(at, fmt.Errorf("line %d: longer than %d bytes", lines, maxRulesBody))
 		case len(bytes.TrimSpace(line)) == 0:
+		case lines == 1 && bytes.HasPrefix(line, []byte("\xef\xbb\xbf")):
+			bad.add(at, errors.New("line 1: starts with a UTF-8 byte order mark (EF BB BF), which NDJSON does not allow: save the file without it"))
 		default:
 			var il importLine
 			if derr := decodeStrict(line, &il); derr != nil {

@@ -235,6 +235,12 @@ func TestStoreImportChecksEveryLineAndWritesEachAccountOnce(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a byte order mark", func(t *testing.T) {
+		st, out := call("POST", "/import", "\xef\xbb\xbf"+`{"account":"fine","rules":[]}`+"\n")
+		if st != 400 || !strings.Contains(out, "line 1: starts with a UTF-8 byte order mark") {
+			t.Errorf("import with a byte order mark: %d %s, want 400 naming it", st, out)
+		}
+	})
 	t.Run("a surrogate pair", func(t *testing.T) {
 		if st, out := call("POST", "/import", `{"account":"a\ud83d\ude00b","rules":[]}`+"\n"); st != 200 {
 			t.Errorf("import: %d %s", st, out)
