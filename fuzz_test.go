@@ -650,7 +650,17 @@ func mayBeReadDifferently(p string) bool {
 			return true // "." and ".." too: raw-path routers read them as segments
 		}
 	}
-	return strings.IndexFunc(p, func(r rune) bool { return r < ' ' }) >= 0 || strings.Contains(strings.ToLower(p), ".php/")
+	if strings.IndexFunc(p, func(r rune) bool { return r < ' ' }) >= 0 {
+		return true
+	}
+	// A script and its PATH_INFO: a dotted segment with more path after it.
+	segs := strings.Split(p, "/")
+	for _, seg := range segs[:len(segs)-1] {
+		if strings.Contains(seg, ".") {
+			return true
+		}
+	}
+	return false
 }
 
 // moduleHeaders are the Access-Control-* headers the module itself sets.

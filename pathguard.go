@@ -85,8 +85,8 @@ var byteClasses = func() (t [256]uint8) {
 
 // scanPath reports whether the path guard must read p: whether it has a
 // byte some backend reads differently from Caddy (guardedByte), a segment
-// that ends in a dot, or a segment that ends in ".php" followed by more
-// path (a PHP script's PATH_INFO). Every path of every request is
+// that ends in a dot, or a segment with a dot followed by more path (a
+// script and its PATH_INFO). Every path of every request is
 // scanned, so it looks at eight bytes at a time, and at each only when
 // one of them is not plain.
 func scanPath(p string) bool {
@@ -117,10 +117,9 @@ func scanAt(p string, i int) bool {
 	case guardByte:
 		return true
 	}
-	if i+1 == len(p) || p[i+1] == '/' {
-		return true // a segment ends in a dot
-	}
-	return i+4 < len(p) && p[i+4] == '/' && p[i+1]|0x20 == 'p' && p[i+2]|0x20 == 'h' && p[i+3]|0x20 == 'p'
+	// A segment that ends in a dot, or a dotted segment with more path
+	// after it (a script and its PATH_INFO, whatever the extension).
+	return strings.IndexByte(p[i+1:], '/') >= 0 || i+1 == len(p)
 }
 
 // guardedByte reports whether some backend reads c differently from
@@ -164,6 +163,9 @@ func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 	if !converged {
 		return true // still decoding after maxDecodes: no telling what it names
 	}
+	if ix.scriptReadsOther(path, id, ok) {
+		return true
+	}
 	for i, p := range rs {
 		if p == path || i > 0 && (p == rs[i-1] || p == rs[0]) {
 			continue // most readings change nothing: read each path once
@@ -172,6 +174,38 @@ func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 		if rok != ok || rid != id && !(i >= firstLetterReading && ix.sameLetters(rid, id)) {
 			return true
 		}
+		if ix.scriptReadsOther(p, id, ok) {
+			return true
+		}
+	}
+	return false
+}
+
+// scriptReadsOther reports whether a script's PATH_INFO in p names
+// another account than (id, ok): FastCGI splits a path after a segment
+// with the script's extension (php_fastcgi's split_path: ".php" by
+// default, any list in a config), and a front controller routes the rest.
+// Every segment with an extension and more path after it is taken for a
+// possible script, so that any split list is covered.
+func (ix *index) scriptReadsOther(p, id string, ok bool) bool {
+	if !hasScriptSegment(p) {
+		return false
+	}
+	if needsCleaning(p) {
+		p = caddyhttp.CleanPath(p, true)
+	}
+	for start := 0; start < len(p); {
+		end := strings.IndexByte(p[start+1:], '/')
+		if end < 0 {
+			return false
+		}
+		end += start + 1
+		if seg := p[start+1 : end]; strings.IndexByte(seg, '.') >= 0 {
+			if rid, rok, found := ix.accountAtStart(p[end:]); found && (rok != ok || rid != id) {
+				return true
+			}
+		}
+		start = end
 	}
 	return false
 }
@@ -712,6 +746,19 @@ func (ix *index) accountsAnywhere(p string) []string {
 		}
 	}
 	return out
+}
+
+// hasScriptSegment reports whether p has a segment with a dot, other
+// than "." and "..", with more path after it.
+func hasScriptSegment(p string) bool {
+	for p != "" {
+		seg, rest, more := strings.Cut(p, "/")
+		if more && seg != "." && seg != ".." && strings.IndexByte(seg, '.') >= 0 {
+			return true
+		}
+		p = rest
+	}
+	return false
 }
 
 // mightOwn reports whether r's path, or a path a backend reads from it,

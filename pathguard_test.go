@@ -313,7 +313,7 @@ func TestAccountOfPHPFrontController(t *testing.T) {
 		"/index.php/api/rest/v1/acct-victim/x":          "acct-victim",
 		"/INDEX.PHP/API/rest/v1/acct-victim/x":          "acct-victim",
 		"/app/front.php/partner/api/rest/v1/acct-1/x":   "acct-1",
-		"/api/rest/v1/acct-1/index.php/api/rest/v1/a/x": "acct-1",
+		"/api/rest/v1/acct-1/index.php/x":               "acct-1",
 	} {
 		if id, ok := ix.accountOf(target); !ok || id != want {
 			t.Errorf("%s: account %q %v, want %q", target, id, ok, want)
@@ -329,6 +329,22 @@ func TestAccountOfPHPFrontController(t *testing.T) {
 	}
 	if !guardRefuses(t, ix, "/index.php%2fapi/rest/v1/acct-victim/x") {
 		t.Error("an encoded slash after the script passes the guard")
+	}
+	// A script under one account's path whose PATH_INFO names another
+	// account, with any extension a split list may name, or two scripts.
+	for _, target := range []string{
+		"/api/rest/v1/acct-evil/x.php/api/rest/v1/acct-victim/y",
+		"/api/rest/v1/acct-evil/x.PHP/api/rest/v1/acct-victim/y",
+		"/api/rest/v1/acct-evil/x%2ephp/api/rest/v1/acct-victim/y",
+		"/api/rest/v1/acct-evil/x.ph%70/api/rest/v1/acct-victim/y",
+		"/api/rest/v1/acct-evil/.php/api/rest/v1/acct-victim/y",
+		"/api/rest/v1/acct-evil/x.phtml/api/rest/v1/acct-victim/y",
+		"/x.phtml/api/rest/v1/acct-victim/x",
+		"/a.php/b.php/api/rest/v1/acct-victim/x",
+	} {
+		if !guardRefuses(t, ix, target) {
+			t.Errorf("%s passes the guard", target)
+		}
 	}
 }
 

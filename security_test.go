@@ -981,8 +981,11 @@ func TestSecurityEncodedSlashSnippet(t *testing.T) {
 // pseudo-random ones.
 func TestScanPath(t *testing.T) {
 	plain := func(p string) bool {
-		return strings.ContainsAny(p, "%;\\#?\x7f") || strings.IndexFunc(p, func(r rune) bool { return r <= ' ' || r >= 0x80 }) >= 0 ||
-			hasDotEndedSegment(p) || phpScriptEnd(p) >= 0
+		if strings.ContainsAny(p, "%;\\#?\x7f") || strings.IndexFunc(p, func(r rune) bool { return r <= ' ' || r >= 0x80 }) >= 0 {
+			return true
+		}
+		i := strings.IndexByte(p, '.')
+		return i >= 0 && (i == len(p)-1 || strings.IndexByte(p[i:], '/') >= 0 || hasDotEndedSegment(p))
 	}
 	base := "/api/rest/v1/account-123456/Atom/3456"
 	for i := 0; i <= len(base); i++ {
