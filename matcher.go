@@ -21,6 +21,10 @@ type index struct {
 	prefixes []string // lower-cased, in configured order
 	// prefixSegs are the segments of each prefix, for the path guard.
 	prefixSegs [][]string
+	// foldKeys counts, by fold key, the configured account IDs that are
+	// not their own (not lower-case ASCII), so that two that fold to one
+	// are told apart (sameLetters); nil for a store's accounts.
+	foldKeys map[string]int
 	// rewrites is set when a handler of the server could rewrite the
 	// path before this one: the path guard then reads the original
 	// target too (errorpolicy.go sets it).
@@ -341,6 +345,12 @@ func newIndex(h *Handler) (*index, error) {
 		if err := checkAccountID(id); err != nil {
 			p.add(place{field: "accounts", account: id, rule: -1}, err)
 			continue
+		}
+		if !isPlainID(id) {
+			if ix.foldKeys == nil {
+				ix.foldKeys = map[string]int{}
+			}
+			ix.foldKeys[foldKey(id)]++
 		}
 		acct := compileAccount(id, h.Accounts[id], cache, &p)
 		for _, ao := range acct.origins {

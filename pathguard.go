@@ -213,12 +213,33 @@ func (ix *index) scriptReadsOther(p, id string, ok bool) bool {
 // sameLetters reports whether a reading that folds letters may name the
 // account rid where Caddy names id: when rid is id with the reading's
 // letters folded ("straße" read as "strasse"), the same path segment, and
-// no configured account has the ID rid or its lower case. Such readings
-// are there for the prefix (docs/behaviour.md §5); a backend that looks
-// an account up by a folded ID is a setup the docs warn against.
+// no other configured account folds to the same ID (lower-cased, letters
+// folded: "ſTORE" and "store", NFC and NFD "café"). Such readings are
+// there for the prefix (docs/behaviour.md §5); a backend that looks an
+// account up by a folded ID is a setup the docs warn against.
 func (ix *index) sameLetters(rid, id string) bool {
-	return rid == letters(id) && len(ix.account(rid).origins) == 0 &&
-		len(ix.account(strings.ToLower(rid)).origins) == 0
+	if rid != letters(id) {
+		return false
+	}
+	k := foldKey(id)
+	if k != id && len(ix.account(k).origins) > 0 || ix.foldKeys[k] > 1 {
+		return false
+	}
+	return len(ix.account(rid).origins) == 0 && len(ix.account(strings.ToLower(rid)).origins) == 0
+}
+
+// foldKey is the ID two accounts share when a backend that folds case,
+// width, compatibility forms and accents reads them as one.
+func foldKey(id string) string { return letters(strings.ToLower(id)) }
+
+// isPlainID reports whether id is lower-case ASCII, its own fold key.
+func isPlainID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c >= utf8.RuneSelf || 'A' <= c && c <= 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // letters is s with the letter foldings of the readings applied.

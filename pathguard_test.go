@@ -301,6 +301,28 @@ func TestPathGuardLettersInAccountIDs(t *testing.T) {
 	}
 }
 
+// TestPathGuardIDsThatFoldToOne: two configured IDs that a folding
+// backend reads as one (NFC and NFD "café", the ligature "ﬆ" and the long
+// s, upper and lower case) are refused; one alone is served.
+func TestPathGuardIDsThatFoldToOne(t *testing.T) {
+	h := mustLoadHandler(t, `{"accounts": {
+		"caf\u00e9": [{"origin": "https://a.example"}], "cafe\u0301": [{"origin": "https://b.example"}],
+		"\ufb06ore": [{"origin": "https://a.example"}], "\u017ftore": [{"origin": "https://b.example"}],
+		"stra\u00dfe": [{"origin": "https://a.example"}], "Strasse": [{"origin": "https://b.example"}],
+		"\u00fcber": [{"origin": "https://a.example"}]}}`, nil)
+	for _, target := range []string{
+		"/api/rest/v1/caf%C3%A9/x", "/api/rest/v1/cafe%CC%81/x", "/api/rest/v1/%EF%AC%86ore/x",
+		"/api/rest/v1/%C5%BFtore/x", "/api/rest/v1/stra%C3%9Fe/x",
+	} {
+		if !guardRefuses(t, h.ix, target) {
+			t.Errorf("%s passes the guard, though another configured ID folds to the same", target)
+		}
+	}
+	if guardRefuses(t, h.ix, "/api/rest/v1/%C3%BCber/x") {
+		t.Error("über, the only ID folding to uber, is refused")
+	}
+}
+
 // TestAccountOfPHPFrontController: php_fastcgi serves /index.php/api/...
 // with the path after the script as PATH_INFO, which PHP routers read:
 // the module reads the account there too, so it acts on such paths.
@@ -310,10 +332,10 @@ func TestAccountOfPHPFrontController(t *testing.T) {
 		t.Fatal(err)
 	}
 	for target, want := range map[string]string{
-		"/index.php/api/rest/v1/acct-victim/x":          "acct-victim",
-		"/INDEX.PHP/API/rest/v1/acct-victim/x":          "acct-victim",
-		"/app/front.php/partner/api/rest/v1/acct-1/x":   "acct-1",
-		"/api/rest/v1/acct-1/index.php/x":               "acct-1",
+		"/index.php/api/rest/v1/acct-victim/x":        "acct-victim",
+		"/INDEX.PHP/API/rest/v1/acct-victim/x":        "acct-victim",
+		"/app/front.php/partner/api/rest/v1/acct-1/x": "acct-1",
+		"/api/rest/v1/acct-1/index.php/x":             "acct-1",
 	} {
 		if id, ok := ix.accountOf(target); !ok || id != want {
 			t.Errorf("%s: account %q %v, want %q", target, id, ok, want)
