@@ -260,8 +260,7 @@ func syntheticRequest(req explainRequest) (*http.Request, error) {
 // run decides the request as h's ServeHTTP does, and answers it with
 // h's own respond into a recorder, with a next handler that writes 200.
 // Nothing is counted or logged, and no error route runs (they could
-// proxy or write files; they never change CORS headers, behaviour §4):
-// h was provisioned by the explain command, outside any server.
+// proxy or write files; they never change CORS headers, behaviour §4).
 func (e *Explanation) run(h *Handler, req explainRequest) {
 	r, _ := syntheticRequest(req) // checked by explain
 	ix := h.ix
@@ -286,10 +285,12 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 	if d.Kind == Untouched {
 		err = next.ServeHTTP(w, r)
 	} else {
-		errs := h.errs
-		h.errs = nil // never set outside a server; kept so for certain
-		err = h.respond(w, r, next, d, nil)
-		h.errs = errs
+		// The admin route explains with the running handlers: respond
+		// through a copy that runs no error routes, rather than change
+		// a handler that serves requests.
+		x := *h
+		x.errs = nil
+		err = x.respond(w, r, next, d, nil)
 	}
 	e.Status = w.Code
 	if err != nil {
