@@ -90,12 +90,24 @@ func (d Decision) Refused() bool { return d.Reason == AmbiguousPath || d.Reason 
 
 // kindOf tells a preflight from a normal request.
 func kindOf(r *http.Request) Kind {
-	if r.Method == http.MethodOptions && len(r.Header[hdrOrigin]) > 0 {
-		if m := r.Header[hdrReqMethod]; len(m) > 1 || len(m) == 1 && m[0] != "" {
-			return Preflight
-		}
+	if preflightMethods(r, r.Header[hdrOrigin]) != nil {
+		return Preflight
 	}
 	return Normal
+}
+
+// preflightMethods returns the Access-Control-Request-Method lines of r
+// when r, whose Origin lines are origin, is a preflight: OPTIONS with an
+// Origin and a non-empty Access-Control-Request-Method (Fetch standard,
+// "CORS-preflight request"); nil for any other request.
+func preflightMethods(r *http.Request, origin []string) []string {
+	if r.Method != http.MethodOptions || len(origin) == 0 {
+		return nil
+	}
+	if m := r.Header[hdrReqMethod]; len(m) > 1 || len(m) == 1 && m[0] != "" {
+		return m
+	}
+	return nil
 }
 
 // Decide decides r: its account, under Caddy's reading of the path
@@ -114,11 +126,9 @@ func (ix *index) Decide(r *http.Request, guard bool) Decision {
 	d := Decision{Kind: Normal, Account: id}
 	origin := r.Header[hdrOrigin]
 	method := r.Method
-	var reqMethod []string
-	if method == http.MethodOptions && len(origin) > 0 {
-		if m := r.Header[hdrReqMethod]; len(m) > 1 || len(m) == 1 && m[0] != "" {
-			d.Kind, reqMethod = Preflight, m
-		}
+	reqMethod := preflightMethods(r, origin)
+	if reqMethod != nil {
+		d.Kind = Preflight
 	}
 	d.Rule, d.Reason = ix.match(id, origin)
 	if d.Rule == nil {

@@ -90,14 +90,7 @@ func installErrorPolicies(ctx caddy.Context, srv *caddyhttp.Server, h *Handler) 
 	policies.Store(srv, p)
 	ctx.OnCancel(func() { policies.Delete(srv) })
 	p.coverLineage(ctx)
-	p.coverRoutes(ctx, srv.Routes, 0)
-	if srv.Errors != nil {
-		p.coverRoutes(ctx, srv.Errors.Routes, 0)
-	}
-	for _, r := range srv.NamedRoutes {
-		p.coverRoutes(ctx, caddyhttp.RouteList{*r}, 0)
-		p.coverJSON(r.HandlersRaw)
-	}
+	p.coverServer(ctx, srv)
 	if !pending(srv.Routes) && (srv.Errors == nil || !pending(srv.Errors.Routes)) {
 		p.sweep(ctx, srv) // h is in a named route: everything else is loaded
 	}
@@ -118,27 +111,6 @@ func (p *errorPolicy) coverLineage(ctx caddy.Context) {
 		if sr, ok := m.(*caddyhttp.Subroute); ok && pending(sr.Routes) {
 			p.coverSubroute(ctx, sr)
 		}
-	}
-}
-
-// coverRoutes puts p at the head of the error routes of every subroute
-// in routes, at any depth: those already loaded directly, those still
-// JSON through their JSON.
-func (p *errorPolicy) coverRoutes(ctx caddy.Context, routes caddyhttp.RouteList, depth int) {
-	if depth > maxRouteDepth {
-		return
-	}
-	for i := range routes {
-		for _, mh := range routes[i].Handlers {
-			if sr, ok := mh.(*caddyhttp.Subroute); ok {
-				p.coverSubroute(ctx, sr)
-				p.coverRoutes(ctx, sr.Routes, depth+1)
-				if sr.Errors != nil {
-					p.coverRoutes(ctx, sr.Errors.Routes, depth+1)
-				}
-			}
-		}
-		p.coverJSON(routes[i].HandlersRaw)
 	}
 }
 
@@ -182,10 +154,22 @@ func (p *errorPolicy) sweep(ctx caddy.Context, srv *caddyhttp.Server) {
 		return
 	}
 	p.swept = true
+	p.coverServer(ctx, srv)
+}
+
+// coverServer puts p at the head of the error routes of every subroute
+// of srv's routes, error routes and named routes: those already loaded
+// directly, those still JSON through their JSON.
+func (p *errorPolicy) coverServer(ctx caddy.Context, srv *caddyhttp.Server) {
 	budget := maxSweep
 	p.coverValue(ctx, reflect.ValueOf(srv.Routes), 0, &budget)
+	if srv.Errors != nil {
+		p.coverValue(ctx, reflect.ValueOf(srv.Errors.Routes), 0, &budget)
+	}
 	for _, r := range srv.NamedRoutes {
-		p.coverValue(ctx, reflect.ValueOf(r), 0, &budget)
+		// A route list of the one route, so that its JSON is covered
+		// (the list shares the route's JSON).
+		p.coverValue(ctx, reflect.ValueOf(caddyhttp.RouteList{*r}), 0, &budget)
 	}
 }
 
@@ -200,7 +184,7 @@ var (
 // coverValue looks for subroutes in v, through exported fields, slices,
 // pointers and interfaces, depth and budget bounded.
 func (p *errorPolicy) coverValue(ctx caddy.Context, v reflect.Value, depth int, budget *int) {
-	if depth > maxRouteDepth || *budget <= 0 || !v.IsValid() {
+	if depth > 4*maxRouteDepth || *budget <= 0 || !v.IsValid() {
 		return
 	}
 	*budget--

@@ -411,13 +411,7 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 			return fmt.Errorf("store %s: storage: %v", q(name), err)
 		}
 	}
-	s := &accountStore{
-		name: name, keys: storageKeys("atomsphere_cors/" + name + "/"), source: "none",
-		local: map[string]uint64{}, refused: map[string]string{}, unreadable: map[string]int{},
-		cache: newMethodCache(), done: make(chan struct{}),
-		users: []storeUser{{st: st, logger: zap.NewNop()}},
-	}
-	s.view.Store(newView(nil))
+	s := newAccountStore(name, "", st, zap.NewNop(), 0)
 	rctx, cancel := context.WithTimeout(ctx, fullReadTimeout)
 	defer cancel()
 	if err := s.poll(rctx); err != nil {
@@ -429,20 +423,26 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 	return nil
 }
 
-// openStore starts a store: from the local snapshot if there is one,
-// then one read of the store (bounded in time), then the poller.
-func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *accountStore {
+// newAccountStore is a store that serves no account yet, read from st.
+func newAccountStore(name, key string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *accountStore {
 	s := &accountStore{
 		name: name, key: key, keys: storageKeys("atomsphere_cors/" + name + "/"),
 		interval: interval, source: "none",
 		local: map[string]uint64{}, refused: map[string]string{}, unreadable: map[string]int{},
-		cache: newMethodCache(),
-		done:  make(chan struct{}),
+		cache:    newMethodCache(),
+		done:     make(chan struct{}),
+		users:    []storeUser{{st: st, logger: logger}},
+		openedAt: time.Now(),
 	}
-	s.users = []storeUser{{st: st, logger: logger}}
-	s.openedAt = time.Now()
 	s.view.Store(newView(nil))
 	s.maxImport.Store(defaultMaxImportSize)
+	return s
+}
+
+// openStore starts a store: from the local snapshot if there is one,
+// then one read of the store (bounded in time), then the poller.
+func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *accountStore {
+	s := newAccountStore(name, key, st, logger, interval)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	cleanSpool.Do(func() { removeStaleSpools(logger) })
 	if err := s.loadSnapshot(); err != nil {
