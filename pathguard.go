@@ -57,11 +57,6 @@ func sentPath(r *http.Request) string {
 	return p
 }
 
-// hasDotEndedSegment reports whether a segment of p ends in a dot.
-func hasDotEndedSegment(p string) bool {
-	return p != "" && p[len(p)-1] == '.' || strings.Contains(p, "./")
-}
-
 // Byte classes of scanPath: a byte some backend reads differently from
 // Caddy, and the dot.
 const (

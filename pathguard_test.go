@@ -164,29 +164,10 @@ func TestPathGuardKelvinSign(t *testing.T) {
 	}
 }
 
-// TestHasDotEndedSegment compares the scan with its definition on every
-// path of up to seven bytes from "/", "." and "a".
-func TestHasDotEndedSegment(t *testing.T) {
-	plain := func(p string) bool {
-		for _, seg := range strings.Split(p, "/") {
-			if strings.HasSuffix(seg, ".") {
-				return true
-			}
-		}
-		return false
-	}
-	var walk func(p string)
-	walk = func(p string) {
-		if got, want := hasDotEndedSegment(p), plain(p); got != want {
-			t.Errorf("%q: %v, want %v", p, got, want)
-		}
-		if len(p) < 7 {
-			for _, c := range []string{"/", ".", "a"} {
-				walk(p + c)
-			}
-		}
-	}
-	walk("")
+// hasDotEndedSegment reports whether a segment of p ends in a dot: part of
+// the plain definition TestScanPath checks the scan against.
+func hasDotEndedSegment(p string) bool {
+	return p != "" && p[len(p)-1] == '.' || strings.Contains(p, "./")
 }
 
 // TestPathGuardTargetAsSent: a raw "|" or "^" in the target is not a
