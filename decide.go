@@ -115,8 +115,15 @@ func preflightMethods(r *http.Request, origin []string) []string {
 // when guard is set (§5); then the account's rule for the one Origin, and
 // whether it lists the method (§2, §3).
 func (ix *index) Decide(r *http.Request, guard bool) Decision {
-	id, ok := ix.accountOf(r.URL.Path)
-	if guard && (guardedPath(r) && ix.ambiguous(r, id, ok) || ix.rewrites && ix.originalReadsOther(r, id, ok)) {
+	var id string
+	var ok bool
+	plain := plainPath(r.URL.Path)
+	if plain {
+		id, ok, _ = ix.accountAtStart(r.URL.Path) // as accountOf, with nothing to clean
+	} else {
+		id, ok = ix.accountOf(r.URL.Path)
+	}
+	if guard && (guardedTarget(r, plain) && ix.ambiguous(r, id, ok) || ix.rewrites && ix.originalReadsOther(r, id, ok)) {
 		return Decision{Kind: kindOf(r), Reason: AmbiguousPath, Account: id}
 	}
 	if !ok {

@@ -7,7 +7,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -31,7 +30,7 @@ func (h *Handler) provisionObservability(ctx caddy.Context) error {
 // it in the request's access log entry when the server logs the
 // request, and writes the debug entry.
 func (h *Handler) observe(r *http.Request, d Decision) {
-	decisionCounters[d.Kind][d.Reason].Inc()
+	decisions.count(d)
 	if srv := h.obs.srv; srv != nil && srv.Logs != nil {
 		accessLogDecision(srv.Logs, r, d)
 	}
@@ -66,32 +65,6 @@ func debugMessage(d Decision) string {
 	}
 	return "request"
 }
-
-// decisionCounters are requestsTotal's counters by kind and reason,
-// resolved once so that a decision costs one atomic add. A reason a kind
-// cannot have (behaviour §2.1: a preflight always has an Origin, only a
-// preflight has an Access-Control-Request-Method) counts as other.
-var decisionCounters = func() (c [numKinds][numReasons]prometheus.Counter) {
-	for _, k := range []Kind{Preflight, Normal} {
-		can := map[string]bool{}
-		for _, r := range decisionReasons {
-			if k == Preflight && r.preflight || k == Normal && r.normal {
-				can[r.reason] = true
-			}
-		}
-		for r := range numReasons {
-			switch label := r.String(); {
-			case r == Allowed:
-				c[k][r] = requestsTotal.WithLabelValues(k.String(), "allowed", "")
-			case can[label]:
-				c[k][r] = requestsTotal.WithLabelValues(k.String(), "denied", label)
-			default:
-				c[k][r] = requestsTotal.WithLabelValues(k.String(), "denied", reasonOther)
-			}
-		}
-	}
-	return c
-}()
 
 // accessLogDecision adds the decision to the request's access log entry,
 // as the field atomsphere_cors: {account, outcome, reason}, when the

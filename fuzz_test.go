@@ -180,6 +180,24 @@ func FuzzParseOrigin(f *testing.F) {
 // whatever lower-casing did to byte lengths.
 func refAccountOf(prefixes []string, p string) (string, bool) {
 	clean := caddyhttp.CleanPath(p, true)
+	if id, ok, found := refAccountAtStart(prefixes, clean); found {
+		return id, ok
+	}
+	// A PHP front controller's PATH_INFO: the path after the first
+	// segment that ends in ".php", in any case, with more path after it.
+	segs := strings.Split(clean, "/")
+	for k, seg := range segs[:len(segs)-1] {
+		if strings.HasSuffix(strings.ToLower(seg), ".php") {
+			id, ok, _ := refAccountAtStart(prefixes, "/"+strings.Join(segs[k+1:], "/"))
+			return id, ok
+		}
+	}
+	return "", false
+}
+
+// refAccountAtStart is the account of the cleaned path clean when it
+// starts with a prefix, in any case; found is false when none matches.
+func refAccountAtStart(prefixes []string, clean string) (id string, ok, found bool) {
 	lower := strings.ToLower(clean)
 	for _, pre := range prefixes {
 		if !strings.HasPrefix(lower, strings.ToLower(pre)) {
@@ -188,11 +206,11 @@ func refAccountOf(prefixes []string, p string) (string, bool) {
 		n := strings.Count(pre, "/") // the account is segment n (0 is before the first /)
 		segs := strings.Split(clean, "/")
 		if len(segs) <= n || segs[n] == "" {
-			return "", false
+			return "", false, true
 		}
-		return segs[n], true
+		return segs[n], true, true
 	}
-	return "", false
+	return "", false, false
 }
 
 var fuzzPrefixSets = [][]string{
@@ -230,6 +248,11 @@ func FuzzAccountOf(f *testing.F) {
 		"*",
 		"/api/rest/v1/account-A/.../x",
 		"/api/rest/v1/...",
+		"/static/app.js",
+		"/api/rest/v1/account-A/index.php",
+		"/index.php/api/rest/v1/account-A",
+		"/api/rest/v1/account-A/x.",
+		"/.well-known/x.json",
 	} {
 		for i := range fuzzPrefixSets {
 			f.Add(uint8(i), p)
@@ -254,6 +277,16 @@ func FuzzAccountOf(f *testing.F) {
 		if got != want || gotOK != wantOK {
 			t.Fatalf("prefixes %q, path %q: accountOf = %q, %v; Caddy's reading (CleanPath, ToLower) = %q, %v",
 				prefixes, p, got, gotOK, want, wantOK)
+		}
+		// Decide reads a plain path with accountAtStart alone and does not
+		// scan it for the path guard: it must be one that needs neither.
+		if plainPath(p) {
+			if needsCleaning(p) || scanPath(p) {
+				t.Fatalf("path %q: plainPath, but needsCleaning %v, scanPath %v", p, needsCleaning(p), scanPath(p))
+			}
+			if id, ok, _ := indexes[i].accountAtStart(p); id != got || ok != gotOK {
+				t.Fatalf("prefixes %q, path %q: plain, accountAtStart = %q, %v; accountOf = %q, %v", prefixes, p, id, ok, got, gotOK)
+			}
 		}
 	})
 }

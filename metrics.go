@@ -2,6 +2,7 @@ package atomspherecors
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -62,14 +63,64 @@ var decisionReasons = []struct {
 	{reasonOther, true, true},
 }
 
-// requestsTotal counts decisions; see decisionCounters.
-var requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Namespace: "caddy",
-	Subsystem: "atomsphere_cors",
-	Name:      "requests_total",
-	Help: "Requests on account paths decided by atomsphere_cors, by kind (preflight, normal), " +
-		"outcome (allowed, denied) and reason of a denial (empty when allowed).",
-}, []string{"kind", "outcome", "reason"})
+// decisions counts decisions, exported as
+// caddy_atomsphere_cors_requests_total{kind, outcome, reason}. Counting is
+// one atomic add into an array indexed by kind and reason, with no label
+// lookup and no interface call on the request path; the labels are put
+// together when the metrics are read. A reason a kind cannot have (a
+// preflight always has an Origin, only a preflight has an
+// Access-Control-Request-Method) is counted as other.
+var decisions = &decisionCollector{
+	desc: prometheus.NewDesc("caddy_atomsphere_cors_requests_total",
+		"Requests on account paths decided by atomsphere_cors, by kind (preflight, normal), "+
+			"outcome (allowed, denied) and reason of a denial (empty when allowed).",
+		[]string{"kind", "outcome", "reason"}, nil),
+}
+
+// decisionCollector is the prometheus.Collector of the decision counts.
+type decisionCollector struct {
+	desc *prometheus.Desc
+	n    [numKinds][numReasons]atomic.Uint64
+}
+
+// count counts one decision.
+func (c *decisionCollector) count(d Decision) { c.n[d.Kind][d.Reason].Add(1) }
+
+func (c *decisionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect sends one series per kind and outcome-and-reason the kind can
+// have, zeros included, so that a rate can be taken from the first scrape.
+func (c *decisionCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, k := range []Kind{Preflight, Normal} {
+		allowed := c.n[k][Allowed].Load()
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(allowed), k.String(), "allowed", "")
+		other := uint64(0)
+		can := map[string]bool{}
+		for _, r := range decisionReasons {
+			if k == Preflight && r.preflight || k == Normal && r.normal {
+				can[r.reason] = true
+			}
+		}
+		byLabel := map[string]uint64{}
+		for r := Allowed + 1; r < numReasons; r++ {
+			if label := r.String(); can[label] {
+				byLabel[label] += c.n[k][r].Load()
+			} else {
+				other += c.n[k][r].Load()
+			}
+		}
+		for _, r := range decisionReasons {
+			if !can[r.reason] {
+				continue
+			}
+			v := byLabel[r.reason]
+			if r.reason == reasonOther {
+				v += other
+			}
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k.String(), "denied", r.reason)
+		}
+	}
+}
 
 // Metrics of the rules store, each with the label store (the store's
 // name: a small set the operator chooses, never tenant data), so that
@@ -156,7 +207,7 @@ func storePolled(name string, d time.Duration) {
 // registerMetrics registers the decision counters in the config's
 // registry.
 func registerMetrics(ctx caddy.Context) error {
-	return registerOnce(ctx, requestsTotal)
+	return registerOnce(ctx, decisions)
 }
 
 // registerOnce registers collectors in ctx's registry. Every handler of

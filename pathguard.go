@@ -35,12 +35,55 @@ import (
 // as a segment, or one such as "..." or "x.", which a trimming backend
 // reads as another) or a PHP script's PATH_INFO (see scanPath).
 func guardedPath(r *http.Request) bool {
+	return guardedTarget(r, plainPath(r.URL.Path))
+}
+
+// guardedTarget is guardedPath for a request whose path is known to be
+// plain or not (plainPath), so that a plain path is not scanned twice.
+func guardedTarget(r *http.Request, plain bool) bool {
 	p := r.URL.Path
-	if r.URL.RawPath != "" || scanPath(p) {
+	if r.URL.RawPath != "" || !plain && scanPath(p) {
 		return true
+	}
+	if r.RequestURI == p {
+		return false // sent as it is read: the common case
 	}
 	sent := sentPath(r)
 	return sent != p && scanPath(sent)
+}
+
+// plainPath reports whether p has no byte the path guard looks at, no
+// "//", and dots only in its last segment, which does not end in one:
+// nearly every path ("/api/rest/v1/acct/items", "/static/app.js"). Such
+// a path needs no cleaning (needsCleaning), has no script with PATH_INFO
+// after it (phpScriptEnd) and nothing for scanPath to find, so that one
+// scan of it tells all three.
+func plainPath(p string) bool {
+	t := &byteClasses
+	i := 0
+	for ; i+8 <= len(p); i += 8 {
+		if t[p[i]]|t[p[i+1]]|t[p[i+2]]|t[p[i+3]]|t[p[i+4]]|t[p[i+5]]|t[p[i+6]]|t[p[i+7]] != plainByte {
+			break
+		}
+	}
+	for ; i < len(p); i++ {
+		switch t[p[i]] {
+		case plainByte:
+			continue
+		case guardByte:
+			return false
+		}
+		// The first dot: the rest is the last segment, or p is not plain.
+		if strings.IndexByte(p[i:], '/') >= 0 || p[len(p)-1] == '.' {
+			return false
+		}
+		for ; i < len(p); i++ {
+			if t[p[i]] == guardByte {
+				return false
+			}
+		}
+	}
+	return !strings.Contains(p, "//")
 }
 
 // sentPath is the path of the request target as the client sent it, or
