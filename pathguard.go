@@ -60,25 +60,29 @@ func guardedTarget(r *http.Request, plain bool) bool {
 // scan of it tells all three.
 func plainPath(p string) bool {
 	t := &byteClasses
-	i := 0
-	for ; i+8 <= len(p); i += 8 {
-		if t[p[i]]|t[p[i+1]]|t[p[i+2]]|t[p[i+3]]|t[p[i+4]]|t[p[i+5]]|t[p[i+6]]|t[p[i+7]] != plainByte {
+	q := p
+	// Eight bytes at a time while they are all plain; c's length is
+	// known, so its reads need no bounds checks.
+	for len(q) >= 8 {
+		c := q[:8]
+		if t[c[0]]|t[c[1]]|t[c[2]]|t[c[3]]|t[c[4]]|t[c[5]]|t[c[6]]|t[c[7]] != plainByte {
 			break
 		}
+		q = q[8:]
 	}
-	for ; i < len(p); i++ {
-		switch t[p[i]] {
+	for i := 0; i < len(q); i++ {
+		switch t[q[i]] {
 		case plainByte:
 			continue
 		case guardByte:
 			return false
 		}
 		// The first dot: the rest is the last segment, or p is not plain.
-		if strings.IndexByte(p[i:], '/') >= 0 || p[len(p)-1] == '.' {
+		if strings.IndexByte(q[i:], '/') >= 0 || p[len(p)-1] == '.' {
 			return false
 		}
-		for ; i < len(p); i++ {
-			if t[p[i]] == guardByte {
+		for ; i < len(q); i++ {
+			if t[q[i]] == guardByte {
 				return false
 			}
 		}
