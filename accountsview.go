@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"maps"
 	"slices"
 	"strings"
@@ -14,10 +15,10 @@ import (
 // account among 10^5 so copies a few hundred entries, not 10^5
 // (docs/store.md, "Figures").
 type accountsView struct {
-	base    map[string]account
-	baseIDs []string            // the keys of base, sorted
-	overlay map[string]*account // changed since base was built; nil value: deleted
-	count   int                 // accounts in the view
+	base    map[string]policy.Account
+	baseIDs []string                   // the keys of base, sorted
+	overlay map[string]*policy.Account // changed since base was built; nil value: deleted
+	count   int                        // accounts in the view
 }
 
 // mergeThreshold is the overlay size from which a batch folds the
@@ -27,11 +28,11 @@ type accountsView struct {
 func mergeThreshold(base int) int { return max(512, base/64) }
 
 // get returns an account's compiled rules and whether it exists.
-func (v *accountsView) get(id string) (account, bool) {
+func (v *accountsView) get(id string) (policy.Account, bool) {
 	if v.overlay != nil {
 		if a, ok := v.overlay[id]; ok {
 			if a == nil {
-				return account{}, false
+				return policy.Account{}, false
 			}
 			return *a, true
 		}
@@ -41,9 +42,9 @@ func (v *accountsView) get(id string) (account, bool) {
 }
 
 // with returns a new view with changes applied (a nil account deletes).
-func (v *accountsView) with(changes map[string]*account) *accountsView {
+func (v *accountsView) with(changes map[string]*policy.Account) *accountsView {
 	nv := &accountsView{base: v.base, baseIDs: v.baseIDs, count: v.count}
-	nv.overlay = make(map[string]*account, len(v.overlay)+len(changes))
+	nv.overlay = make(map[string]*policy.Account, len(v.overlay)+len(changes))
 	maps.Copy(nv.overlay, v.overlay)
 	for id, a := range changes {
 		_, had := v.get(id)
@@ -63,7 +64,7 @@ func (v *accountsView) with(changes map[string]*account) *accountsView {
 
 // merge folds the overlay into a new base.
 func (v *accountsView) merge() {
-	base := make(map[string]account, v.count)
+	base := make(map[string]policy.Account, v.count)
 	maps.Copy(base, v.base)
 	added := make([]string, 0, len(v.overlay))
 	for id, a := range v.overlay {
@@ -94,7 +95,7 @@ func (v *accountsView) merge() {
 }
 
 // newView builds a view holding exactly accounts.
-func newView(accounts map[string]account) *accountsView {
+func newView(accounts map[string]policy.Account) *accountsView {
 	ids := slices.Sorted(maps.Keys(accounts))
 	return &accountsView{base: accounts, baseIDs: ids, count: len(accounts)}
 }
@@ -141,10 +142,10 @@ func (v *accountsView) idsAfter(after string, limit int) ([]string, bool) {
 
 // rulesOf writes an account's compiled rules back as rules: origins in
 // their normalised form, methods as merged (docs/store.md, "Reading").
-func rulesOf(a account) []Rule {
-	out := make([]Rule, len(a.origins))
-	for i, ao := range a.origins {
-		out[i] = Rule{Origin: ao.origin, Methods: slices.Clone(ao.methods.list)}
+func rulesOf(a policy.Account) []policy.Rule {
+	out := make([]policy.Rule, len(a.Origins))
+	for i, ao := range a.Origins {
+		out[i] = policy.Rule{Origin: ao.Origin, Methods: slices.Clone(ao.Methods.List)}
 	}
 	return out
 }

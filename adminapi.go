@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"bufio"
 	"bytes"
 	"context"
@@ -184,7 +185,7 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, 
 	if len(body) > maxRulesBody {
 		return apiErr(http.StatusRequestEntityTooLarge, "body over %d bytes", maxRulesBody)
 	}
-	var rules []Rule
+	var rules []policy.Rule
 	if err := decodeStrict(body, &rules); err != nil {
 		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: %v", q(id), short(err.Error()))
 	}
@@ -207,7 +208,7 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, 
 }
 
 func (a *adminAPI) delete(w http.ResponseWriter, r *http.Request, s *accountStore, id string) error {
-	if err := checkAccountID(id); err != nil {
+	if err := policy.CheckAccountID(id); err != nil {
 		return apiErr(http.StatusBadRequest, "%s", err.Error())
 	}
 	existed, err := s.commit(r.Context(), []change{{id: id, delete: true}})
@@ -274,7 +275,7 @@ func (a *adminAPI) export(w http.ResponseWriter, s *accountStore) error {
 // UTF-8 and lone surrogates into U+FFFD), and the rules required.
 type importLine struct {
 	Account json.RawMessage `json:"account"`
-	Rules   []Rule          `json:"rules"`
+	Rules   []policy.Rule   `json:"rules"`
 }
 
 // importNDJSON validates every line first (a bad line refuses the whole
@@ -292,7 +293,7 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 	defer spool.Close()
 	sw := bufio.NewWriterSize(spool, 1<<16)
 
-	var bad problems
+	var bad policy.Problems
 	lines, n := 0, 0
 	// lastAt is the spooled record that gives each account (its last
 	// line): an account named several times is written once.
@@ -310,43 +311,43 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		if len(line) > 0 || tooLong || !errors.Is(err, io.EOF) {
 			lines++
 		}
-		at := place{field: "import", rule: lines}
+		at := policy.Place{Field: "import", Rule: lines}
 		switch {
 		case tooLong:
-			bad.add(at, fmt.Errorf("line %d: longer than %d bytes", lines, maxRulesBody))
+			bad.Add(at, fmt.Errorf("line %d: longer than %d bytes", lines, maxRulesBody))
 		case len(bytes.TrimSpace(line)) == 0:
 		case lines == 1 && bytes.HasPrefix(line, []byte("\xef\xbb\xbf")):
-			bad.add(at, errors.New("line 1: starts with a UTF-8 byte order mark (EF BB BF), which NDJSON does not allow: save the file without it"))
+			bad.Add(at, errors.New("line 1: starts with a UTF-8 byte order mark (EF BB BF), which NDJSON does not allow: save the file without it"))
 		default:
 			var il importLine
 			if derr := decodeStrict(line, &il); derr != nil {
-				bad.add(at, fmt.Errorf("line %d: not a JSON record {\"account\": ..., \"rules\": [...]}: %s", lines, short(derr.Error())))
+				bad.Add(at, fmt.Errorf("line %d: not a JSON record {\"account\": ..., \"rules\": [...]}: %s", lines, short(derr.Error())))
 				break
 			}
 			id, ierr := importID(il.Account)
 			if ierr != nil {
-				bad.add(at, fmt.Errorf("line %d: %w", lines, ierr))
+				bad.Add(at, fmt.Errorf("line %d: %w", lines, ierr))
 				break
 			}
 			if il.Rules == nil {
-				bad.add(at, fmt.Errorf("line %d: account %s: \"rules\" missing or null: every line gives the account's rules, [] for none", lines, q(id)))
+				bad.Add(at, fmt.Errorf("line %d: account %s: \"rules\" missing or null: every line gives the account's rules, [] for none", lines, q(id)))
 				break
 			}
 			if _, cerr := s.compile(id, il.Rules); cerr != nil {
-				var rep *report
+				var rep *policy.Report
 				if errors.As(cerr, &rep) {
-					for _, e := range rep.list {
-						bad.add(at, fmt.Errorf("line %d: %w", lines, e))
+					for _, e := range rep.List {
+						bad.Add(at, fmt.Errorf("line %d: %w", lines, e))
 					}
-					for range rep.more {
-						bad.skip()
+					for range rep.More {
+						bad.Skip()
 					}
 				} else {
-					bad.add(at, fmt.Errorf("line %d: %w", lines, cerr))
+					bad.Add(at, fmt.Errorf("line %d: %w", lines, cerr))
 				}
 				break
 			}
-			if bad.err() == nil {
+			if bad.Err() == nil {
 				b, _ := json.Marshal(record{Account: id, Rules: il.Rules})
 				_, _ = sw.Write(append(b, '\n'))
 				lastAt[id] = n
@@ -357,7 +358,7 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 			break
 		}
 	}
-	if err := bad.err(); err != nil {
+	if err := bad.Err(); err != nil {
 		return apiErr(http.StatusBadRequest, "import refused, nothing written: %v", err)
 	}
 	if err := sw.Flush(); err != nil {

@@ -10,6 +10,7 @@ package atomspherecors
 //	go test -run '^$' -bench Bounds -benchmem .
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"net/http"
@@ -26,13 +27,13 @@ import (
 
 // boundsAccounts: a small account (origins scanned) and a large one
 // (origins in a map, more than mapThreshold).
-func boundsAccounts() map[string][]Rule {
-	big := make([]Rule, 0, 2*mapThreshold)
-	for i := range 2 * mapThreshold {
-		big = append(big, Rule{Origin: "https://app" + strconv.Itoa(i) + ".example.com"})
+func boundsAccounts() map[string][]policy.Rule {
+	big := make([]policy.Rule, 0, 2*policy.MapThreshold)
+	for i := range 2 * policy.MapThreshold {
+		big = append(big, policy.Rule{Origin: "https://app" + strconv.Itoa(i) + ".example.com"})
 	}
-	big = append(big, Rule{Origin: "https://mydomain.com"})
-	return map[string][]Rule{
+	big = append(big, policy.Rule{Origin: "https://mydomain.com"})
+	return map[string][]policy.Rule{
 		"account-123456": {
 			{Origin: "https://mydomain.com", Methods: []string{"GET", "POST", "DELETE"}},
 			{Origin: "http://localhost:8080", Methods: []string{"GET"}},
@@ -113,7 +114,7 @@ func bWantPreflightAllowed(origin string) func(boundsOutcome) error {
 			return errors.New("want 204, got " + strconv.Itoa(o.status) + " " + bErrString(o.err))
 		case o.hdr.Get("Access-Control-Allow-Origin") != origin:
 			return errors.New("Access-Control-Allow-Origin is " + strconv.Quote(o.hdr.Get("Access-Control-Allow-Origin")))
-		case o.hdr.Get("Access-Control-Allow-Headers") != strings.Join(defaultAllowHeaders, ","):
+		case o.hdr.Get("Access-Control-Allow-Headers") != strings.Join(policy.DefaultAllowHeaders, ","):
 			return errors.New("Access-Control-Allow-Headers is not the configured list: " +
 				strconv.Quote(o.hdr.Get("Access-Control-Allow-Headers")))
 		}
@@ -342,7 +343,7 @@ func TestBoundsLongOriginNotParsed(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := newBoundsHandler(t, core)
 	short := "HTTPS://MYDOMAIN.COM/X" // short enough to be parsed
-	long := longOrigin(h.ix.maxOriginLen + 1)
+	long := longOrigin(h.ix.MaxOriginLen + 1)
 	for _, tc := range []struct{ origin, reason string }{
 		{short, "malformed Origin header"},
 		{long, "origin not allowed"},
@@ -358,7 +359,7 @@ func TestBoundsLongOriginNotParsed(t *testing.T) {
 			t.Fatalf("Origin of %d bytes: %d log entries, want 1", len(tc.origin), len(entries))
 		}
 		if got := entries[0].ContextMap()["reason"]; got != tc.reason {
-			t.Errorf("Origin of %d bytes (limit %d): reason %q, want %q", len(tc.origin), h.ix.maxOriginLen, got, tc.reason)
+			t.Errorf("Origin of %d bytes (limit %d): reason %q, want %q", len(tc.origin), h.ix.MaxOriginLen, got, tc.reason)
 		}
 	}
 }

@@ -10,6 +10,7 @@ package atomspherecors
 // builds never depend on rs/cors; scripts/perf-e2e measures a real Caddy.
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"flag"
@@ -29,9 +30,9 @@ import (
 // benchRules returns the three rules of account i, as docs/performance.md describes
 // them: an app origin with GET, POST and DELETE, an admin origin on a
 // port with GET, a development origin over http with GET and POST.
-func benchRules(i int) (id string, rules []Rule) {
+func benchRules(i int) (id string, rules []policy.Rule) {
 	n := strconv.Itoa(i)
-	return "account-" + n, []Rule{
+	return "account-" + n, []policy.Rule{
 		{Origin: "https://app" + n + ".example.com", Methods: benchMethods[0]},
 		{Origin: "https://admin" + n + ".example.org:8443", Methods: benchMethods[1]},
 		{Origin: "http://dev" + n + ".example.net:8080", Methods: benchMethods[2]},
@@ -145,7 +146,7 @@ func benchHandler(tb testing.TB, n int) *Handler {
 	if n <= 100_000 {
 		h = mustLoadHandler(tb, string(benchConfigJSON(n)), nil)
 	} else {
-		h = &Handler{Accounts: make(map[string][]Rule, n)}
+		h = &Handler{Accounts: make(map[string][]policy.Rule, n)}
 		for i := 0; i < n; i++ {
 			id, rules := benchRules(i)
 			h.Accounts[id] = rules

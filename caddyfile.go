@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"errors"
 	"fmt"
 	"strconv"
@@ -52,8 +53,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	h.Accounts = map[string][]Rule{}
-	p := &caddyfileParser{d: d, h: h, positions: map[place]position{}}
+	h.Accounts = map[string][]policy.Rule{}
+	p := &caddyfileParser{d: d, h: h, positions: map[policy.Place]position{}}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
@@ -83,26 +84,26 @@ type position struct {
 type caddyfileParser struct {
 	d         *caddyfile.Dispenser
 	h         *Handler
-	positions map[place]position // where each value was written
-	errs      []located          // values that are not numbers or durations
+	positions map[policy.Place]position // where each value was written
+	errs      []policy.Located          // values that are not numbers or durations
 }
 
 // at records that the value of pl is at the dispenser's line.
-func (p *caddyfileParser) at(pl place) { p.positions[pl] = position{p.d.File(), p.d.Line()} }
+func (p *caddyfileParser) at(pl policy.Place) { p.positions[pl] = position{p.d.File(), p.d.Line()} }
 
 // subdirective reads one subdirective, sub, of the block.
 func (p *caddyfileParser) subdirective(sub string) error {
 	d, h := p.d, p.h
 	switch sub {
 	case "path_prefix":
-		p.at(place{field: "path_prefixes"})
+		p.at(policy.Place{Field: "path_prefixes"})
 		h.PathPrefixes = d.RemainingArgs()
 		if len(h.PathPrefixes) == 0 {
 			return d.ArgErr()
 		}
 
 	case "allow_headers", "expose_headers":
-		p.at(place{field: sub})
+		p.at(policy.Place{Field: sub})
 		names := d.RemainingArgs()
 		if len(names) == 0 {
 			return d.ArgErr()
@@ -114,28 +115,28 @@ func (p *caddyfileParser) subdirective(sub string) error {
 		}
 
 	case "max_age":
-		p.at(place{field: sub})
+		p.at(policy.Place{Field: sub})
 		var arg string
 		if !d.AllArgs(&arg) {
 			return d.ArgErr()
 		}
 		dur, err := caddy.ParseDuration(arg)
 		if err != nil {
-			p.errs = append(p.errs, located{fmt.Sprintf("max_age %s: %s", q(arg), short(err.Error())), d.File(), d.Line()})
+			p.errs = append(p.errs, policy.Located{Msg: fmt.Sprintf("max_age %s: %s", q(arg), short(err.Error())), File: d.File(), Line: d.Line()})
 			return nil
 		}
 		ma := caddy.Duration(dur)
 		h.MaxAge = &ma
 
 	case "preflight_status":
-		p.at(place{field: sub})
+		p.at(policy.Place{Field: sub})
 		var arg string
 		if !d.AllArgs(&arg) {
 			return d.ArgErr()
 		}
 		n, err := strconv.Atoi(arg)
 		if err != nil {
-			p.errs = append(p.errs, located{fmt.Sprintf("preflight_status %s is not a number", q(arg)), d.File(), d.Line()})
+			p.errs = append(p.errs, policy.Located{Msg: fmt.Sprintf("preflight_status %s is not a number", q(arg)), File: d.File(), Line: d.Line()})
 			return nil
 		}
 		h.PreflightStatus = n
@@ -147,7 +148,7 @@ func (p *caddyfileParser) subdirective(sub string) error {
 		h.DisablePathGuard = true
 
 	case "store":
-		p.at(place{field: "store"})
+		p.at(policy.Place{Field: "store"})
 		st, err := parseStoreBlock(d)
 		if err != nil {
 			return err
@@ -173,18 +174,18 @@ func (p *caddyfileParser) account() error {
 	if _, ok := p.h.Accounts[id]; ok {
 		return d.Errf("account %s already specified", q(id))
 	}
-	p.at(place{field: "accounts", account: id, rule: -1})
-	rules := []Rule{}
+	p.at(policy.Place{Field: "accounts", Account: id, Rule: -1})
+	rules := []policy.Rule{}
 	for nested := d.Nesting(); d.NextBlock(nested); {
 		if d.Val() != "origin" {
 			return d.Errf("account %s: unrecognized subdirective %q", q(id), d.Val())
 		}
-		p.at(place{field: "accounts", account: id, rule: len(rules)})
+		p.at(policy.Place{Field: "accounts", Account: id, Rule: len(rules)})
 		args := d.RemainingArgs()
 		if len(args) == 0 {
 			return d.ArgErr()
 		}
-		r := Rule{Origin: args[0]}
+		r := policy.Rule{Origin: args[0]}
 		if len(args) > 1 {
 			r.Methods = args[1:]
 		}
@@ -198,16 +199,16 @@ func (p *caddyfileParser) account() error {
 // its subdirective, account or origin.
 func (p *caddyfileParser) check() error {
 	more := 0
-	var r *report
+	var r *policy.Report
 	if _, err := newIndex(p.h); errors.As(err, &r) {
-		p.errs = append(p.errs, r.locate(func(pl place) (string, int) {
+		p.errs = append(p.errs, r.Locate(func(pl policy.Place) (string, int) {
 			pos, ok := p.positions[pl]
-			if !ok && pl.rule >= 0 {
-				pos = p.positions[place{field: pl.field, account: pl.account, rule: -1}]
+			if !ok && pl.Rule >= 0 {
+				pos = p.positions[policy.Place{Field: pl.Field, Account: pl.Account, Rule: -1}]
 			}
 			return pos.file, pos.line
 		})...)
-		more = r.more
+		more = r.More
 	}
-	return joinLocated(p.errs, more)
+	return policy.JoinLocated(p.errs, more)
 }

@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -48,7 +49,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				ExposeHeaders:   []string{"x-request-id", "X-Total-Count"},
 				MaxAge:          dur(90 * time.Second),
 				PreflightStatus: 200,
-				Accounts: map[string][]Rule{
+				Accounts: map[string][]policy.Rule{
 					"account-123456": {
 						{Origin: "https://mydomain.com", Methods: []string{"GET", "POST", "DELETE"}},
 						{Origin: "http://localhost:8080", Methods: []string{"get"}},
@@ -60,22 +61,22 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			desc:  "no block: every default",
 			input: `atomsphere_cors`,
-			want:  Handler{Accounts: map[string][]Rule{}},
+			want:  Handler{Accounts: map[string][]policy.Rule{}},
 		},
 		{
 			desc:  "empty block, empty account",
 			input: "atomsphere_cors {\n\taccount account-1 {\n\t}\n}",
-			want:  Handler{Accounts: map[string][]Rule{"account-1": {}}},
+			want:  Handler{Accounts: map[string][]policy.Rule{"account-1": {}}},
 		},
 		{
 			desc:  "max_age in days (Caddy duration syntax)",
 			input: "atomsphere_cors {\n\tmax_age 1d\n}",
-			want:  Handler{MaxAge: dur(24 * time.Hour), Accounts: map[string][]Rule{}},
+			want:  Handler{MaxAge: dur(24 * time.Hour), Accounts: map[string][]policy.Rule{}},
 		},
 		{
 			desc:  "max_age 0",
 			input: "atomsphere_cors {\n\tmax_age 0s\n}",
-			want:  Handler{MaxAge: dur(0), Accounts: map[string][]Rule{}},
+			want:  Handler{MaxAge: dur(0), Accounts: map[string][]policy.Rule{}},
 		},
 	}
 	for _, tc := range cases {

@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"net"
 	"net/http"
 
@@ -29,7 +30,7 @@ func (h *Handler) provisionObservability(ctx caddy.Context) error {
 // observe records one decision on an account path: it counts it, puts
 // it in the request's access log entry when the server logs the
 // request, and writes the debug entry.
-func (h *Handler) observe(r *http.Request, d Decision) {
+func (h *Handler) observe(r *http.Request, d policy.Decision) {
 	decisions.count(d)
 	if srv := h.obs.srv; srv != nil && srv.Logs != nil {
 		accessLogDecision(srv.Logs, r, d)
@@ -42,7 +43,7 @@ func (h *Handler) observe(r *http.Request, d Decision) {
 		fields := []zap.Field{
 			zap.String("account", d.Account),
 			zap.Strings("origin", r.Header[hdrOrigin]),
-			zap.String("method", d.method(r)),
+			zap.String("method", d.Method(r)),
 			zap.String("outcome", outcome),
 		}
 		if !d.Allowed() {
@@ -54,13 +55,13 @@ func (h *Handler) observe(r *http.Request, d Decision) {
 
 // debugMessage is the message of a decision's debug entry: the kind of
 // request, or the check that refused it before it was told apart.
-func debugMessage(d Decision) string {
+func debugMessage(d policy.Decision) string {
 	switch {
-	case d.Reason == AmbiguousPath:
+	case d.Reason == policy.AmbiguousPath:
 		return "path guard"
-	case d.Reason == DeferredHeaders:
+	case d.Reason == policy.DeferredHeaders:
 		return "header operations"
-	case d.Kind == Preflight:
+	case d.Kind == policy.Preflight:
 		return "preflight"
 	}
 	return "request"
@@ -69,7 +70,7 @@ func debugMessage(d Decision) string {
 // accessLogDecision adds the decision to the request's access log entry,
 // as the field atomsphere_cors: {account, outcome, reason}, when the
 // server logs the request.
-func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec Decision) {
+func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec policy.Decision) {
 	if !logsHost(logs, r.Host) {
 		return
 	}

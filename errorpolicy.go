@@ -418,7 +418,7 @@ func (p *errorPolicy) wrapCompiledErrors(srv *caddyhttp.Server) error {
 // a shorter path than the one the error routes see).
 func (p *errorPolicy) accountPath(r *http.Request) bool {
 	for _, h := range p.handlers {
-		if h.ix != nil && h.ix.mightOwn(r, !h.DisablePathGuard) {
+		if h.ix != nil && h.ix.MightOwn(r, !h.DisablePathGuard) {
 			return true
 		}
 	}

@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -265,7 +266,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 	r, _ := syntheticRequest(req) // checked by explain
 	ix := h.ix
 	d := ix.Decide(r, !h.DisablePathGuard)
-	e.Preflight = kindOf(r) == Preflight
+	e.Preflight = policy.KindOf(r) == policy.Preflight
 	e.CleanPath = caddyhttp.CleanPath(r.URL.Path, true)
 	if len(req.origins) == 1 {
 		if o, err := origin.Parse(req.origins[0]); err != nil {
@@ -282,7 +283,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 		return nil
 	})
 	var err error
-	if d.Kind == Untouched {
+	if d.Kind == policy.Untouched {
 		err = next.ServeHTTP(w, r)
 	} else {
 		// The admin route explains with the running handlers: respond
@@ -299,43 +300,26 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 	e.NextHandler = nextRan
 	e.Headers = corsAndVary(w.Header())
 
-	if id, isAccount := ix.accountOf(r.URL.Path); isAccount {
+	if id, isAccount := ix.AccountOf(r.URL.Path); isAccount {
 		e.Account = id
-		e.Prefix = ix.prefixOf(r.URL.Path)
-		for _, ao := range ix.account(id).origins {
-			e.Rules = append(e.Rules, ExplainRule{Origin: ao.origin, Methods: ao.methods.header})
+		e.Prefix = ix.PrefixOf(r.URL.Path)
+		for _, ao := range ix.Account(id).Origins {
+			e.Rules = append(e.Rules, ExplainRule{Origin: ao.Origin, Methods: ao.Methods.Header})
 		}
 	}
 	switch {
-	case d.Kind == Untouched:
+	case d.Kind == policy.Untouched:
 		e.Outcome, e.Reason = "untouched", "not an account path"
 	case d.Allowed():
 		e.Outcome, e.Account = "allowed", d.Account
 	default:
 		e.Outcome, e.Reason, e.Account = "denied", d.Reason.String(), d.Account
-		if d.Reason == NoRules && ix.live != nil && !ix.live.loaded() {
+		if d.Reason == policy.NoRules && ix.Live != nil && !ix.Live.(*accountStore).loaded() {
 			// No account is served before the store's first read:
 			// the account's rules are not known, not absent.
 			e.Reason = reasonStoreNotLoaded
 		}
 	}
-}
-
-// prefixOf returns the configured prefix that path falls under, as
-// accountOf reads it.
-func (ix *index) prefixOf(p string) string {
-	if needsCleaning(p) {
-		p = caddyhttp.CleanPath(p, true)
-	}
-	for _, pre := range ix.prefixes {
-		if strings.HasPrefix(p, pre) {
-			return pre
-		}
-		if _, ok := foldedPrefix(p, pre); ok {
-			return pre
-		}
-	}
-	return ""
 }
 
 // corsAndVary returns the Access-Control-* and Vary headers of hdr.

@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -280,7 +281,7 @@ func TestExplainCommand(t *testing.T) {
 func TestExplainWithStore(t *testing.T) {
 	dir := t.TempDir()
 	s := testStores(t, dir, 1)[0] // store "t"
-	put(t, s, "acct-1", Rule{Origin: "https://app.example", Methods: []string{"GET"}})
+	put(t, s, "acct-1", policy.Rule{Origin: "https://app.example", Methods: []string{"GET"}})
 
 	writeConfig := func(root string) string {
 		cfg := fmt.Sprintf(`{"apps": {"http": {"servers": {"s": {"listen": [":9099"], "routes": [{"handle": [

@@ -11,6 +11,7 @@ package atomspherecors
 // 127.0.0.1:9601-9604, admin 127.0.0.1:2961-2964.
 
 import (
+	"atomspherecors/internal/policy"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -160,7 +161,7 @@ func (s *fleetServer) status(t testing.TB) (*storeStatus, error) {
 }
 
 func rulesJSON(origin string, methods ...string) string {
-	return string(mustJSON([]Rule{{Origin: origin, Methods: methods}}))
+	return string(mustJSON([]policy.Rule{{Origin: origin, Methods: methods}}))
 }
 
 // until retries check every 10 ms for at most d.

@@ -13,6 +13,7 @@ package atomspherecors
 // on replayed by every plain `go test` run: keep it as a regression case.
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -160,7 +162,7 @@ func FuzzParseOrigin(f *testing.F) {
 		}
 		// Lower-casing the input never changes which origin it is for an
 		// ASCII input: scheme and host are case-insensitive.
-		if isASCII(s) {
+		if asciiOnly(s) {
 			o3, err := origin.Parse(strings.ToLower(s))
 			if err != nil || o3 != o {
 				t.Fatalf("origin.Parse(%q) = %+v but its lower-case form gives %+v, %v", s, o, o3, err)
@@ -258,7 +260,7 @@ func FuzzAccountOf(f *testing.F) {
 			f.Add(uint8(i), p)
 		}
 	}
-	indexes := make([]*index, len(fuzzPrefixSets))
+	indexes := make([]*policy.Index, len(fuzzPrefixSets))
 	for i, ps := range fuzzPrefixSets {
 		ix, err := newIndex(&Handler{PathPrefixes: ps})
 		if err != nil {
@@ -270,23 +272,13 @@ func FuzzAccountOf(f *testing.F) {
 		i := int(set) % len(fuzzPrefixSets)
 		prefixes := fuzzPrefixSets[i]
 		if prefixes == nil {
-			prefixes = defaultPathPrefixes
+			prefixes = policy.DefaultPathPrefixes
 		}
-		got, gotOK := indexes[i].accountOf(p) // must not panic
+		got, gotOK := indexes[i].AccountOf(p) // must not panic
 		want, wantOK := refAccountOf(prefixes, p)
 		if got != want || gotOK != wantOK {
 			t.Fatalf("prefixes %q, path %q: accountOf = %q, %v; Caddy's reading (CleanPath, ToLower) = %q, %v",
 				prefixes, p, got, gotOK, want, wantOK)
-		}
-		// Decide reads a plain path with accountAtStart alone and does not
-		// scan it for the path guard: it must be one that needs neither.
-		if plainPath(p) {
-			if needsCleaning(p) || scanPath(p) {
-				t.Fatalf("path %q: plainPath, but needsCleaning %v, scanPath %v", p, needsCleaning(p), scanPath(p))
-			}
-			if id, ok, _ := indexes[i].accountAtStart(p); id != got || ok != gotOK {
-				t.Fatalf("prefixes %q, path %q: plain, accountAtStart = %q, %v; accountOf = %q, %v", prefixes, p, id, ok, got, gotOK)
-			}
 		}
 	})
 }
@@ -295,7 +287,7 @@ func FuzzAccountOf(f *testing.F) {
 
 // fuzzAccounts is the handler config of FuzzServeHTTP, and the source
 // of its reference model.
-var fuzzAccounts = map[string][]Rule{
+var fuzzAccounts = map[string][]policy.Rule{
 	"account-123456": {
 		{Origin: "https://mydomain.com", Methods: []string{"GET", "POST", "DELETE"}},
 		{Origin: "http://localhost:8080", Methods: []string{"GET"}},
@@ -314,7 +306,7 @@ var fuzzAccounts = map[string][]Rule{
 // built from fuzzAccounts with refNormaliseOrigin, not the module's parser.
 type refModel map[string]map[string]map[string]bool
 
-func newRefModel(t testing.TB, accounts map[string][]Rule) refModel {
+func newRefModel(t testing.TB, accounts map[string][]policy.Rule) refModel {
 	m := refModel{}
 	for id, rules := range accounts {
 		m[id] = map[string]map[string]bool{}
@@ -489,7 +481,7 @@ func FuzzServeHTTP(f *testing.F) {
 	h.logger = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
 		zapcore.AddSync(io.Discard), zapcore.DebugLevel))
 	model := newRefModel(f, fuzzAccounts)
-	prefixes := defaultPathPrefixes
+	prefixes := policy.DefaultPathPrefixes
 
 	f.Fuzz(func(t *testing.T, method, path, originText string, nOrigin uint8,
 		acrmText string, nACRM uint8, acrh string, mode uint8) {
@@ -681,7 +673,7 @@ func lowerAll(ss []string) []string {
 // §5): it has a '%', ';', '\\', '#', '?', space, control character or
 // byte that is not ASCII, or a segment ending in a dot.
 func mayBeReadDifferently(p string) bool {
-	if strings.ContainsAny(p, "%;\\#? \x7f") || !isASCII(p) {
+	if strings.ContainsAny(p, "%;\\#? \x7f") || !asciiOnly(p) {
 		return true
 	}
 	for _, seg := range strings.Split(p, "/") {
@@ -726,4 +718,14 @@ func varyHasToken(h http.Header, token string) bool {
 		}
 	}
 	return false
+}
+
+// asciiOnly reports whether s has only ASCII bytes.
+func asciiOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -17,50 +18,26 @@ import (
 // an origin: their sets are small and fixed, whatever the config or the
 // traffic (docs/operating.md, "Metrics").
 
-// Label values of the kind label.
-const (
-	kindPreflight = "preflight"
-	kindNormal    = "normal"
-)
+// reasonOther counts a denial whose reason a kind cannot have, so that
+// every decision is counted under a label of a small, fixed set.
+const reasonOther = "other"
 
-// The reasons of denials, as the debug log, the access log and the
-// metrics name them.
-const (
-	reasonNoOrigin          = "no Origin header"
-	reasonRepeatedOrigin    = "repeated Origin header"
-	reasonNoRules           = "account has no rules"
-	reasonOriginNotAllowed  = "origin not allowed"
-	reasonMalformedOrigin   = "malformed Origin header"
-	reasonMethodNotAllowed  = "method not allowed"
-	reasonRepeatedReqMethod = "repeated Access-Control-Request-Method header"
-	reasonAmbiguousPath     = "ambiguous path"
-	// reasonDeferred is the reason of a request refused because a header
-	// handler before this one defers Access-Control-* operations.
-	reasonDeferred = "deferred Access-Control-* header operations"
-	// reasonOther counts a denial whose reason is none of
-	// decisionReasons, so that a reason added later is counted before it
-	// gets its own value.
-	reasonOther = "other"
-)
-
-// decisionReasons are the reasons of denials, as the debug log names
-// them, and for each whether a preflight or a normal request can have
-// it (a preflight always has an Origin; only a preflight has an
-// Access-Control-Request-Method).
-var decisionReasons = []struct {
-	reason            string
+// deniedReasons are the reasons of denials that each kind of request can
+// have: a preflight always has an Origin; only a preflight has an
+// Access-Control-Request-Method. Each is a reason label of the metrics.
+var deniedReasons = []struct {
+	reason            policy.Reason
 	preflight, normal bool
 }{
-	{reasonNoOrigin, false, true},
-	{reasonRepeatedOrigin, true, true},
-	{reasonNoRules, true, true},
-	{reasonOriginNotAllowed, true, true},
-	{reasonMalformedOrigin, true, true},
-	{reasonMethodNotAllowed, true, true},
-	{reasonRepeatedReqMethod, true, false},
-	{reasonAmbiguousPath, true, true},
-	{reasonDeferred, true, true},
-	{reasonOther, true, true},
+	{policy.NoOrigin, false, true},
+	{policy.RepeatedOrigin, true, true},
+	{policy.NoRules, true, true},
+	{policy.OriginNotAllowed, true, true},
+	{policy.MalformedOrigin, true, true},
+	{policy.MethodNotAllowed, true, true},
+	{policy.RepeatedRequestMethod, true, false},
+	{policy.AmbiguousPath, true, true},
+	{policy.DeferredHeaders, true, true},
 }
 
 // decisions counts decisions, exported as
@@ -80,45 +57,33 @@ var decisions = &decisionCollector{
 // decisionCollector is the prometheus.Collector of the decision counts.
 type decisionCollector struct {
 	desc *prometheus.Desc
-	n    [numKinds][numReasons]atomic.Uint64
+	n    [policy.NumKinds][policy.NumReasons]atomic.Uint64
 }
 
 // count counts one decision.
-func (c *decisionCollector) count(d Decision) { c.n[d.Kind][d.Reason].Add(1) }
+func (c *decisionCollector) count(d policy.Decision) { c.n[d.Kind][d.Reason].Add(1) }
 
 func (c *decisionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect sends one series per kind and outcome-and-reason the kind can
 // have, zeros included, so that a rate can be taken from the first scrape.
 func (c *decisionCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, k := range []Kind{Preflight, Normal} {
-		allowed := c.n[k][Allowed].Load()
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(allowed), k.String(), "allowed", "")
+	for _, k := range []policy.Kind{policy.Preflight, policy.Normal} {
+		n := &c.n[k]
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n[policy.Allowed].Load()), k.String(), "allowed", "")
+		var can [policy.NumReasons]bool
+		for _, r := range deniedReasons {
+			can[r.reason] = k == policy.Preflight && r.preflight || k == policy.Normal && r.normal
+		}
 		other := uint64(0)
-		can := map[string]bool{}
-		for _, r := range decisionReasons {
-			if k == Preflight && r.preflight || k == Normal && r.normal {
-				can[r.reason] = true
-			}
-		}
-		byLabel := map[string]uint64{}
-		for r := Allowed + 1; r < numReasons; r++ {
-			if label := r.String(); can[label] {
-				byLabel[label] += c.n[k][r].Load()
+		for r := policy.Allowed + 1; r < policy.NumReasons; r++ {
+			if can[r] {
+				ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n[r].Load()), k.String(), "denied", r.String())
 			} else {
-				other += c.n[k][r].Load()
+				other += n[r].Load()
 			}
 		}
-		for _, r := range decisionReasons {
-			if !can[r.reason] {
-				continue
-			}
-			v := byLabel[r.reason]
-			if r.reason == reasonOther {
-				v += other
-			}
-			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k.String(), "denied", r.reason)
-		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(other), k.String(), "denied", reasonOther)
 	}
 }
 

@@ -4,6 +4,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -23,6 +25,11 @@ func init() {
 	caddy.RegisterModule(Handler{})
 	caddy.RegisterModule(errorsGuard{})
 }
+
+// Rule allows one origin to call an account's API with some methods: an
+// origin (scheme, host and optional port) and its methods (default GET,
+// POST and DELETE). See policy.Rule for every field.
+type Rule = policy.Rule
 
 // Handler answers CORS preflight requests for an API's accounts and adds
 // the CORS headers to the API's normal responses.
@@ -92,7 +99,7 @@ type Handler struct {
 	// of from Accounts, which must then be empty (docs/store.md).
 	Store *StoreConfig `json:"store,omitempty"`
 
-	ix        *index
+	ix        *policy.Index
 	logger    *zap.Logger
 	errLogger *zap.Logger
 
@@ -144,7 +151,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// start with a route of ours (see errorpolicy.go); this handler runs
 	// them itself, inside its own writer.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		h.ix.rewrites = serverRewrites(srv)
+		h.ix.Rewrites = serverRewrites(srv)
 		installed, err := installErrorPolicies(ctx, srv, h)
 		if err != nil {
 			return err
@@ -192,11 +199,34 @@ var errAmbiguousPath error = caddyhttp.HandlerError{
 	Trace:      "atomsphere_cors",
 }
 
+// newIndex checks the handler's config and compiles it (policy.NewIndex),
+// with the problems of its store settings in their place.
+func newIndex(h *Handler) (*policy.Index, error) {
+	c := policy.Config{
+		PathPrefixes:    h.PathPrefixes,
+		Accounts:        h.Accounts,
+		AllowHeaders:    h.AllowHeaders,
+		ExposeHeaders:   h.ExposeHeaders,
+		PreflightStatus: h.PreflightStatus,
+		Check:           func(p *policy.Problems) { checkStore(h, p) },
+		CleanPath:       func(p string) string { return caddyhttp.CleanPath(p, true) },
+		OriginalRequest: func(r *http.Request) (http.Request, bool) {
+			orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+			return orig, ok
+		},
+	}
+	if h.MaxAge != nil {
+		d := time.Duration(*h.MaxAge)
+		c.MaxAge = &d
+	}
+	return policy.NewIndex(c)
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler: decide, observe,
 // respond.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	d := h.ix.Decide(r, !h.DisablePathGuard)
-	if d.Kind == Untouched {
+	if d.Kind == policy.Untouched {
 		return next.ServeHTTP(w, r)
 	}
 	// A header handler before this one that defers Access-Control-*
@@ -205,7 +235,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var below http.ResponseWriter
 	if !d.Refused() {
 		if below = deferredCORSWriter(w); below != nil {
-			d.Rule, d.Reason = nil, DeferredHeaders
+			d.Rule, d.Reason = nil, policy.DeferredHeaders
 		}
 	}
 	h.observe(r, d)
@@ -216,13 +246,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // preflight, or a normal request that goes on to next. below is the
 // deferring writer of a DeferredHeaders refusal. The explain command
 // calls it too, with a recorder.
-func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d Decision, below http.ResponseWriter) error {
+func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d policy.Decision, below http.ResponseWriter) error {
 	switch {
-	case d.Reason == AmbiguousPath:
+	case d.Reason == policy.AmbiguousPath:
 		return h.refuse(w, r, errAmbiguousPath, "Origin")
-	case d.Reason == DeferredHeaders:
+	case d.Reason == policy.DeferredHeaders:
 		return h.refuseDeferredCORS(below)
-	case d.Kind == Preflight:
+	case d.Kind == policy.Preflight:
 		return h.preflight(w, r, d)
 	}
 	return h.normal(w, r, next, d)
@@ -230,7 +260,7 @@ func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp
 
 // preflight answers a preflight: allowed, with preflight_status and the
 // Access-Control-* headers; denied, with 401 through the error routes.
-func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d Decision) error {
+func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d policy.Decision) error {
 	if d.Rule == nil {
 		return h.refuse(w, r, errPreflightDenied, varyPreflight)
 	}
@@ -243,16 +273,16 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d Decision) 
 	v := &preflightValues{
 		allowOrigin:  [1]string{d.Origin}, // the request's Origin, byte for byte
 		allowCreds:   [1]string{"true"},
-		allowMethods: [1]string{d.Rule.methods.header},
-		maxAge:       [1]string{h.ix.maxAge},
-		allowHeaders: [1]string{h.ix.allowHeaders},
+		allowMethods: [1]string{d.Rule.Methods.Header},
+		maxAge:       [1]string{h.ix.MaxAge},
+		allowHeaders: [1]string{h.ix.AllowHeaders},
 		vary:         [1]string{varyPreflight},
 	}
 	hdr[hdrAllowOrigin] = v.allowOrigin[:]
 	hdr[hdrAllowCreds] = v.allowCreds[:]
 	hdr[hdrAllowMethods] = v.allowMethods[:]
 	hdr[hdrMaxAge] = v.maxAge[:]
-	if h.ix.allowHeaders != "" {
+	if h.ix.AllowHeaders != "" {
 		hdr[hdrAllowHeaders] = v.allowHeaders[:]
 	}
 	// Add to Vary, never replace it.
@@ -261,16 +291,16 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d Decision) 
 	} else {
 		hdr[hdrVary] = v.vary[:]
 	}
-	w.WriteHeader(h.ix.status)
+	w.WriteHeader(h.ix.Status)
 	return nil
 }
 
 // normal runs the next handler through a writer that makes the module's
 // CORS headers the only ones on the response.
-func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d Decision) error {
+func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d policy.Decision) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	if d.Rule != nil {
-		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = d.Origin, "true", h.ix.exposeHeaders
+		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = d.Origin, "true", h.ix.ExposeHeaders
 		cw.allowed = true
 	}
 	cw.v.vary[0] = "Origin"

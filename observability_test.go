@@ -150,11 +150,12 @@ http://127.0.0.1:9700 {
 	var fixed []string
 	for _, kind := range []string{"preflight", "normal"} {
 		fixed = append(fixed, kind+"/allowed/")
-		for _, r := range decisionReasons {
+		for _, r := range deniedReasons {
 			if kind == "preflight" && r.preflight || kind == "normal" && r.normal {
-				fixed = append(fixed, kind+"/denied/"+r.reason)
+				fixed = append(fixed, kind+"/denied/"+r.reason.String())
 			}
 		}
+		fixed = append(fixed, kind+"/denied/"+reasonOther)
 	}
 	slices.Sort(fixed)
 	if got := slices.Sorted(maps.Keys(after)); !slices.Equal(got, fixed) {

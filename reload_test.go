@@ -17,6 +17,7 @@ package atomspherecors
 // API), 9250 (fleet central endpoint).
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -47,7 +48,7 @@ const (
 
 // reloadConfig is the load test's whole Caddy config: the handler,
 // tagged "@id": "cors", in front of a static "ok".
-func reloadConfig(accounts map[string][]Rule) []byte {
+func reloadConfig(accounts map[string][]policy.Rule) []byte {
 	return mustJSON(map[string]any{
 		"admin": map[string]any{
 			"listen": "localhost:2992",
@@ -264,8 +265,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	)
 	deadline := time.Now().Add(budget)
 
-	busyBase := []Rule{{Origin: "https://busy.example", Methods: []string{"GET", "PUT"}}}
-	initial := map[string][]Rule{
+	busyBase := []policy.Rule{{Origin: "https://busy.example", Methods: []string{"GET", "PUT"}}}
+	initial := map[string][]policy.Rule{
 		"steady": {{Origin: "https://steady.example"}}, // GET, POST, DELETE
 		"busy":   busyBase,
 	}
@@ -345,7 +346,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		// the edits spread over a few seconds of load.
 		time.Sleep(editPause)
 	}
-	busy := append([]Rule(nil), busyBase...) // what "busy" holds now
+	busy := append([]policy.Rule(nil), busyBase...) // what "busy" holds now
 
 	for i := 0; i < iterations; i++ {
 		if time.Now().After(deadline) {
@@ -359,21 +360,21 @@ func TestReloadUnderLoad(t *testing.T) {
 		extra := fmt.Sprintf("https://busy-extra-%d.example", i)
 
 		// PUT a new account: its origin is allowed at once.
-		edit("PUT", acct, []Rule{{Origin: o1, Methods: []string{"GET"}}},
+		edit("PUT", acct, []policy.Rule{{Origin: o1, Methods: []string{"GET"}}},
 			preflightProbe(base, acct, o1, "GET", "GET"),
 			preflightProbe(base, acct, o1, "POST", ""),
 			normalProbe(base, acct, o1, true, "ok"))
 		// POST a rule to it: appended.
-		edit("POST", acct, Rule{Origin: o2, Methods: []string{"PUT", "PATCH"}},
+		edit("POST", acct, policy.Rule{Origin: o2, Methods: []string{"PUT", "PATCH"}},
 			preflightProbe(base, acct, o2, "PATCH", "PUT, PATCH"),
 			preflightProbe(base, acct, o1, "GET", "GET"))
 		// PATCH its rule list: replaced.
-		edit("PATCH", acct, []Rule{{Origin: o3}},
+		edit("PATCH", acct, []policy.Rule{{Origin: o3}},
 			preflightProbe(base, acct, o3, "DELETE", "GET, POST, DELETE"),
 			preflightProbe(base, acct, o1, "GET", ""),
 			preflightProbe(base, acct, o2, "PUT", ""))
 		// POST a rule to the account the load clients use.
-		extraRule := Rule{Origin: extra, Methods: []string{"GET"}}
+		extraRule := policy.Rule{Origin: extra, Methods: []string{"GET"}}
 		edit("POST", "busy", extraRule,
 			preflightProbe(base, "busy", extra, "GET", "GET"),
 			preflightProbe(base, "busy", "https://busy.example", "PUT", "GET, PUT"))
@@ -388,13 +389,13 @@ func TestReloadUnderLoad(t *testing.T) {
 			edit("PATCH", "busy", busyBase,
 				preflightProbe(base, "busy", extra, "GET", ""),
 				preflightProbe(base, "busy", "https://busy.example", "PUT", "GET, PUT"))
-			busy = append([]Rule(nil), busyBase...)
+			busy = append([]policy.Rule(nil), busyBase...)
 		}
 
 		if i == 1 {
 			// A bad edit is refused, naming account, rule and origin,
 			// and the running rules keep serving unchanged.
-			bad := Rule{Origin: "https://bad.example/path", Methods: []string{"GET"}}
+			bad := policy.Rule{Origin: "https://bad.example/path", Methods: []string{"GET"}}
 			status, out := adminCall(t, reloadAdmin, "POST", "/id/"+reloadTag+"/accounts/busy", mustJSON(bad))
 			refused++
 			msg := apiError(t, out)
@@ -418,7 +419,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			}
 
 			// The same mistake in a whole config sent to POST /load.
-			cfg := map[string][]Rule{"steady": initial["steady"], "busy": append(append([]Rule(nil), busy...), bad)}
+			cfg := map[string][]policy.Rule{"steady": initial["steady"], "busy": append(append([]policy.Rule(nil), busy...), bad)}
 			status, out = adminCall(t, reloadAdmin, "POST", "/load", reloadConfig(cfg))
 			refused++
 			msg = apiError(t, out)
@@ -439,7 +440,7 @@ func TestReloadUnderLoad(t *testing.T) {
 
 		if i == iterations/2 {
 			// One full POST /load: a new account, busy back to base.
-			cfg := map[string][]Rule{
+			cfg := map[string][]policy.Rule{
 				"steady": initial["steady"],
 				"busy":   busyBase,
 				"loaded": {{Origin: "https://loaded.example", Methods: []string{"POST"}}},
@@ -451,7 +452,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			checkAll("POST /load",
 				preflightProbe(base, "loaded", "https://loaded.example", "POST", "POST"),
 				preflightProbe(base, "busy", extra, "GET", ""))
-			busy = append([]Rule(nil), busyBase...)
+			busy = append([]policy.Rule(nil), busyBase...)
 		}
 	}
 	stopLoad()
@@ -495,13 +496,13 @@ func apiError(t testing.TB, body string) string {
 }
 
 // accountRules reads one account's rules back from the admin API.
-func accountRules(t testing.TB, acct string) []Rule {
+func accountRules(t testing.TB, acct string) []policy.Rule {
 	t.Helper()
 	status, out := adminCall(t, reloadAdmin, "GET", "/id/"+reloadTag+"/accounts/"+acct, nil)
 	if status != http.StatusOK {
 		t.Fatalf("GET account %s: %d %s", acct, status, out)
 	}
-	var rules []Rule
+	var rules []policy.Rule
 	if err := json.Unmarshal([]byte(out), &rules); err != nil {
 		t.Fatalf("GET account %s: %v in %s", acct, err, out)
 	}
@@ -571,7 +572,7 @@ func TestFleetPullAndPush(t *testing.T) {
 	}
 
 	// Publish a change centrally: the server pulls it within load_delay.
-	v2 := withAccount(t, v1, "account-555", []Rule{{Origin: "https://new.example", Methods: []string{"GET"}}})
+	v2 := withAccount(t, v1, "account-555", []policy.Rule{{Origin: "https://new.example", Methods: []string{"GET"}}})
 	publish(v2)
 	newProbe := preflightProbe(fleetAPI, "account-555", "https://new.example", "GET", "GET")
 	waitFor(t, "the centrally published change", func() error { return send(c, newProbe).err })
@@ -603,7 +604,7 @@ func TestFleetPullAndPush(t *testing.T) {
 
 // withAccount returns the fleet config cfg with account acct set to
 // rules, or removed when rules is nil.
-func withAccount(t testing.TB, cfg []byte, acct string, rules []Rule) []byte {
+func withAccount(t testing.TB, cfg []byte, acct string, rules []policy.Rule) []byte {
 	t.Helper()
 	var c map[string]any
 	if err := json.Unmarshal(cfg, &c); err != nil {

@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"bufio"
 	"bytes"
 	"crypto/sha256"
@@ -72,11 +73,11 @@ func writeAccountLines(w *bufio.Writer, hdr snapshotHeader, v *accountsView) {
 		for _, id := range ids {
 			a, _ := v.get(id)
 			w.WriteString(escapeID(id))
-			for _, ao := range a.origins {
+			for _, ao := range a.Origins {
 				w.WriteByte('\t')
-				w.WriteString(ao.origin)
+				w.WriteString(ao.Origin)
 				w.WriteByte(' ')
-				w.WriteString(strings.Join(ao.methods.list, ","))
+				w.WriteString(strings.Join(ao.Methods.List, ","))
 			}
 			w.WriteByte('\n')
 		}
@@ -89,7 +90,7 @@ func writeAccountLines(w *bufio.Writer, hdr snapshotHeader, v *accountsView) {
 
 // readAccountLines reads what writeAccountLines wrote: the header, which
 // must name store, and the accounts.
-func readAccountLines(r *bufio.Reader, store string) (snapshotHeader, map[string]account, error) {
+func readAccountLines(r *bufio.Reader, store string) (snapshotHeader, map[string]policy.Account, error) {
 	var hdr snapshotHeader
 	line, err := r.ReadBytes('\n')
 	if err != nil || json.Unmarshal(line, &hdr) != nil || hdr.Store != store {
@@ -173,19 +174,19 @@ func (s *accountStore) loadSnapshot() error {
 const snapshotBlock = 1 << 20
 
 // readSnapshotLines reads the account lines of a snapshot, want of them.
-func readSnapshotLines(r *bufio.Reader, want int) (map[string]account, error) {
+func readSnapshotLines(r *bufio.Reader, want int) (map[string]policy.Account, error) {
 	type block struct {
 		first int // line number of its first line in the file
 		data  []byte
 	}
 	type compiled struct {
 		ids   []string
-		accts []account
+		accts []policy.Account
 		err   error
 	}
 	workers := min(max(runtime.GOMAXPROCS(0), 1), 8)
 	blocks := make(chan block, workers)
-	results := compileEach(workers, blocks, func(cache *methodCache, b block, emit func(compiled)) {
+	results := compileEach(workers, blocks, func(cache *policy.MethodCache, b block, emit func(compiled)) {
 		var c compiled
 		n := b.first
 		for line := range bytes.Lines(b.data) {
@@ -231,7 +232,7 @@ func readSnapshotLines(r *bufio.Reader, want int) (map[string]account, error) {
 			}
 		}
 	}()
-	accounts := make(map[string]account, want)
+	accounts := make(map[string]policy.Account, want)
 	var firstErr error
 	for c := range results {
 		if c.err != nil && firstErr == nil {
@@ -253,23 +254,23 @@ func readSnapshotLines(r *bufio.Reader, want int) (map[string]account, error) {
 }
 
 // parseSnapshotLine reads and compiles one account line.
-func parseSnapshotLine(line []byte, cache *methodCache) (string, account, error) {
+func parseSnapshotLine(line []byte, cache *policy.MethodCache) (string, policy.Account, error) {
 	fields := strings.Split(strings.TrimSuffix(string(line), "\n"), "\t")
 	id, err := unescapeID(fields[0])
 	if err != nil {
-		return "", account{}, fmt.Errorf("account ID %s: %v", q(fields[0]), err)
+		return "", policy.Account{}, fmt.Errorf("account ID %s: %v", q(fields[0]), err)
 	}
-	rules := make([]Rule, 0, len(fields)-1)
+	rules := make([]policy.Rule, 0, len(fields)-1)
 	for _, f := range fields[1:] {
 		origin, methods, ok := strings.Cut(f, " ")
 		if !ok {
-			return "", account{}, fmt.Errorf("account %s: rule %s has no methods", q(id), q(f))
+			return "", policy.Account{}, fmt.Errorf("account %s: rule %s has no methods", q(id), q(f))
 		}
-		rules = append(rules, Rule{Origin: origin, Methods: strings.Split(methods, ",")})
+		rules = append(rules, policy.Rule{Origin: origin, Methods: strings.Split(methods, ",")})
 	}
 	a, err := compileWith(id, rules, cache)
 	if err != nil {
-		return "", account{}, err
+		return "", policy.Account{}, err
 	}
 	return id, *a, nil
 }

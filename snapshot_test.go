@@ -4,6 +4,7 @@ package atomspherecors
 // what it holds reads back exactly, and a damaged one is not used.
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"os"
@@ -26,7 +27,7 @@ func (downStorage) Load(context.Context, string) ([]byte, error) {
 // snapshotAccounts are accounts whose IDs and origins exercise the line
 // format: IDs that are escaped, IPv6 and punycode hosts, default
 // methods, merged rules, an account without rules.
-var snapshotAccounts = map[string][]Rule{
+var snapshotAccounts = map[string][]policy.Rule{
 	"account-1":   {{Origin: "https://a.example", Methods: []string{"GET", "POST"}}, {Origin: "http://localhost:8080"}},
 	"with space":  {{Origin: "http://[::1]:9000", Methods: []string{"DELETE"}}},
 	"tab\there":   {{Origin: "https://xn--mnchen-3ya.example"}},
@@ -37,16 +38,16 @@ var snapshotAccounts = map[string][]Rule{
 	"comma,colon": {{Origin: "https://d.example", Methods: []string{"HEAD", "put"}}},
 }
 
-func writeTestSnapshot(t *testing.T) (key string, want map[string][]Rule) {
+func writeTestSnapshot(t *testing.T) (key string, want map[string][]policy.Rule) {
 	t.Helper()
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
 	key = "snap\ntest"
 	st := newMemStorage()
 	s := openStore("snap", key, st, zap.NewNop(), time.Hour)
-	want = map[string][]Rule{}
+	want = map[string][]policy.Rule{}
 	for id, rules := range snapshotAccounts {
 		put(t, s, id, rules...)
-		want[id] = rulesOf(s.get(id))
+		want[id] = rulesOf(s.Account(id))
 	}
 	if err := s.Destruct(); err != nil { // writes the snapshot
 		t.Fatal(err)

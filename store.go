@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"bytes"
 	"cmp"
 	"context"
@@ -57,24 +58,24 @@ const (
 )
 
 // checkStore adds the problems of a handler's store settings to p.
-func checkStore(h *Handler, p *problems) {
+func checkStore(h *Handler, p *policy.Problems) {
 	s := h.Store
 	if s == nil {
 		return
 	}
-	at := place{field: "store"}
+	at := policy.Place{Field: "store"}
 	if len(h.Accounts) > 0 {
-		p.add(at, fmt.Errorf("store %s: a handler takes its accounts from its config or from a store, not both: "+
+		p.Add(at, fmt.Errorf("store %s: a handler takes its accounts from its config or from a store, not both: "+
 			"remove the %d inline accounts (import them with POST /atomsphere_cors/%s/import) or the store", q(s.Name), len(h.Accounts), s.Name))
 	}
 	if err := checkStoreName(s.Name); err != nil {
-		p.add(at, err)
+		p.Add(at, err)
 	}
 	if s.PollInterval < 0 || s.PollInterval > 0 && time.Duration(s.PollInterval) < 10*time.Millisecond {
-		p.add(at, fmt.Errorf("store %s: poll_interval %s is below 10ms", q(s.Name), time.Duration(s.PollInterval)))
+		p.Add(at, fmt.Errorf("store %s: poll_interval %s is below 10ms", q(s.Name), time.Duration(s.PollInterval)))
 	}
 	if s.MaxImportSize < 0 {
-		p.add(at, fmt.Errorf("store %s: max_import_size %d is negative", q(s.Name), s.MaxImportSize))
+		p.Add(at, fmt.Errorf("store %s: max_import_size %d is negative", q(s.Name), s.MaxImportSize))
 	}
 }
 
@@ -167,8 +168,8 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 		maxImport = defaultMaxImportSize
 	}
 	s.maxImport.Store(maxImport)
-	h.ix.live = s
-	h.ix.maxOriginLen = maxStoreOriginLen
+	h.ix.Live = s
+	h.ix.MaxOriginLen = maxStoreOriginLen
 	return nil
 }
 
@@ -243,10 +244,10 @@ func claimStoreName(ctx caddy.Context, name, storageKey string, raw json.RawMess
 // Cleanup lets go of the handler's store: the last handler using it
 // stops its poller.
 func (h *Handler) Cleanup() error {
-	if h.ix == nil || h.ix.live == nil {
+	if h.ix == nil || h.ix.Live == nil {
 		return nil
 	}
-	s := h.ix.live
+	s := h.ix.Live.(*accountStore)
 	s.removeUser(h)
 	_, err := stores.Delete(s.key)
 	return err
@@ -280,8 +281,8 @@ type logEntry struct {
 
 // record is one account as stored, and one line of import and export.
 type record struct {
-	Account string `json:"account"`
-	Rules   []Rule `json:"rules"`
+	Account string        `json:"account"`
+	Rules   []policy.Rule `json:"rules"`
 }
 
 // logRetain is the number of log entries kept: a server further behind
@@ -346,7 +347,7 @@ type accountStore struct {
 	local        map[string]uint64 // account -> gen of its last local write
 	refused      map[string]string // account -> why its record was refused
 	unreadable   map[string]int    // account -> polls in a row its record failed to read
-	cache        *methodCache
+	cache        *policy.MethodCache
 	dirty        bool // changed since the snapshot was written
 	snapAt       time.Time
 	snapBusy     bool
@@ -418,8 +419,8 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 		return fmt.Errorf("store %s: reading it: %v", q(name), err)
 	}
 	s.source = "store"
-	h.ix.live = s
-	h.ix.maxOriginLen = maxStoreOriginLen
+	h.ix.Live = s
+	h.ix.MaxOriginLen = maxStoreOriginLen
 	return nil
 }
 
@@ -429,7 +430,7 @@ func newAccountStore(name, key string, st certmagic.Storage, logger *zap.Logger,
 		name: name, key: key, keys: storageKeys("atomsphere_cors/" + name + "/"),
 		interval: interval, source: "none",
 		local: map[string]uint64{}, refused: map[string]string{}, unreadable: map[string]int{},
-		cache:    newMethodCache(),
+		cache:    policy.NewMethodCache(),
 		done:     make(chan struct{}),
 		users:    []storeUser{{st: st, logger: logger}},
 		openedAt: time.Now(),
@@ -512,8 +513,8 @@ func (s *accountStore) loaded() bool {
 // store has never been loaded on this server (docs/store.md, "Faults").
 const reasonStoreNotLoaded = "store not loaded: no account is served until the store's first read (account has no rules)"
 
-// get is the per-request lookup: lock-free.
-func (s *accountStore) get(id string) account {
+// Account is the per-request lookup (policy.Source): lock-free.
+func (s *accountStore) Account(id string) policy.Account {
 	a, _ := s.view.Load().get(id)
 	return a
 }
@@ -810,9 +811,9 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 	}
 	// Read the changed accounts side by side (an import changes
 	// thousands), compiling them one at a time.
-	changes := make(map[string]*account, len(ids))
+	changes := make(map[string]*policy.Account, len(ids))
 	refused := map[string]string{}
-	cache := newMethodCache()
+	cache := policy.NewMethodCache()
 	var mu sync.Mutex
 	for _, id := range s.unreadableIDs() {
 		if !seen[id] {
@@ -882,7 +883,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	}
 	type loaded struct {
 		id  string
-		a   *account
+		a   *policy.Account
 		why string // the record was refused
 		err error
 		// ignored: id is a key that is no record of this store
@@ -893,7 +894,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	// with its own method sets.
 	fileStorage, _ := st.(*certmagic.FileStorage)
 	in := make(chan string)
-	out := compileEach(storageWorkers, in, func(cache *methodCache, k string, emit func(loaded)) {
+	out := compileEach(storageWorkers, in, func(cache *policy.MethodCache, k string, emit func(loaded)) {
 		seg := k[strings.LastIndexByte(k, '/')+1:]
 		id, err := unescapeID(seg)
 		if err != nil || escapeID(id) != seg {
@@ -927,7 +928,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 			}
 		}
 	}()
-	accounts := make(map[string]account, len(keys))
+	accounts := make(map[string]policy.Account, len(keys))
 	refused := map[string]string{}
 	var firstErr error
 	failed := map[string]error{}
@@ -974,7 +975,7 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 
 // install makes accounts, as the store held them at head, the accounts
 // served, keeping what this server wrote since gen0.
-func (s *accountStore) install(logger *zap.Logger, accounts map[string]account, refused map[string]string, head storeHead, gen0 uint64) {
+func (s *accountStore) install(logger *zap.Logger, accounts map[string]policy.Account, refused map[string]string, head storeHead, gen0 uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.view.Load()
@@ -1031,7 +1032,7 @@ func (s *accountStore) unreadableIDs() []string {
 // so that one record the storage cannot give, such as a key it cannot
 // hold, does not stop every server from following the store. Otherwise
 // the poll fails.
-func (s *accountStore) isolateUnreadable(failed map[string]error, total int, changes map[string]*account, refused map[string]string) error {
+func (s *accountStore) isolateUnreadable(failed map[string]error, total int, changes map[string]*policy.Account, refused map[string]string) error {
 	if len(failed) == 0 {
 		return nil
 	}
@@ -1113,7 +1114,7 @@ const tempFileAge = time.Minute
 // compileRecord compiles a stored account with cache, which only its
 // caller uses; a record that does not read or does not validate is
 // refused (nil, and why).
-func compileRecord(id string, b []byte, cache *methodCache) (*account, string) {
+func compileRecord(id string, b []byte, cache *policy.MethodCache) (*policy.Account, string) {
 	var rec record
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -1132,13 +1133,13 @@ func compileRecord(id string, b []byte, cache *methodCache) (*account, string) {
 
 // compile checks and compiles one account as a config's account is,
 // sharing the store's method sets.
-func (s *accountStore) compile(id string, rules []Rule) (*account, error) {
-	if n := len(escapeID(id)); n > maxKeySegment && checkAccountID(id) == nil {
-		var p problems
-		p.add(place{field: "accounts", account: id, rule: -1}, fmt.Errorf(
+func (s *accountStore) compile(id string, rules []policy.Rule) (*policy.Account, error) {
+	if n := len(escapeID(id)); n > maxKeySegment && policy.CheckAccountID(id) == nil {
+		var p policy.Problems
+		p.Add(policy.Place{Field: "accounts", Account: id, Rule: -1}, fmt.Errorf(
 			"account %s: account ID too long for a store: %d bytes as a storage key, at most %d (letters, digits, -, _ and . take one byte, other bytes three)",
 			q(id), n, maxKeySegment))
-		return nil, p.err()
+		return nil, p.Err()
 	}
 	s.mu.Lock()
 	a, err := compileWith(id, rules, s.cache)
@@ -1150,11 +1151,11 @@ func (s *accountStore) compile(id string, rules []Rule) (*account, error) {
 	// and its GET as one PUT body: both are bounded by maxRulesBody, so
 	// an account over it could be written but never restored.
 	if line, _ := json.Marshal(record{Account: id, Rules: rulesOf(*a)}); len(line)+1 > maxRulesBody {
-		var p problems
-		p.add(place{field: "accounts", account: id, rule: -1}, fmt.Errorf(
+		var p policy.Problems
+		p.Add(policy.Place{Field: "accounts", Account: id, Rule: -1}, fmt.Errorf(
 			"account %s: its rules, as export writes them (methods included), take %d bytes, over the %d of one import line or PUT body",
 			q(id), len(line)+1, maxRulesBody))
-		return nil, p.err()
+		return nil, p.Err()
 	}
 	return a, nil
 }
@@ -1165,14 +1166,14 @@ const maxKeySegment = 200
 
 // compileWith is compile with a method cache that only its caller uses,
 // so that loads can compile accounts in parallel.
-func compileWith(id string, rules []Rule, cache *methodCache) (*account, error) {
-	var p problems
-	if err := checkAccountID(id); err != nil {
-		p.add(place{field: "accounts", account: id, rule: -1}, err)
-		return nil, p.err()
+func compileWith(id string, rules []policy.Rule, cache *policy.MethodCache) (*policy.Account, error) {
+	var p policy.Problems
+	if err := policy.CheckAccountID(id); err != nil {
+		p.Add(policy.Place{Field: "accounts", Account: id, Rule: -1}, err)
+		return nil, p.Err()
 	}
-	a := compileAccount(id, rules, cache, &p)
-	if err := p.err(); err != nil {
+	a := policy.CompileAccount(id, rules, cache, &p)
+	if err := p.Err(); err != nil {
 		return nil, err
 	}
 	return &a, nil
@@ -1219,8 +1220,8 @@ func readHead(ctx context.Context, st certmagic.Storage, keys storageKeys) (stor
 // change is one account to write: rules, or a deletion.
 type change struct {
 	id     string
-	rules  []Rule
-	acct   *account // compiled rules; nil deletes
+	rules  []policy.Rule
+	acct   *policy.Account // compiled rules; nil deletes
 	delete bool
 }
 
@@ -1394,7 +1395,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		s.seq, s.epoch = head.Seq, head.Epoch
 	}
 	s.gen++
-	batch := make(map[string]*account, len(changes))
+	batch := make(map[string]*policy.Account, len(changes))
 	for _, c := range changes {
 		s.local[c.id] = s.gen
 		delete(s.refused, c.id)
@@ -1410,14 +1411,14 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 // each with its own method cache (so that they compile side by side),
 // and returns the channel of what fn emits, closed once in is closed
 // and every call has returned.
-func compileEach[I, O any](workers int, in <-chan I, fn func(cache *methodCache, v I, emit func(O))) <-chan O {
+func compileEach[I, O any](workers int, in <-chan I, fn func(cache *policy.MethodCache, v I, emit func(O))) <-chan O {
 	out := make(chan O, workers)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cache := newMethodCache()
+			cache := policy.NewMethodCache()
 			emit := func(o O) { out <- o }
 			for v := range in {
 				fn(cache, v, emit)

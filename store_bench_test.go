@@ -1,6 +1,7 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/policy"
 	"bytes"
 	"context"
 	"fmt"
@@ -20,31 +21,31 @@ import (
 // amortises), and BenchmarkStoreLookup100k a request's lookup in it.
 func BenchmarkStoreEdit100k(b *testing.B) {
 	v := storeView100k()
-	one := &account{origins: []allowedOrigin{{origin: "https://x.example", methods: &methodSet{list: []string{"GET"}}}}}
+	one := &policy.Account{Origins: []policy.AllowedOrigin{{Origin: "https://x.example", Methods: &policy.MethodSet{List: []string{"GET"}}}}}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		v = v.with(map[string]*account{fmt.Sprintf("edit-%d", i%50000): one})
+		v = v.with(map[string]*policy.Account{fmt.Sprintf("edit-%d", i%50000): one})
 	}
 }
 
 func BenchmarkStoreLookup100k(b *testing.B) {
 	v := storeView100k()
 	for i := range 300 {
-		v = v.with(map[string]*account{fmt.Sprintf("edit-%d", i): {}})
+		v = v.with(map[string]*policy.Account{fmt.Sprintf("edit-%d", i): {}})
 	}
 	s := &accountStore{}
 	s.view.Store(v)
 	b.ResetTimer()
 	for i := range b.N {
-		_ = s.get("account-054321")
+		_ = s.Account("account-054321")
 		_ = i
 	}
 }
 
 func storeView100k() *accountsView {
-	m := make(map[string]account, 100000)
-	one := account{origins: []allowedOrigin{{origin: "https://a.example", methods: &methodSet{list: []string{"GET"}}}}}
+	m := make(map[string]policy.Account, 100000)
+	one := policy.Account{Origins: []policy.AllowedOrigin{{Origin: "https://a.example", Methods: &policy.MethodSet{List: []string{"GET"}}}}}
 	for i := range 100000 {
 		m[fmt.Sprintf("account-%06d", i)] = one
 	}
@@ -62,7 +63,7 @@ func BenchmarkStoreIdlePoll(b *testing.B) {
 			s := openStore("bench", fmt.Sprintf("bench\n%d", n), newMemStorage(), zap.NewNop(), time.Hour)
 			defer func() { _ = s.Destruct() }()
 			ctx := context.Background()
-			rules := []Rule{{Origin: "https://a.example", Methods: []string{"GET"}}}
+			rules := []policy.Rule{{Origin: "https://a.example", Methods: []string{"GET"}}}
 			for lo := 0; lo < n; lo += 5000 {
 				var batch []change
 				for i := lo; i < min(lo+5000, n); i++ {

@@ -5,6 +5,7 @@ package atomspherecors
 // fails part way, an account given twice in one commit, a head gone.
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,7 +31,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
-	put(t, a, "acct-1", Rule{Origin: "https://partner.example"})
+	put(t, a, "acct-1", policy.Rule{Origin: "https://partner.example"})
 	if err := b.poll(ctx); err != nil || !allows(b, "acct-1", "https://partner.example") {
 		t.Fatalf("b did not follow: %v", err)
 	}
@@ -49,7 +50,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 	if _, err := a.commit(ctx, []change{{id: "acct-1", delete: true}}); err != nil { // adopts the entry
 		t.Fatal(err)
 	}
-	put(t, a, "acct-2", Rule{Origin: "https://two.example"})
+	put(t, a, "acct-2", policy.Rule{Origin: "https://two.example"})
 	var errs []error
 	for range unreadableAfter + 1 {
 		errs = append(errs, b.poll(ctx))
@@ -73,7 +74,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(storeDir(dir, "t"), "accounts", "blocked")); err != nil {
 		t.Fatal(err)
 	}
-	put(t, a, "blocked", Rule{Origin: "https://unblocked.example"})
+	put(t, a, "blocked", policy.Rule{Origin: "https://unblocked.example"})
 	if err := b.poll(ctx); err != nil || !allows(b, "blocked", "https://unblocked.example") || b.status().Refused["blocked"] != "" {
 		t.Errorf("the repaired record is not served: %v %v", err, b.status().Refused)
 	}
@@ -86,13 +87,13 @@ func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
-	put(t, a, "victim", Rule{Origin: "https://old.example"})
+	put(t, a, "victim", policy.Rule{Origin: "https://old.example"})
 	if err := os.MkdirAll(filepath.Join(storeDir(dir, "t"), "accounts", "zz-blocked", "x"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	var batch []change
 	for _, id := range []string{"victim", "new-1", "zz-blocked"} {
-		batch = append(batch, writeOf(t, a, id, Rule{Origin: "https://new.example"}))
+		batch = append(batch, writeOf(t, a, id, policy.Rule{Origin: "https://new.example"}))
 	}
 	_, err := a.commit(ctx, batch)
 	var ce *commitError
@@ -124,7 +125,7 @@ func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
 	var batch []change
 	for i := range 300 {
 		for _, o := range []string{"https://old.example", "https://new.example"} {
-			batch = append(batch, writeOf(t, a, fmt.Sprintf("dup-%03d", i), Rule{Origin: o}))
+			batch = append(batch, writeOf(t, a, fmt.Sprintf("dup-%03d", i), policy.Rule{Origin: o}))
 		}
 	}
 	existed, err := a.commit(context.Background(), batch)
@@ -160,7 +161,7 @@ func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
-	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
+	put(t, a, "acct-1", policy.Rule{Origin: "https://one.example"})
 	if err := b.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 	if !allows(b, "acct-1", "https://one.example") {
 		t.Error("the rules read were dropped")
 	}
-	for _, c := range []change{{id: "acct-1", delete: true}, writeOf(t, b, "acct-2", Rule{Origin: "https://two.example"})} {
+	for _, c := range []change{{id: "acct-1", delete: true}, writeOf(t, b, "acct-2", policy.Rule{Origin: "https://two.example"})} {
 		if _, err := b.commit(ctx, []change{c}); err == nil || !strings.Contains(err.Error(), "missing") {
 			t.Errorf("write of %s to a store without head: %v, want it refused", c.id, err)
 		}
@@ -196,7 +197,7 @@ func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
 	fresh := openStore("t", "t\nfresh", &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
 	defer func() { _ = fresh.Destruct() }()
-	put(t, fresh, "acct-3", Rule{Origin: "https://three.example"})
+	put(t, fresh, "acct-3", policy.Rule{Origin: "https://three.example"})
 	if err := b.poll(ctx); err != nil || !allows(b, "acct-3", "https://three.example") || allows(b, "acct-1", "https://one.example") {
 		t.Errorf("b does not follow the store started over: %v", err)
 	}
@@ -208,14 +209,14 @@ func TestStoreRefusedInBaseReadAgain(t *testing.T) {
 	dir := t.TempDir()
 	a := testStores(t, dir, 1)[0]
 	ctx := context.Background()
-	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
-	put(t, a, "acct-2", Rule{Origin: "https://two.example"})
+	put(t, a, "acct-1", policy.Rule{Origin: "https://one.example"})
+	put(t, a, "acct-2", policy.Rule{Origin: "https://two.example"})
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
 	a.mu.Lock()
 	a.refused["acct-2"] = "record unreadable, read again at every poll: a storage error then"
-	a.view.Store(a.view.Load().with(map[string]*account{"acct-2": nil}))
+	a.view.Store(a.view.Load().with(map[string]*policy.Account{"acct-2": nil}))
 	a.mu.Unlock()
 	if err := a.writeBase(ctx, true); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ package atomspherecors
 // in-process admin 127.0.0.1:2975 and HTTP 127.0.0.1:9675-9676.
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -566,9 +567,9 @@ func TestStoreBaseCheckedAgainstTheRecords(t *testing.T) {
 // the restore.
 func TestStoreAccountFitsOneImportLine(t *testing.T) {
 	s := testStores(t, t.TempDir(), 1)[0]
-	rules := make([]Rule, 30000)
+	rules := make([]policy.Rule, 30000)
 	for i := range rules {
-		rules[i] = Rule{Origin: fmt.Sprintf("http://a%d", i)}
+		rules[i] = policy.Rule{Origin: fmt.Sprintf("http://a%d", i)}
 	}
 	body, _ := json.Marshal(rules)
 	if len(body) > maxRulesBody {

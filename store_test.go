@@ -7,6 +7,7 @@ package atomspherecors
 // 127.0.0.1:9699.
 
 import (
+	"atomspherecors/internal/policy"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -35,9 +36,9 @@ func TestAccountsViewMatchesAMap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	want := map[string]bool{}
 	v := newView(nil)
-	one := account{origins: []allowedOrigin{{origin: "https://a.example", methods: &methodSet{list: []string{"GET"}}}}}
+	one := policy.Account{Origins: []policy.AllowedOrigin{{Origin: "https://a.example", Methods: &policy.MethodSet{List: []string{"GET"}}}}}
 	for step := range 5000 {
-		batch := map[string]*account{}
+		batch := map[string]*policy.Account{}
 		for range 1 + rng.IntN(3) {
 			id := fmt.Sprintf("acct-%04d", rng.IntN(1500))
 			if rng.IntN(3) == 0 {
@@ -98,7 +99,7 @@ func testStores(t *testing.T, dir string, n int) []*accountStore {
 
 // writeOf is the change that writes rules to account id, compiled as an
 // admin write's are.
-func writeOf(tb testing.TB, s *accountStore, id string, rules ...Rule) change {
+func writeOf(tb testing.TB, s *accountStore, id string, rules ...policy.Rule) change {
 	tb.Helper()
 	a, err := s.compile(id, rules)
 	if err != nil {
@@ -107,7 +108,7 @@ func writeOf(tb testing.TB, s *accountStore, id string, rules ...Rule) change {
 	return change{id: id, rules: rules, acct: a}
 }
 
-func put(t *testing.T, s *accountStore, id string, rules ...Rule) {
+func put(t *testing.T, s *accountStore, id string, rules ...policy.Rule) {
 	t.Helper()
 	if _, err := s.commit(context.Background(), []change{writeOf(t, s, id, rules...)}); err != nil {
 		t.Fatal(err)
@@ -115,8 +116,8 @@ func put(t *testing.T, s *accountStore, id string, rules ...Rule) {
 }
 
 func allows(s *accountStore, id, origin string) bool {
-	a := s.get(id)
-	return a.find(origin) != nil
+	a := s.Account(id)
+	return a.Find(origin) != nil
 }
 
 func TestStoreWritesConverge(t *testing.T) {
@@ -124,7 +125,7 @@ func TestStoreWritesConverge(t *testing.T) {
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
-	put(t, a, "acct-1", Rule{Origin: "https://one.example"})
+	put(t, a, "acct-1", policy.Rule{Origin: "https://one.example"})
 	if !allows(a, "acct-1", "https://one.example") {
 		t.Fatal("the writing server does not serve its write")
 	}
@@ -144,7 +145,7 @@ func TestStoreWritesConverge(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for j := range 20 {
-				put(t, s, fmt.Sprintf("s%d-%d", i, j), Rule{Origin: fmt.Sprintf("https://s%d-%d.example", i, j)})
+				put(t, s, fmt.Sprintf("s%d-%d", i, j), policy.Rule{Origin: fmt.Sprintf("https://s%d-%d.example", i, j)})
 			}
 		}()
 	}
@@ -178,15 +179,15 @@ func TestStoreCorruptRecordAndInterruptedWrite(t *testing.T) {
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
 	ctx := context.Background()
-	put(t, a, "good", Rule{Origin: "https://good.example"})
-	put(t, a, "bad", Rule{Origin: "https://bad.example"})
+	put(t, a, "good", policy.Rule{Origin: "https://good.example"})
+	put(t, a, "bad", policy.Rule{Origin: "https://bad.example"})
 	// A writer killed after its log entry and part of its accounts.
 	st := &certmagic.FileStorage{Path: dir}
 	head, _ := readHead(ctx, st, a.keys)
 	_ = st.Store(ctx, a.keys.log(head.Seq+1), mustJSON(logEntry{Accounts: []string{"bad"}}))
 	_ = st.Store(ctx, a.keys.account("bad"), []byte(`{"account":"bad","rules":[{"origin":"https://bad.example/x"}]}`))
 	// The next writer adopts the entry: every server reads "bad" again.
-	put(t, a, "other", Rule{Origin: "https://other.example"})
+	put(t, a, "other", policy.Rule{Origin: "https://other.example"})
 	if err := b.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,7 @@ func TestStoreCorruptRecordAndInterruptedWrite(t *testing.T) {
 		t.Errorf("status does not report the refused record: %+v", st)
 	}
 	// Written again correctly, it is served again.
-	put(t, a, "bad", Rule{Origin: "https://bad.example"})
+	put(t, a, "bad", policy.Rule{Origin: "https://bad.example"})
 	if err := b.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +220,7 @@ func TestStoreSameAccountLastWriterWins(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for j := range 10 {
-				put(t, s, "shared", Rule{Origin: fmt.Sprintf("https://w%d-%d.example", i, j)})
+				put(t, s, "shared", policy.Rule{Origin: fmt.Sprintf("https://w%d-%d.example", i, j)})
 			}
 		}()
 	}
@@ -236,7 +237,7 @@ func TestStoreSameAccountLastWriterWins(t *testing.T) {
 		if err := s.poll(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if got := rulesOf(s.get("shared")); !reflect.DeepEqual(got[0].Origin, rec.Rules[0].Origin) {
+		if got := rulesOf(s.Account("shared")); !reflect.DeepEqual(got[0].Origin, rec.Rules[0].Origin) {
 			t.Errorf("%s serves %v, the store holds %v", s.key, got, rec.Rules)
 		}
 	}

@@ -6,6 +6,7 @@ package atomspherecors
 // used.
 
 import (
+	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"fmt"
@@ -33,7 +34,7 @@ func baseFixture(t *testing.T) (dir string, a *accountStore) {
 	dir = t.TempDir()
 	a = testStores(t, dir, 1)[0]
 	for i := range 30 {
-		put(t, a, fmt.Sprintf("acct-%02d", i), Rule{Origin: fmt.Sprintf("https://a%d.example", i)})
+		put(t, a, fmt.Sprintf("acct-%02d", i), policy.Rule{Origin: fmt.Sprintf("https://a%d.example", i)})
 	}
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
@@ -41,8 +42,8 @@ func baseFixture(t *testing.T) (dir string, a *accountStore) {
 	if err := a.writeBase(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
-	put(t, a, "acct-new", Rule{Origin: "https://new.example"})
-	put(t, a, "acct-03", Rule{Origin: "https://replaced.example"})
+	put(t, a, "acct-new", policy.Rule{Origin: "https://new.example"})
+	put(t, a, "acct-03", policy.Rule{Origin: "https://replaced.example"})
 	if _, err := a.commit(context.Background(), []change{{id: "acct-05", delete: true}}); err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 		return h.Seq, err
 	}
 	for i := range baseEvery - 1 {
-		put(t, a, fmt.Sprintf("acct-%03d", i), Rule{Origin: "https://a.example"})
+		put(t, a, fmt.Sprintf("acct-%03d", i), policy.Rule{Origin: "https://a.example"})
 	}
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
@@ -148,7 +149,7 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 	if first != baseEvery-1 {
 		t.Fatalf("base at %d, want %d", first, baseEvery-1)
 	}
-	put(t, a, "acct-x", Rule{Origin: "https://x.example"})
+	put(t, a, "acct-x", policy.Rule{Origin: "https://x.example"})
 	a.mu.Lock()
 	a.baseAt = time.Time{} // as if a minute had passed
 	a.mu.Unlock()
@@ -169,7 +170,7 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 		t.Fatalf("base rewritten at %d after one change", got)
 	}
 	for i := range baseEvery {
-		put(t, a, fmt.Sprintf("acct-y%03d", i), Rule{Origin: "https://y.example"})
+		put(t, a, fmt.Sprintf("acct-y%03d", i), policy.Rule{Origin: "https://y.example"})
 	}
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
@@ -202,7 +203,7 @@ func TestStoreFullReadDuringWrites(t *testing.T) {
 		t.Helper()
 		var batch []change
 		for i := lo; i < hi; i++ {
-			batch = append(batch, writeOf(t, s, fmt.Sprintf("%s-%05d", prefix, i), Rule{Origin: fmt.Sprintf("https://a%d.example", i)}))
+			batch = append(batch, writeOf(t, s, fmt.Sprintf("%s-%05d", prefix, i), policy.Rule{Origin: fmt.Sprintf("https://a%d.example", i)}))
 		}
 		if _, err := s.commit(ctx, batch); err != nil {
 			t.Fatal(err)
@@ -269,7 +270,7 @@ func TestStoreBaseAfterImportsInARow(t *testing.T) {
 		}
 		return nil
 	}
-	put(t, a, "acct-1", Rule{Origin: "https://a.example"})
+	put(t, a, "acct-1", policy.Rule{Origin: "https://a.example"})
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +284,7 @@ func TestStoreBaseAfterImportsInARow(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := baseSeq()
-	put(t, a, "acct-2", Rule{Origin: "https://a.example"})
+	put(t, a, "acct-2", policy.Rule{Origin: "https://a.example"})
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -301,8 +302,8 @@ func TestStoreBaseAfterImportsInARow(t *testing.T) {
 func TestStoreNumericAccountIDs(t *testing.T) {
 	dir := t.TempDir()
 	a := testStores(t, dir, 1)[0]
-	put(t, a, "4242", Rule{Origin: "https://n.example"})
-	put(t, a, "777", Rule{Origin: "https://m.example"})
+	put(t, a, "4242", policy.Rule{Origin: "https://n.example"})
+	put(t, a, "777", policy.Rule{Origin: "https://m.example"})
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package atomspherecors
 // Caddy (admin localhost:2992, site 127.0.0.1:9200, as the reload tests).
 
 import (
+	"atomspherecors/internal/policy"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -23,25 +24,25 @@ const maxReport = 8 << 10
 // hostileAccounts is a config of problems that each repeat long values:
 // one account ID of 100 KiB whose 3 000 rules all have an unknown method,
 // the shape that made the whole report grow to 100 MB.
-func hostileAccounts(rules int) map[string][]Rule {
+func hostileAccounts(rules int) map[string][]policy.Rule {
 	return hostileAccountsID(strings.Repeat("a", 100<<10), rules)
 }
 
 // hostileAccountsID is hostileAccounts with the account ID given.
-func hostileAccountsID(id string, rules int) map[string][]Rule {
-	rs := make([]Rule, rules)
+func hostileAccountsID(id string, rules int) map[string][]policy.Rule {
+	rs := make([]policy.Rule, rules)
 	for i := range rs {
-		rs[i] = Rule{Origin: "https://app" + strconv.Itoa(i) + ".example", Methods: []string{"GTE"}}
+		rs[i] = policy.Rule{Origin: "https://app" + strconv.Itoa(i) + ".example", Methods: []string{"GTE"}}
 	}
-	return map[string][]Rule{id: rs}
+	return map[string][]policy.Rule{id: rs}
 }
 
 // longOriginRules are n rules whose origins are 100 bytes long and whose
 // method is unknown.
-func longOriginRules(n int) []Rule {
-	rs := make([]Rule, n)
+func longOriginRules(n int) []policy.Rule {
+	rs := make([]policy.Rule, n)
 	for i := range rs {
-		rs[i] = Rule{Origin: "https://" + strings.Repeat("o", 80) + strconv.Itoa(i) + ".example", Methods: []string{"GTE"}}
+		rs[i] = policy.Rule{Origin: "https://" + strings.Repeat("o", 80) + strconv.Itoa(i) + ".example", Methods: []string{"GTE"}}
 	}
 	return rs
 }
@@ -61,7 +62,7 @@ func TestValidationReportIsBounded(t *testing.T) {
 			if !strings.Contains(msg, `method "GTE" is not a known HTTP method`) || !strings.Contains(msg, "(102400 bytes)") {
 				t.Errorf("report does not name the problem and the shortened ID: %.300s", msg)
 			}
-			if more := rules - maxProblems; more > 0 && !strings.Contains(msg, "and "+strconv.Itoa(more)+" more problems") {
+			if more := rules - policy.MaxProblems; more > 0 && !strings.Contains(msg, "and "+strconv.Itoa(more)+" more problems") {
 				t.Errorf("report does not count the %d problems it leaves out: %.300s", more, msg)
 			}
 		})
@@ -89,7 +90,7 @@ func TestValidationReportIsBounded(t *testing.T) {
 // running Caddy: each answer is short, names the problem, and the
 // server keeps serving the rules it had.
 func TestValidationRunningCaddy(t *testing.T) {
-	good := map[string][]Rule{"acct-1": {{Origin: "https://a.example", Methods: []string{"GET"}}}}
+	good := map[string][]policy.Rule{"acct-1": {{Origin: "https://a.example", Methods: []string{"GET"}}}}
 	startCaddy(t, "json", string(reloadConfig(good)))
 	stillServes := func(t *testing.T) {
 		t.Helper()
@@ -216,12 +217,12 @@ func TestValidationRefusesWhatNeverMatches(t *testing.T) {
 // of the config: rules by position (rule 2 before rule 10), Caddyfile
 // problems by line.
 func TestValidationReportInConfigOrder(t *testing.T) {
-	rules := make([]Rule, 12)
+	rules := make([]policy.Rule, 12)
 	for i := range rules {
-		rules[i] = Rule{Origin: "https://ok" + strconv.Itoa(i) + ".example"}
+		rules[i] = policy.Rule{Origin: "https://ok" + strconv.Itoa(i) + ".example"}
 	}
 	rules[1].Origin, rules[9].Origin = "ftp://two.example", "ftp://ten.example"
-	_, err := loadHandler(t, string(mustJSON(map[string]any{"accounts": map[string][]Rule{"b": rules, "a": {{Origin: "null"}}}})), nil)
+	_, err := loadHandler(t, string(mustJSON(map[string]any{"accounts": map[string][]policy.Rule{"b": rules, "a": {{Origin: "null"}}}})), nil)
 	if err == nil {
 		t.Fatal("accepted")
 	}

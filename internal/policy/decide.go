@@ -1,6 +1,12 @@
-package atomspherecors
+package policy
 
 import "net/http"
+
+// The request headers Decide reads, in canonical form.
+const (
+	hdrOrigin    = "Origin"
+	hdrReqMethod = "Access-Control-Request-Method"
+)
 
 // One request, one decision. Decide reads the request and the compiled
 // rules and says what the module does with it, without writing, logging
@@ -23,12 +29,12 @@ const (
 	// next handler, with the module's CORS headers when allowed.
 	Normal
 
-	numKinds
+	NumKinds
 )
 
 // String is the kind's label in the metrics and the access log.
 func (k Kind) String() string {
-	return [numKinds]string{"untouched", kindPreflight, kindNormal}[k]
+	return [NumKinds]string{"untouched", "preflight", "normal"}[k]
 }
 
 // Reason says why a request on an account path is denied; Allowed when
@@ -50,22 +56,22 @@ const (
 	// that defers Access-Control-* operations (docs/behaviour.md §4).
 	DeferredHeaders
 
-	numReasons
+	NumReasons
 )
 
 // reasonLabels are the reasons as the debug log, the access log and the
 // metrics name them.
-var reasonLabels = [numReasons]string{
+var reasonLabels = [NumReasons]string{
 	Allowed:               "",
-	NoOrigin:              reasonNoOrigin,
-	RepeatedOrigin:        reasonRepeatedOrigin,
-	NoRules:               reasonNoRules,
-	OriginNotAllowed:      reasonOriginNotAllowed,
-	MalformedOrigin:       reasonMalformedOrigin,
-	MethodNotAllowed:      reasonMethodNotAllowed,
-	RepeatedRequestMethod: reasonRepeatedReqMethod,
-	AmbiguousPath:         reasonAmbiguousPath,
-	DeferredHeaders:       reasonDeferred,
+	NoOrigin:              "no Origin header",
+	RepeatedOrigin:        "repeated Origin header",
+	NoRules:               "account has no rules",
+	OriginNotAllowed:      "origin not allowed",
+	MalformedOrigin:       "malformed Origin header",
+	MethodNotAllowed:      "method not allowed",
+	RepeatedRequestMethod: "repeated Access-Control-Request-Method header",
+	AmbiguousPath:         "ambiguous path",
+	DeferredHeaders:       "deferred Access-Control-* header operations",
 }
 
 // String is the reason's label: "" for Allowed.
@@ -76,7 +82,7 @@ type Decision struct {
 	Kind    Kind
 	Reason  Reason
 	Account string         // the account of the path; "" when untouched
-	Rule    *allowedOrigin // the rule that allows the request; nil when denied
+	Rule    *AllowedOrigin // the rule that allows the request; nil when denied
 	Origin  string         // the request's one Origin when allowed, byte for byte
 }
 
@@ -88,8 +94,8 @@ func (d Decision) Allowed() bool { return d.Reason == Allowed && d.Kind != Untou
 // with an error status and never reaches the next handler.
 func (d Decision) Refused() bool { return d.Reason == AmbiguousPath || d.Reason == DeferredHeaders }
 
-// kindOf tells a preflight from a normal request.
-func kindOf(r *http.Request) Kind {
+// KindOf tells a preflight from a normal request.
+func KindOf(r *http.Request) Kind {
 	if preflightMethods(r, r.Header[hdrOrigin]) != nil {
 		return Preflight
 	}
@@ -114,17 +120,17 @@ func preflightMethods(r *http.Request, origin []string) []string {
 // (docs/behaviour.md §1), checked against the readings of common backends
 // when guard is set (§5); then the account's rule for the one Origin, and
 // whether it lists the method (§2, §3).
-func (ix *index) Decide(r *http.Request, guard bool) Decision {
+func (ix *Index) Decide(r *http.Request, guard bool) Decision {
 	var id string
 	var ok bool
 	plain := plainPath(r.URL.Path)
 	if plain {
 		id, ok, _ = ix.accountAtStart(r.URL.Path) // as accountOf, with nothing to clean
 	} else {
-		id, ok = ix.accountOf(r.URL.Path)
+		id, ok = ix.AccountOf(r.URL.Path)
 	}
-	if guard && (guardedTarget(r, plain) && ix.ambiguous(r, id, ok) || ix.rewrites && ix.originalReadsOther(r, id, ok)) {
-		return Decision{Kind: kindOf(r), Reason: AmbiguousPath, Account: id}
+	if guard && (guardedTarget(r, plain) && ix.ambiguous(r, id, ok) || ix.Rewrites && ix.originalReadsOther(r, id, ok)) {
+		return Decision{Kind: KindOf(r), Reason: AmbiguousPath, Account: id}
 	}
 	if !ok {
 		return Decision{}
@@ -148,7 +154,7 @@ func (ix *index) Decide(r *http.Request, guard bool) Decision {
 		}
 		method = reqMethod[0]
 	}
-	if !d.Rule.methods.allows(method) {
+	if !d.Rule.Methods.allows(method) {
 		d.Rule, d.Reason = nil, MethodNotAllowed
 		return d
 	}
@@ -156,9 +162,9 @@ func (ix *index) Decide(r *http.Request, guard bool) Decision {
 	return d
 }
 
-// method is the method the decision is about: the requested one of a
+// Method is the method the decision is about: the requested one of a
 // preflight, the request's own otherwise.
-func (d Decision) method(r *http.Request) string {
+func (d Decision) Method(r *http.Request) string {
 	if d.Kind == Preflight {
 		return r.Header[hdrReqMethod][0]
 	}

@@ -1,7 +1,8 @@
-package atomspherecors
+package policy
 
 import (
 	"errors"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -9,15 +10,13 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
 	"atomspherecors/internal/origin"
 )
 
-// index is the compiled form of a Handler's config, built once by
+// Index is the compiled form of a Handler's config, built once by
 // Provision and only read afterwards, so requests share it without locks.
 // A config reload builds a new Handler with a new index.
-type index struct {
+type Index struct {
 	prefixes []string // lower-cased, in configured order
 	// prefixSegs are the segments of each prefix, for the path guard.
 	prefixSegs [][]string
@@ -25,68 +24,83 @@ type index struct {
 	// not their own (not lower-case ASCII), so that two that fold to one
 	// are told apart (sameLetters); nil for a store's accounts.
 	foldKeys map[string]int
-	// rewrites is set when a handler of the server could rewrite the
+	// Rewrites is set when a handler of the server could rewrite the
 	// path before this one: the path guard then reads the original
 	// target too (errorpolicy.go sets it).
-	rewrites bool
-	accounts map[string]account // account ID -> its allowed origins
+	Rewrites bool
+	accounts map[string]Account // account ID -> its allowed origins
 
-	// maxOriginLen bounds the Origin values worth parsing: no longer
+	// MaxOriginLen bounds the Origin values worth parsing: no longer
 	// value can normalise to a configured origin (see compile).
-	maxOriginLen int
+	MaxOriginLen int
 
-	status        int    // preflight_status
-	allowHeaders  string // Access-Control-Allow-Headers, "" to omit
-	exposeHeaders string // Access-Control-Expose-Headers, "" to omit
-	maxAge        string // Access-Control-Max-Age, whole seconds
+	Status        int    // preflight_status
+	AllowHeaders  string // Access-Control-Allow-Headers, "" to omit
+	ExposeHeaders string // Access-Control-Expose-Headers, "" to omit
+	MaxAge        string // Access-Control-Max-Age, whole seconds
 
-	// live holds the accounts of a handler with a store (store.go),
-	// which replace accounts above; nil for inline accounts.
-	live *accountStore
+	// Live holds the accounts of a handler with a rules store, which
+	// replace accounts above; nil for inline accounts.
+	Live Source
+
+	clean    func(string) string                      // Config.CleanPath
+	original func(*http.Request) (http.Request, bool) // Config.OriginalRequest
 }
 
-// account holds one account's allowed origins, rules with the same
+// cleanPath is p as the server's path matchers read it. Most paths are
+// clean already, and checking is cheaper than cleaning.
+func (ix *Index) cleanPath(p string) string {
+	if needsCleaning(p) {
+		return ix.clean(p)
+	}
+	return p
+}
+
+// Source gives the accounts of a rules store, which change while the
+// index serves requests: Account is called once per request on an
+// account path, from many goroutines, and must not block.
+type Source interface {
+	Account(id string) Account
+}
+
+// Account holds one account's allowed origins, rules with the same
 // origin merged. Small accounts are scanned; large ones also get a map.
-type account struct {
-	origins  []allowedOrigin
-	byOrigin map[string]*allowedOrigin // nil below mapThreshold origins
+type Account struct {
+	Origins  []AllowedOrigin
+	byOrigin map[string]*AllowedOrigin // nil below mapThreshold origins
 }
 
-// mapThreshold is the number of origins from which an account's origins
+// MapThreshold is the number of origins from which an account's origins
 // are looked up in a map instead of a scan: a scan of a few strings,
 // most of them rejected on length, is faster than hashing.
-const mapThreshold = 8
+const MapThreshold = 8
 
-// allowedOrigin is one normalised origin and the methods it may use.
-type allowedOrigin struct {
-	origin  string // canonical serialisation, e.g. "https://mydomain.com"
-	methods *methodSet
+// AllowedOrigin is one normalised origin and the methods it may use.
+type AllowedOrigin struct {
+	Origin  string // canonical serialisation, e.g. "https://mydomain.com"
+	Methods *MethodSet
 }
 
-// methodSet is shared by every origin with the same methods, so a large
+// MethodSet is shared by every origin with the same methods, so a large
 // config holds each distinct set and its header value once.
-type methodSet struct {
-	list   []string
-	header string // Access-Control-Allow-Methods value, "GET, POST, DELETE"
+type MethodSet struct {
+	List   []string
+	Header string // Access-Control-Allow-Methods value, "GET, POST, DELETE"
 }
 
 // allows compares a method case-sensitively, as the Fetch standard
 // compares a request's method with Access-Control-Allow-Methods.
-func (m *methodSet) allows(method string) bool {
+func (m *MethodSet) allows(method string) bool {
 	// HEAD is treated as GET (docs/behaviour.md §1).
-	return slices.Contains(m.list, method) || (method == "HEAD" && slices.Contains(m.list, "GET"))
+	return slices.Contains(m.List, method) || (method == "HEAD" && slices.Contains(m.List, "GET"))
 }
 
-// accountOf returns the account a request path belongs to: the segment
+// AccountOf returns the account a request path belongs to: the segment
 // right after the first configured prefix that the cleaned path starts
 // with (docs/behaviour.md §1). ok is false outside the prefixes and for an empty
 // account segment.
-func (ix *index) accountOf(p string) (id string, ok bool) {
-	if needsCleaning(p) {
-		// Read the path as Caddy's path matchers do: dot-segments
-		// resolved, repeated slashes merged.
-		p = caddyhttp.CleanPath(p, true)
-	}
+func (ix *Index) AccountOf(p string) (id string, ok bool) {
+	p = ix.cleanPath(p)
 	if id, ok, found := ix.accountAtStart(p); found {
 		return id, ok
 	}
@@ -100,7 +114,7 @@ func (ix *index) accountOf(p string) (id string, ok bool) {
 
 // accountAtStart reads the account of a cleaned path that starts with a
 // prefix; found is false when none matches.
-func (ix *index) accountAtStart(p string) (id string, ok, found bool) {
+func (ix *Index) accountAtStart(p string) (id string, ok, found bool) {
 	for _, pre := range ix.prefixes {
 		n := len(pre)
 		if !strings.HasPrefix(p, pre) { // paths are nearly always lower case already
@@ -115,6 +129,21 @@ func (ix *index) accountAtStart(p string) (id string, ok, found bool) {
 		return rest, rest != "", true
 	}
 	return "", false, false
+}
+
+// PrefixOf returns the configured prefix that path falls under, as
+// AccountOf reads it.
+func (ix *Index) PrefixOf(p string) string {
+	p = ix.cleanPath(p)
+	for _, pre := range ix.prefixes {
+		if strings.HasPrefix(p, pre) {
+			return pre
+		}
+		if _, ok := foldedPrefix(p, pre); ok {
+			return pre
+		}
+	}
+	return ""
 }
 
 // phpScriptEnd returns where the PATH_INFO of p starts, after its first
@@ -134,7 +163,7 @@ func phpScriptEnd(p string) int {
 	return -1
 }
 
-// needsCleaning reports whether caddyhttp.CleanPath could change p:
+// needsCleaning reports whether cleaning (Config.CleanPath) could change p:
 // only a repeated slash or a "." or ".." segment can. Most paths are
 // clean, and checking is cheaper than cleaning.
 func needsCleaning(p string) bool {
@@ -204,7 +233,7 @@ func foldedPrefix(p, lower string) (int, bool) {
 // match finds the rule of account id for the request's Origin values.
 // A missing, repeated, null, malformed or too long Origin matches
 // nothing (docs/behaviour.md §1). The reason says why not.
-func (ix *index) match(id string, originHdr []string) (*allowedOrigin, Reason) {
+func (ix *Index) match(id string, originHdr []string) (*AllowedOrigin, Reason) {
 	switch len(originHdr) {
 	case 0:
 		return nil, NoOrigin
@@ -213,19 +242,19 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, Reason) {
 		return nil, RepeatedOrigin
 	}
 	// Most requests without Origin are same-origin: they need no lookup.
-	acct := ix.account(id)
-	if len(acct.origins) == 0 {
+	acct := ix.Account(id)
+	if len(acct.Origins) == 0 {
 		return nil, NoRules
 	}
 	o := originHdr[0]
 	// Nothing longer can match, not even exactly: refuse it before the
 	// lookup, which would hash all of it in a large account.
-	if len(o) > ix.maxOriginLen {
+	if len(o) > ix.MaxOriginLen {
 		return nil, OriginNotAllowed
 	}
 	// Browsers send origins already serialised (Fetch standard), so the
 	// exact string is nearly always the one to look for.
-	if ao := acct.find(o); ao != nil {
+	if ao := acct.Find(o); ao != nil {
 		return ao, Allowed
 	}
 	if isSerialised(o) {
@@ -236,7 +265,7 @@ func (ix *index) match(id string, originHdr []string) (*allowedOrigin, Reason) {
 		return nil, MalformedOrigin
 	}
 	if canon := parsed.String(); canon != o {
-		if ao := acct.find(canon); ao != nil {
+		if ao := acct.Find(canon); ao != nil {
 			return ao, Allowed
 		}
 	}
@@ -267,40 +296,67 @@ func isSerialised(o string) bool {
 	return !strings.HasSuffix(o, ":443") && !strings.HasSuffix(o, ":80")
 }
 
-// account returns the rules of account id: from the store when the
+// Account returns the rules of account id: from the store when the
 // handler has one, else from the config.
-func (ix *index) account(id string) account {
-	if ix.live != nil {
-		return ix.live.get(id)
+func (ix *Index) Account(id string) Account {
+	if ix.Live != nil {
+		return ix.Live.Account(id)
 	}
 	return ix.accounts[id]
 }
 
-func (a *account) find(o string) *allowedOrigin {
+func (a *Account) Find(o string) *AllowedOrigin {
 	if a.byOrigin != nil {
 		return a.byOrigin[o]
 	}
-	for i := range a.origins {
-		if a.origins[i].origin == o {
-			return &a.origins[i]
+	for i := range a.Origins {
+		if a.Origins[i].Origin == o {
+			return &a.Origins[i]
 		}
 	}
 	return nil
 }
 
-// newIndex checks a whole config and compiles it. It is the one place
+// Config is what an index is built from: the handler's config (its
+// JSON fields, with the same names and defaults).
+type Config struct {
+	PathPrefixes    []string // nil: DefaultPathPrefixes
+	Accounts        map[string][]Rule
+	AllowHeaders    []string // nil: DefaultAllowHeaders
+	ExposeHeaders   []string
+	MaxAge          *time.Duration // nil: defaultMaxAgeSeconds
+	PreflightStatus int            // 0: defaultPreflightStatus
+	// Check adds the problems of settings the policy does not know (a
+	// rules store's), in their place in the report: after max_age,
+	// before the accounts.
+	Check func(*Problems)
+
+	// CleanPath reads a path as the server's path matchers do: dot
+	// segments resolved, repeated slashes merged (Caddy's
+	// caddyhttp.CleanPath(p, true)). Required.
+	CleanPath func(string) string
+	// OriginalRequest returns the request as the client sent it, before
+	// any rewrite changed its target; nil when the server keeps none.
+	OriginalRequest func(*http.Request) (http.Request, bool)
+}
+
+// NewIndex checks a whole config and compiles it. It is the one place
 // where a config's values are checked, for JSON and Caddyfile alike; it
 // reports the problems in config order (see problems), each with its
 // place, and the report stays short whatever the config's size.
-func newIndex(h *Handler) (*index, error) {
-	var p problems
-	ix := &index{status: h.PreflightStatus, accounts: make(map[string]account, len(h.Accounts))}
+func NewIndex(h Config) (*Index, error) {
+	var p Problems
+	if h.CleanPath == nil {
+		return nil, errors.New("policy: Config.CleanPath is required")
+	}
+	ix := &Index{Status: h.PreflightStatus, accounts: make(map[string]Account, len(h.Accounts)),
+		clean: h.CleanPath, original: h.OriginalRequest}
 
 	prefixes := h.PathPrefixes
 	if prefixes == nil {
-		prefixes = defaultPathPrefixes
+		prefixes = DefaultPathPrefixes
 	} else if len(prefixes) == 0 {
-		p.add(place{field: "path_prefixes"}, errors.New("path_prefixes is empty: no request would be checked"))
+		p.Add(Place{Field: "path_prefixes"}, errors.New("path_prefixes is empty: no request would be checked"))
 	}
 	ix.prefixes = checkPathPrefixes(prefixes, &p)
 	for _, pre := range ix.prefixes {
@@ -309,26 +365,28 @@ func newIndex(h *Handler) (*index, error) {
 
 	allow := h.AllowHeaders
 	if allow == nil {
-		allow = defaultAllowHeaders
+		allow = DefaultAllowHeaders
 	}
-	ix.allowHeaders = strings.Join(checkHeaderNames("allow_headers", allow, &p), ",")
-	ix.exposeHeaders = strings.Join(checkHeaderNames("expose_headers", h.ExposeHeaders, &p), ",")
+	ix.AllowHeaders = strings.Join(checkHeaderNames("allow_headers", allow, &p), ",")
+	ix.ExposeHeaders = strings.Join(checkHeaderNames("expose_headers", h.ExposeHeaders, &p), ",")
 
-	if ix.status == 0 {
-		ix.status = defaultPreflightStatus
+	if ix.Status == 0 {
+		ix.Status = defaultPreflightStatus
 	}
-	if err := checkPreflightStatus(ix.status); err != nil {
-		p.add(place{field: "preflight_status"}, err)
+	if err := checkPreflightStatus(ix.Status); err != nil {
+		p.Add(Place{Field: "preflight_status"}, err)
 	}
 	maxAge := int64(defaultMaxAgeSeconds)
 	if h.MaxAge != nil {
-		if err := checkMaxAge(time.Duration(*h.MaxAge)); err != nil {
-			p.add(place{field: "max_age"}, err)
+		if err := checkMaxAge(*h.MaxAge); err != nil {
+			p.Add(Place{Field: "max_age"}, err)
 		}
-		maxAge = int64(time.Duration(*h.MaxAge) / time.Second)
+		maxAge = int64(*h.MaxAge / time.Second)
 	}
-	ix.maxAge = strconv.FormatInt(maxAge, 10)
-	checkStore(h, &p)
+	ix.MaxAge = strconv.FormatInt(maxAge, 10)
+	if h.Check != nil {
+		h.Check(&p)
+	}
 
 	// Accounts in ID order: a JSON object has no order of its own, and
 	// this keeps reports the same from one run to the next. (It is also
@@ -339,11 +397,11 @@ func newIndex(h *Handler) (*index, error) {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	cache := newMethodCache()
+	cache := NewMethodCache()
 	longest := 0
 	for _, id := range ids {
-		if err := checkAccountID(id); err != nil {
-			p.add(place{field: "accounts", account: id, rule: -1}, err)
+		if err := CheckAccountID(id); err != nil {
+			p.Add(Place{Field: "accounts", Account: id, Rule: -1}, err)
 			continue
 		}
 		if !isPlainID(id) {
@@ -352,45 +410,45 @@ func newIndex(h *Handler) (*index, error) {
 			}
 			ix.foldKeys[foldKey(id)]++
 		}
-		acct := compileAccount(id, h.Accounts[id], cache, &p)
-		for _, ao := range acct.origins {
-			longest = max(longest, len(ao.origin))
+		acct := CompileAccount(id, h.Accounts[id], cache, &p)
+		for _, ao := range acct.Origins {
+			longest = max(longest, len(ao.Origin))
 		}
 		ix.accounts[id] = acct
 	}
 	// A non-canonical spelling of an origin is at most the length of its
 	// canonical form with an explicit default port, or its Unicode host
 	// at up to 4 bytes a character: nothing longer can match.
-	ix.maxOriginLen = 4*longest + len(":65535")
+	ix.MaxOriginLen = 4*longest + len(":65535")
 
-	if err := p.err(); err != nil {
+	if err := p.Err(); err != nil {
 		return nil, err
 	}
 	return ix, nil
 }
 
-// compileAccount normalises one account's rules, merging rules with the
+// CompileAccount normalises one account's rules, merging rules with the
 // same origin (their methods united, in the order first written). It
 // allocates only the account's origin list (and, above mapThreshold
 // origins, its map): a large config compiles quickly and holds little.
-func compileAccount(id string, rules []Rule, cache *methodCache, p *problems) account {
-	acct := account{origins: make([]allowedOrigin, 0, len(rules))}
+func CompileAccount(id string, rules []Rule, cache *MethodCache, p *Problems) Account {
+	acct := Account{Origins: make([]AllowedOrigin, 0, len(rules))}
 	var pos map[string]int // origin -> position, for large accounts only
-	if len(rules) > mapThreshold {
+	if len(rules) > MapThreshold {
 		pos = make(map[string]int, len(rules))
 	}
 	for i, r := range rules {
 		o, err := origin.Parse(r.Origin)
 		methods, merrs := cache.parse(r.Methods)
 		if err != nil || merrs != nil {
-			at := place{field: "accounts", account: id, rule: i}
+			at := Place{Field: "accounts", Account: id, Rule: i}
 			for _, e := range append([]error{err}, merrs...) {
 				switch {
 				case e == nil:
 				case p.full():
-					p.skip()
+					p.Skip()
 				default:
-					p.add(at, ruleErr(id, i, r.Origin, e))
+					p.Add(at, ruleErr(id, i, r.Origin, e))
 				}
 			}
 			continue
@@ -405,21 +463,21 @@ func compileAccount(id string, rules []Rule, cache *methodCache, p *problems) ac
 				j = k
 			}
 		} else {
-			j = slices.IndexFunc(acct.origins, func(ao allowedOrigin) bool { return ao.origin == canon })
+			j = slices.IndexFunc(acct.Origins, func(ao AllowedOrigin) bool { return ao.Origin == canon })
 		}
 		if j < 0 {
 			if pos != nil {
-				pos[canon] = len(acct.origins)
+				pos[canon] = len(acct.Origins)
 			}
-			acct.origins = append(acct.origins, allowedOrigin{origin: canon, methods: methods})
+			acct.Origins = append(acct.Origins, AllowedOrigin{Origin: canon, Methods: methods})
 			continue
 		}
-		acct.origins[j].methods = cache.union(acct.origins[j].methods, methods)
+		acct.Origins[j].Methods = cache.union(acct.Origins[j].Methods, methods)
 	}
-	if len(acct.origins) > mapThreshold {
-		acct.byOrigin = make(map[string]*allowedOrigin, len(acct.origins))
-		for i := range acct.origins {
-			acct.byOrigin[acct.origins[i].origin] = &acct.origins[i]
+	if len(acct.Origins) > MapThreshold {
+		acct.byOrigin = make(map[string]*AllowedOrigin, len(acct.Origins))
+		for i := range acct.Origins {
+			acct.byOrigin[acct.Origins[i].Origin] = &acct.Origins[i]
 		}
 	}
 	return acct
@@ -444,26 +502,26 @@ func serialises(o origin.Origin, s string) bool {
 	return ok && err == nil && n == o.Port && port[0] != '0'
 }
 
-// methodCache compiles rules' method lists into shared methodSets. A
+// MethodCache compiles rules' method lists into shared methodSets. A
 // large config repeats a few lists: each is parsed once, and each
 // distinct set, with its header value, is held once.
-type methodCache struct {
+type MethodCache struct {
 	recent []cachedMethods       // the first lists seen, as written
-	sets   map[string]*methodSet // Access-Control-Allow-Methods value -> set
+	sets   map[string]*MethodSet // Access-Control-Allow-Methods value -> set
 }
 
 type cachedMethods struct {
 	raw []string
-	set *methodSet
+	set *MethodSet
 }
 
-func newMethodCache() *methodCache { return &methodCache{sets: make(map[string]*methodSet)} }
+func NewMethodCache() *MethodCache { return &MethodCache{sets: make(map[string]*MethodSet)} }
 
 // maxCachedMethods bounds the lists methodCache compares a rule's with.
 const maxCachedMethods = 16
 
 // parse returns the set of a rule's methods (see parseMethods).
-func (c *methodCache) parse(raw []string) (*methodSet, []error) {
+func (c *MethodCache) parse(raw []string) (*MethodSet, []error) {
 	for _, e := range c.recent {
 		// nil (the default methods) and an empty list (refused) differ.
 		if (e.raw == nil) == (raw == nil) && slices.Equal(e.raw, raw) {
@@ -482,25 +540,25 @@ func (c *methodCache) parse(raw []string) (*methodSet, []error) {
 }
 
 // set returns the shared set of list.
-func (c *methodCache) set(list []string) *methodSet {
+func (c *MethodCache) set(list []string) *MethodSet {
 	header := strings.Join(list, ", ")
 	if s := c.sets[header]; s != nil {
 		return s
 	}
-	s := &methodSet{list: list, header: header}
+	s := &MethodSet{List: list, Header: header}
 	c.sets[header] = s
 	return s
 }
 
 // union returns the set of a's methods followed by those of b not in a.
-func (c *methodCache) union(a, b *methodSet) *methodSet {
-	list := a.list
-	for _, m := range b.list {
+func (c *MethodCache) union(a, b *MethodSet) *MethodSet {
+	list := a.List
+	for _, m := range b.List {
 		if !slices.Contains(list, m) {
 			list = append(slices.Clip(list), m)
 		}
 	}
-	if len(list) == len(a.list) {
+	if len(list) == len(a.List) {
 		return a
 	}
 	return c.set(list)

@@ -1,7 +1,9 @@
-package atomspherecors
+package policy
 
 import (
 	"bufio"
+	"encoding/json"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"net/http"
 	"strings"
 	"testing"
@@ -20,9 +22,9 @@ func parseTarget(t *testing.T, target string) *http.Request {
 
 // guardRefuses reports whether the path guard of a handler with the
 // default prefixes refuses target, as ServeHTTP asks it.
-func guardRefuses(t *testing.T, ix *index, target string) bool {
+func guardRefuses(t *testing.T, ix *Index, target string) bool {
 	r := parseTarget(t, target)
-	id, ok := ix.accountOf(r.URL.Path)
+	id, ok := ix.AccountOf(r.URL.Path)
 	return guardedPath(r) && ix.ambiguous(r, id, ok)
 }
 
@@ -32,7 +34,7 @@ func guardRefuses(t *testing.T, ix *index, target string) bool {
 // them as written: only ".", "..", ".%2e", "%2e." and "%2e%2e" segments
 // are dot segments that a browser resolves itself (WHATWG URL).
 func TestPathGuardReadings(t *testing.T) {
-	ix, err := newIndex(&Handler{})
+	ix, err := NewIndex(testConfig(Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestPathGuardReadings(t *testing.T) {
 // account (or in none) pass the guard, so the guard does not refuse
 // ordinary API paths.
 func TestPathGuardPasses(t *testing.T) {
-	ix, err := newIndex(&Handler{})
+	ix, err := NewIndex(testConfig(Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,12 +153,12 @@ func TestPathGuardPasses(t *testing.T) {
 // is the account path under Caddy's reading and every other: the module
 // decides for that account, and the guard lets it through.
 func TestPathGuardKelvinSign(t *testing.T) {
-	ix, err := newIndex(&Handler{PathPrefixes: []string{"/bank/"}})
+	ix, err := NewIndex(testConfig(Config{PathPrefixes: []string{"/bank/"}}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	const target = "/ban%E2%84%AA/acct-victim/x"
-	if id, ok := ix.accountOf(parseTarget(t, target).URL.Path); !ok || id != "acct-victim" {
+	if id, ok := ix.AccountOf(parseTarget(t, target).URL.Path); !ok || id != "acct-victim" {
 		t.Errorf("%s: account %q %v, want acct-victim", target, id, ok)
 	}
 	if guardRefuses(t, ix, target) {
@@ -175,7 +177,7 @@ func hasDotEndedSegment(p string) bool {
 // path escaped again, "%2f" become "/" (and reverse_proxy forwards a
 // literal "../"); the guard reads the target as sent and as forwarded.
 func TestPathGuardTargetAsSent(t *testing.T) {
-	ix, err := newIndex(&Handler{})
+	ix, err := NewIndex(testConfig(Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +206,7 @@ func TestPathGuardTargetAsSent(t *testing.T) {
 // and "ss" case-folded (Python), so a prefix with "ss" can be spelled
 // with it; the module reads no account there, so it is refused.
 func TestPathGuardFullCaseMapping(t *testing.T) {
-	ix, err := newIndex(&Handler{PathPrefixes: []string{"/class/"}})
+	ix, err := NewIndex(testConfig(Config{PathPrefixes: []string{"/class/"}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +220,7 @@ func TestPathGuardFullCaseMapping(t *testing.T) {
 // TestPathGuardDecodedUntilItStops: a target encoded more times than the
 // guard decodes is refused, not read as decoded so far.
 func TestPathGuardDecodedUntilItStops(t *testing.T) {
-	ix, err := newIndex(&Handler{})
+	ix, err := NewIndex(testConfig(Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +235,7 @@ func TestPathGuardDecodedUntilItStops(t *testing.T) {
 			t.Errorf("%s passes the guard", target)
 		}
 	}
-	if !ix.mightOwn(parseTarget(t, "/ap%2525252569/rest/v1/acct-victim/x"), true) {
+	if !ix.MightOwn(parseTarget(t, "/ap%2525252569/rest/v1/acct-victim/x"), true) {
 		t.Error("the error routes' check does not see the prefix in a target encoded four times")
 	}
 	if guardRefuses(t, ix, e+"/100%2525") {
@@ -246,37 +248,37 @@ func TestPathGuardDecodedUntilItStops(t *testing.T) {
 // served, since every reading names that same account; an ID that folds
 // to another configured account's ID is refused.
 func TestPathGuardLettersInAccountIDs(t *testing.T) {
-	h := mustLoadHandler(t, `{"accounts": {
+	h := mustIndex(t, `{"accounts": {
 		"straße": [{"origin": "https://a.example"}],
 		"café": [{"origin": "https://a.example"}],
 		"ｘ": [{"origin": "https://a.example"}],
 		"ſtore": [{"origin": "https://a.example"}],
-		"store": [{"origin": "https://b.example"}]}}`, nil)
+		"store": [{"origin": "https://b.example"}]}}`)
 	for _, target := range []string{
 		"/api/rest/v1/stra%C3%9Fe/x", "/api/rest/v1/caf%C3%A9/x", "/api/rest/v1/%EF%BD%98/x",
 	} {
-		if guardRefuses(t, h.ix, target) {
+		if guardRefuses(t, h, target) {
 			t.Errorf("%s is refused", target)
 		}
 	}
-	if !guardRefuses(t, h.ix, "/api/rest/v1/%C5%BFtore/x") {
+	if !guardRefuses(t, h, "/api/rest/v1/%C5%BFtore/x") {
 		t.Error("ſtore passes the guard, though a folding backend reads the account store")
 	}
 	// Pairs whose folded IDs differ only in ASCII case from a configured
 	// account (Go's strings.EqualFold, Java's equalsIgnoreCase and
 	// case-insensitive collations read them as one).
-	pairs := mustLoadHandler(t, `{"accounts": {
+	pairs := mustIndex(t, `{"accounts": {
 		"store": [{"origin": "https://b.example"}], "strasse": [{"origin": "https://b.example"}],
 		"cafe": [{"origin": "https://b.example"}], "file": [{"origin": "https://b.example"}],
 		"id": [{"origin": "https://b.example"}],
 		"ſTORE": [{"origin": "https://a.example"}], "STRAßE": [{"origin": "https://a.example"}],
 		"ＳＴＯＲＥ": [{"origin": "https://a.example"}], "Café": [{"origin": "https://a.example"}],
-		"ﬁLE": [{"origin": "https://a.example"}], "ıD": [{"origin": "https://a.example"}]}}`, nil)
+		"ﬁLE": [{"origin": "https://a.example"}], "ıD": [{"origin": "https://a.example"}]}}`)
 	for _, target := range []string{
 		"/api/rest/v1/%C5%BFTORE/x", "/api/rest/v1/STRA%C3%9FE/x", "/api/rest/v1/%EF%BC%B3%EF%BC%B4%EF%BC%AF%EF%BC%B2%EF%BC%A5/x",
 		"/api/rest/v1/Cafe%CC%81/x", "/api/rest/v1/Caf%C3%A9/x", "/api/rest/v1/%EF%AC%81LE/x", "/api/rest/v1/%C4%B1D/x",
 	} {
-		if !guardRefuses(t, pairs.ix, target) {
+		if !guardRefuses(t, pairs, target) {
 			t.Errorf("%s passes the guard next to an account its folded ID names", target)
 		}
 	}
@@ -286,20 +288,20 @@ func TestPathGuardLettersInAccountIDs(t *testing.T) {
 // backend reads as one (NFC and NFD "café", the ligature "ﬆ" and the long
 // s, upper and lower case) are refused; one alone is served.
 func TestPathGuardIDsThatFoldToOne(t *testing.T) {
-	h := mustLoadHandler(t, `{"accounts": {
+	h := mustIndex(t, `{"accounts": {
 		"caf\u00e9": [{"origin": "https://a.example"}], "cafe\u0301": [{"origin": "https://b.example"}],
 		"\ufb06ore": [{"origin": "https://a.example"}], "\u017ftore": [{"origin": "https://b.example"}],
 		"stra\u00dfe": [{"origin": "https://a.example"}], "Strasse": [{"origin": "https://b.example"}],
-		"\u00fcber": [{"origin": "https://a.example"}]}}`, nil)
+		"\u00fcber": [{"origin": "https://a.example"}]}}`)
 	for _, target := range []string{
 		"/api/rest/v1/caf%C3%A9/x", "/api/rest/v1/cafe%CC%81/x", "/api/rest/v1/%EF%AC%86ore/x",
 		"/api/rest/v1/%C5%BFtore/x", "/api/rest/v1/stra%C3%9Fe/x",
 	} {
-		if !guardRefuses(t, h.ix, target) {
+		if !guardRefuses(t, h, target) {
 			t.Errorf("%s passes the guard, though another configured ID folds to the same", target)
 		}
 	}
-	if guardRefuses(t, h.ix, "/api/rest/v1/%C3%BCber/x") {
+	if guardRefuses(t, h, "/api/rest/v1/%C3%BCber/x") {
 		t.Error("über, the only ID folding to uber, is refused")
 	}
 }
@@ -308,7 +310,7 @@ func TestPathGuardIDsThatFoldToOne(t *testing.T) {
 // with the path after the script as PATH_INFO, which PHP routers read:
 // the module reads the account there too, so it acts on such paths.
 func TestAccountOfPHPFrontController(t *testing.T) {
-	ix, err := newIndex(&Handler{})
+	ix, err := NewIndex(testConfig(Config{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +320,7 @@ func TestAccountOfPHPFrontController(t *testing.T) {
 		"/app/front.php/partner/api/rest/v1/acct-1/x": "acct-1",
 		"/api/rest/v1/acct-1/index.php/x":             "acct-1",
 	} {
-		if id, ok := ix.accountOf(target); !ok || id != want {
+		if id, ok := ix.AccountOf(target); !ok || id != want {
 			t.Errorf("%s: account %q %v, want %q", target, id, ok, want)
 		}
 		if guardRefuses(t, ix, target) {
@@ -326,7 +328,7 @@ func TestAccountOfPHPFrontController(t *testing.T) {
 		}
 	}
 	for _, target := range []string{"/index.php", "/index.php/static/x", "/x.phpx/api/rest/v1/a/x", "/static/app.js"} {
-		if id, ok := ix.accountOf(target); ok {
+		if id, ok := ix.AccountOf(target); ok {
 			t.Errorf("%s: account %q, want none", target, id)
 		}
 	}
@@ -354,7 +356,7 @@ func TestAccountOfPHPFrontController(t *testing.T) {
 // TestPathGuardCombiningMarks: a prefix spelled with a combining accent
 // is the prefix for a backend that strips accents.
 func TestPathGuardCombiningMarks(t *testing.T) {
-	ix, err := newIndex(&Handler{PathPrefixes: []string{"/kunde/"}})
+	ix, err := NewIndex(testConfig(Config{PathPrefixes: []string{"/kunde/"}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,4 +365,68 @@ func TestPathGuardCombiningMarks(t *testing.T) {
 			t.Errorf("%s passes the guard", target)
 		}
 	}
+}
+
+// TestScanPath compares the path guard's eight-bytes-at-a-time scan with
+// its plain definition, on every position of short paths and on
+// pseudo-random ones.
+func TestScanPath(t *testing.T) {
+	plain := func(p string) bool {
+		if strings.ContainsAny(p, "%;\\#?\x7f") || strings.IndexFunc(p, func(r rune) bool { return r <= ' ' || r >= 0x80 }) >= 0 {
+			return true
+		}
+		i := strings.IndexByte(p, '.')
+		return i >= 0 && (i == len(p)-1 || strings.IndexByte(p[i:], '/') >= 0 || hasDotEndedSegment(p))
+	}
+	base := "/api/rest/v1/account-123456/Atom/3456"
+	for i := 0; i <= len(base); i++ {
+		for _, c := range []string{"%", ";", "\\", "#", "?", " ", "\t", "\x1f", "\x7f", "\xc0", "\xff", "é", "a", "$", "!", "\x00", "@", "~",
+			".", "./", "..", ".php/", ".PhP/", ".php", ".phpx/", "x."} {
+			p := base[:i] + c + base[i:]
+			if got, want := scanPath(p), plain(p); got != want {
+				t.Errorf("%q: %v, want %v", p, got, want)
+			}
+		}
+	}
+	seed := uint64(1)
+	alphabet := "/.aphP%;x#9\x80"
+	for range 20000 {
+		b := make([]byte, int(seed%40))
+		for j := range b {
+			seed = seed*6364136223846793005 + 1442695040888963407
+			if seed>>63 == 0 {
+				b[j] = alphabet[int(seed>>40)%len(alphabet)]
+			} else {
+				b[j] = byte(seed >> 56)
+			}
+		}
+		if got, want := scanPath(string(b)), plain(string(b)); got != want {
+			t.Fatalf("%q: %v, want %v", b, got, want)
+		}
+	}
+}
+
+// mustIndex builds the index of a config's JSON ({"accounts": {...}}).
+func mustIndex(t *testing.T, config string) *Index {
+	t.Helper()
+	var c Config
+	if err := json.Unmarshal([]byte(config), &c); err != nil {
+		t.Fatal(err)
+	}
+	ix, err := NewIndex(testConfig(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ix
+}
+
+// testConfig is c with the server's readings a handler gives an index:
+// Caddy's path cleaning and its original request.
+func testConfig(c Config) Config {
+	c.CleanPath = func(p string) string { return caddyhttp.CleanPath(p, true) }
+	c.OriginalRequest = func(r *http.Request) (http.Request, bool) {
+		orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+		return orig, ok
+	}
+	return c
 }

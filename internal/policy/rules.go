@@ -1,4 +1,4 @@
-package atomspherecors
+package policy
 
 import (
 	"errors"
@@ -32,12 +32,12 @@ type Rule struct {
 // rule that lists none.
 var defaultMethods = []string{"GET", "POST", "DELETE"}
 
-// defaultPathPrefixes are the AtomSphere API and Partner API roots.
-var defaultPathPrefixes = []string{"/api/rest/v1/", "/partner/api/rest/v1/"}
+// DefaultPathPrefixes are the AtomSphere API and Partner API roots.
+var DefaultPathPrefixes = []string{"/api/rest/v1/", "/partner/api/rest/v1/"}
 
-// defaultAllowHeaders is the Access-Control-Allow-Headers list of the
+// DefaultAllowHeaders is the Access-Control-Allow-Headers list of the
 // AtomSphere API documentation, in its order.
-var defaultAllowHeaders = []string{
+var DefaultAllowHeaders = []string{
 	"cache-control", "content-type", "expires", "last-modified",
 	"accept", "content-language", "authorization", "pragma",
 }
@@ -113,7 +113,7 @@ func checkPathPrefix(p string) error {
 // order, less the refused ones. A prefix that an earlier one always
 // matches first (it starts with the earlier one, in any case) could
 // never be used, and is refused naming both.
-func checkPathPrefixes(prefixes []string, p *problems) []string {
+func checkPathPrefixes(prefixes []string, p *Problems) []string {
 	out := make([]string, 0, len(prefixes))
 	type entry struct {
 		lower string
@@ -122,7 +122,7 @@ func checkPathPrefixes(prefixes []string, p *problems) []string {
 	var ok []entry
 	for i, pre := range prefixes {
 		if err := checkPathPrefix(pre); err != nil {
-			p.add(place{field: "path_prefixes"}, err)
+			p.Add(Place{Field: "path_prefixes"}, err)
 			continue
 		}
 		ok = append(ok, entry{strings.ToLower(pre), i})
@@ -153,7 +153,7 @@ func checkPathPrefixes(prefixes []string, p *problems) []string {
 	}
 	for _, e := range ok {
 		if j, bad := shadowed[e.index]; bad {
-			p.add(place{field: "path_prefixes"}, fmt.Errorf("path prefix %s is never used: the earlier prefix %s matches every path it would",
+			p.Add(Place{Field: "path_prefixes"}, fmt.Errorf("path prefix %s is never used: the earlier prefix %s matches every path it would",
 				q(prefixes[e.index]), q(prefixes[j])))
 			continue
 		}
@@ -162,9 +162,9 @@ func checkPathPrefixes(prefixes []string, p *problems) []string {
 	return out
 }
 
-// checkAccountID refuses an account ID that could never be a single
+// CheckAccountID refuses an account ID that could never be a single
 // segment of a cleaned request path.
-func checkAccountID(id string) error {
+func CheckAccountID(id string) error {
 	switch {
 	case id == "":
 		return errors.New("account ID is empty")
@@ -182,20 +182,20 @@ func checkAccountID(id string) error {
 
 // checkHeaderNames lower-cases and checks a list of header names for
 // allow_headers or expose_headers, dropping repeats, in linear time.
-func checkHeaderNames(field string, names []string, p *problems) []string {
+func checkHeaderNames(field string, names []string, p *Problems) []string {
 	out := make([]string, 0, len(names))
 	seen := make(map[string]bool, len(names))
 	for _, n := range names {
 		l := strings.ToLower(n)
 		switch {
 		case n == "*":
-			p.add(place{field: field}, fmt.Errorf(`%s: "*" is not a wildcard when credentials are allowed; list each header`, field))
+			p.Add(Place{Field: field}, fmt.Errorf(`%s: "*" is not a wildcard when credentials are allowed; list each header`, field))
 		case !httpguts.ValidHeaderFieldName(n):
 			if p.full() {
-				p.skip()
+				p.Skip()
 				continue
 			}
-			p.add(place{field: field}, fmt.Errorf("%s: %s is not a valid header name", field, q(n)))
+			p.Add(Place{Field: field}, fmt.Errorf("%s: %s is not a valid header name", field, q(n)))
 		case !seen[l]:
 			seen[l] = true
 			out = append(out, l)

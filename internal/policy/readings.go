@@ -1,4 +1,4 @@
-package atomspherecors
+package policy
 
 // The readings of a request path that the path guard (pathguard.go)
 // checks: each is what some common backend makes of the path Caddy

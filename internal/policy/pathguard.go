@@ -1,12 +1,10 @@
-package atomspherecors
+package policy
 
 import (
 	"net/http"
 	"net/url"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // The path guard. The module decides for the account that Caddy's
@@ -180,7 +178,7 @@ func guardedByte(c byte) bool {
 // target reverse_proxy forwards (the escaped path) and, where it differs
 // and spells the same path, the target as the client sent it (which other
 // transports, such as FastCGI's REQUEST_URI, pass on).
-func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
+func (ix *Index) ambiguous(r *http.Request, id string, ok bool) bool {
 	raw := r.URL.EscapedPath()
 	if ix.readsOther(raw, r.URL.Path, id, ok) {
 		return true
@@ -195,7 +193,7 @@ func (ix *index) ambiguous(r *http.Request, id string, ok bool) bool {
 
 // readsOther reports whether a reading of the escaped path raw names
 // another account than (id, ok), Caddy's reading of path.
-func (ix *index) readsOther(raw, path, id string, ok bool) bool {
+func (ix *Index) readsOther(raw, path, id string, ok bool) bool {
 	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
 		return true
 	}
@@ -210,7 +208,7 @@ func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 		if p == path || i > 0 && (p == rs[i-1] || p == rs[0]) {
 			continue // most readings change nothing: read each path once
 		}
-		rid, rok := ix.accountOf(p)
+		rid, rok := ix.AccountOf(p)
 		if rok != ok || rid != id && !(i >= firstLetterReading && ix.sameLetters(rid, id)) {
 			return true
 		}
@@ -227,13 +225,11 @@ func (ix *index) readsOther(raw, path, id string, ok bool) bool {
 // default, any list in a config), and a front controller routes the rest.
 // Every segment with an extension and more path after it is taken for a
 // possible script, so that any split list is covered.
-func (ix *index) scriptReadsOther(p, id string, ok bool) bool {
+func (ix *Index) scriptReadsOther(p, id string, ok bool) bool {
 	if !hasScriptSegment(p) {
 		return false
 	}
-	if needsCleaning(p) {
-		p = caddyhttp.CleanPath(p, true)
-	}
+	p = ix.cleanPath(p)
 	for start := 0; start < len(p); {
 		end := strings.IndexByte(p[start+1:], '/')
 		if end < 0 {
@@ -257,15 +253,15 @@ func (ix *index) scriptReadsOther(p, id string, ok bool) bool {
 // folded: "ſTORE" and "store", NFC and NFD "café"). Such readings are
 // there for the prefix (docs/behaviour.md §5); a backend that looks an
 // account up by a folded ID is a setup the docs warn against.
-func (ix *index) sameLetters(rid, id string) bool {
+func (ix *Index) sameLetters(rid, id string) bool {
 	if rid != letters(id) {
 		return false
 	}
 	k := foldKey(id)
-	if k != id && len(ix.account(k).origins) > 0 || ix.foldKeys[k] > 1 {
+	if k != id && len(ix.Account(k).Origins) > 0 || ix.foldKeys[k] > 1 {
 		return false
 	}
-	return len(ix.account(rid).origins) == 0 && len(ix.account(strings.ToLower(rid)).origins) == 0
+	return len(ix.Account(rid).Origins) == 0 && len(ix.Account(strings.ToLower(rid)).Origins) == 0
 }
 
 // rawAccountOf reads the account as a router that splits the target
@@ -275,7 +271,7 @@ func (ix *index) sameLetters(rid, id string) bool {
 // resolve them; browsers do before they send a request, but Caddy's
 // decoding of "%2f" makes new ones in the target reverse_proxy sends).
 // Empty segments are dropped, as Caddy and most routers do.
-func (ix *index) rawAccountOf(raw string) (string, bool) {
+func (ix *Index) rawAccountOf(raw string) (string, bool) {
 	var buf [16]string
 	segs := buf[:0]
 	for seg := range strings.SplitSeq(raw, "/") {
@@ -297,7 +293,7 @@ func (ix *index) rawAccountOf(raw string) (string, bool) {
 
 // rawAccountAtStart is rawAccountOf for segments that start with a
 // prefix's; found is false when none matches.
-func (ix *index) rawAccountAtStart(segs []string) (id string, ok, found bool) {
+func (ix *Index) rawAccountAtStart(segs []string) (id string, ok, found bool) {
 	for _, preSegs := range ix.prefixSegs {
 		if len(segs) < len(preSegs) {
 			continue
@@ -327,8 +323,11 @@ func (ix *index) rawAccountAtStart(segs []string) (id string, ok, found bool) {
 // {http.request.orig_uri}) lets the backend read it. The prefix may be
 // anywhere in it (a rewrite may have stripped what comes before), so
 // every place a prefix stands must name Caddy's account.
-func (ix *index) originalReadsOther(r *http.Request, id string, ok bool) bool {
-	orig, found := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+func (ix *Index) originalReadsOther(r *http.Request, id string, ok bool) bool {
+	if ix.original == nil {
+		return false
+	}
+	orig, found := ix.original(r)
 	if !found {
 		return false
 	}
@@ -360,7 +359,7 @@ func (ix *index) originalReadsOther(r *http.Request, id string, ok bool) bool {
 
 // rawAccountsAnywhere is rawAccountOf for a prefix anywhere in raw: the
 // account after each place a prefix's segments stand.
-func (ix *index) rawAccountsAnywhere(raw string) []string {
+func (ix *Index) rawAccountsAnywhere(raw string) []string {
 	var segs []string
 	for seg := range strings.SplitSeq(raw, "/") {
 		if seg != "" {
@@ -379,10 +378,8 @@ func (ix *index) rawAccountsAnywhere(raw string) []string {
 // accountsAnywhere is accountOf for a prefix anywhere in p: the account
 // after each place a prefix stands in p, cleaned and lower-cased as
 // Caddy's path matchers read it.
-func (ix *index) accountsAnywhere(p string) []string {
-	if needsCleaning(p) {
-		p = caddyhttp.CleanPath(p, true)
-	}
+func (ix *Index) accountsAnywhere(p string) []string {
+	p = ix.cleanPath(p)
 	lower := strings.ToLower(p)
 	if len(lower) != len(p) {
 		p = lower // the account is compared lower-cased too, then
@@ -420,11 +417,11 @@ func hasScriptSegment(p string) bool {
 	return false
 }
 
-// mightOwn reports whether r's path, or a path a backend reads from it,
+// MightOwn reports whether r's path, or a path a backend reads from it,
 // has one of the prefixes anywhere: whether a handler with them could
 // act on r here, or further down its route after a prefix is stripped.
 // It errs towards yes, and runs only for errors.
-func (ix *index) mightOwn(r *http.Request, guard bool) bool {
+func (ix *Index) MightOwn(r *http.Request, guard bool) bool {
 	if ix.containsPrefix(r.URL.Path) {
 		return true
 	}
@@ -449,10 +446,8 @@ func (ix *index) mightOwn(r *http.Request, guard bool) bool {
 
 // containsPrefix reports whether p, cleaned and lower-cased as Caddy's
 // path matchers read it, has one of the prefixes anywhere.
-func (ix *index) containsPrefix(p string) bool {
-	if needsCleaning(p) {
-		p = caddyhttp.CleanPath(p, true)
-	}
+func (ix *Index) containsPrefix(p string) bool {
+	p = ix.cleanPath(p)
 	p = strings.ToLower(p)
 	for _, pre := range ix.prefixes {
 		if strings.Contains(p, pre) {
