@@ -106,32 +106,51 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	if env, ok := ctx.Value(explainKey{}).(explainEnv); ok {
 		return h.readStoreOnce(ctx, env)
 	}
-	if err := registerStoreMetrics(ctx); err != nil {
+	s, err := useStore(ctx, h.Store, h)
+	if err != nil {
 		return err
+	}
+	h.ix.attach(s)
+	return nil
+}
+
+// attach makes the index serve the accounts of store s.
+func (ix *index) attach(s *accountStore) {
+	ix.live = s
+	ix.maxOriginLen = maxStoreOriginLen
+}
+
+// useStore returns the loaded store that sc names, opening it for the
+// first user, and records user (a handler or a page) as using it: the
+// atomsphere_cors handler and the CORS page of one config share one
+// loaded store per name and storage. releaseStore undoes it.
+func useStore(ctx caddy.Context, sc *StoreConfig, user any) (*accountStore, error) {
+	if err := registerStoreMetrics(ctx); err != nil {
+		return nil, err
 	}
 	st := ctx.Storage()
 	var storageKey string
-	storageRaw := h.Store.StorageRaw // loading the module clears the field
-	if h.Store.StorageRaw != nil {
+	storageRaw := sc.StorageRaw // loading the module clears the field
+	if sc.StorageRaw != nil {
 		var b bytes.Buffer
-		if err := json.Compact(&b, h.Store.StorageRaw); err != nil {
-			return fmt.Errorf("store %s: storage: %v", q(h.Store.Name), err)
+		if err := json.Compact(&b, sc.StorageRaw); err != nil {
+			return nil, fmt.Errorf("store %s: storage: %v", q(sc.Name), err)
 		}
 		storageKey = b.String()
-		mod, err := ctx.LoadModule(h.Store, "StorageRaw")
+		mod, err := ctx.LoadModule(sc, "StorageRaw")
 		if err != nil {
-			return fmt.Errorf("store %s: loading storage module: %v", q(h.Store.Name), err)
+			return nil, fmt.Errorf("store %s: loading storage module: %v", q(sc.Name), err)
 		}
 		conv, ok := mod.(caddy.StorageConverter)
 		if !ok {
-			return fmt.Errorf("store %s: module %T is not a storage", q(h.Store.Name), mod)
+			return nil, fmt.Errorf("store %s: module %T is not a storage", q(sc.Name), mod)
 		}
 		if st, err = conv.CertMagicStorage(); err != nil {
-			return fmt.Errorf("store %s: storage: %v", q(h.Store.Name), err)
+			return nil, fmt.Errorf("store %s: storage: %v", q(sc.Name), err)
 		}
 	} else {
 		if st == nil {
-			return fmt.Errorf("store %s: Caddy has no storage", q(h.Store.Name))
+			return nil, fmt.Errorf("store %s: Caddy has no storage", q(sc.Name))
 		}
 		cfg, err := json.Marshal(st)
 		if err != nil {
@@ -144,32 +163,33 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 		// storage, is the same store.
 		storageKey = "file_system " + filepath.Clean(fst.Path)
 	}
-	interval := time.Duration(h.Store.PollInterval)
+	interval := time.Duration(sc.PollInterval)
 	if interval == 0 {
 		interval = defaultPollInterval
 	}
-	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(h.Store.MaxImportSize, defaultMaxImportSize))
-	if err := claimStoreName(ctx, h.Store.Name, storageKey, storageRaw, settings); err != nil {
-		return err
+	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(sc.MaxImportSize, defaultMaxImportSize))
+	if err := claimStoreName(ctx, sc.Name, storageKey, storageRaw, settings); err != nil {
+		return nil, err
 	}
-	key := h.Store.Name + "\n" + storageKey
+	key := sc.Name + "\n" + storageKey
 	logger := ctx.Logger().Named("store")
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openStore(h.Store.Name, key, st, logger, interval), nil
+		return openStore(sc.Name, key, st, logger, interval), nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s := val.(*accountStore)
-	s.addUser(h, st, logger, interval)
-	maxImport := h.Store.MaxImportSize
-	if maxImport == 0 {
-		maxImport = defaultMaxImportSize
-	}
-	s.maxImport.Store(maxImport)
-	h.ix.live = s
-	h.ix.maxOriginLen = maxStoreOriginLen
-	return nil
+	s.addUser(user, st, logger, interval)
+	s.maxImport.Store(cmp.Or(sc.MaxImportSize, defaultMaxImportSize))
+	return s, nil
+}
+
+// releaseStore lets go of user's store: the last user stops its poller.
+func releaseStore(s *accountStore, user any) error {
+	s.removeUser(user)
+	_, err := stores.Delete(s.key)
+	return err
 }
 
 // storeClaims holds, for each config being loaded or running (told apart
@@ -246,10 +266,7 @@ func (h *Handler) Cleanup() error {
 	if h.ix == nil || h.ix.live == nil {
 		return nil
 	}
-	s := h.ix.live
-	s.removeUser(h)
-	_, err := stores.Delete(s.key)
-	return err
+	return releaseStore(h.ix.live, h)
 }
 
 var _ caddy.CleanerUpper = (*Handler)(nil)
@@ -368,7 +385,7 @@ type accountStore struct {
 }
 
 type storeUser struct {
-	h      *Handler
+	owner  any // the handler or page using the store; nil for the opener
 	st     certmagic.Storage
 	logger *zap.Logger
 }
@@ -418,8 +435,7 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 		return fmt.Errorf("store %s: reading it: %v", q(name), err)
 	}
 	s.source = "store"
-	h.ix.live = s
-	h.ix.maxOriginLen = maxStoreOriginLen
+	h.ix.attach(s)
 	return nil
 }
 
@@ -467,22 +483,22 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 	return s
 }
 
-func (s *accountStore) addUser(h *Handler, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
+func (s *accountStore) addUser(owner any, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.users) == 1 && s.users[0].h == nil {
+	if len(s.users) == 1 && s.users[0].owner == nil {
 		s.users = s.users[:0] // the opener's placeholder
 	}
-	s.users = append(s.users, storeUser{h: h, st: st, logger: logger})
+	s.users = append(s.users, storeUser{owner: owner, st: st, logger: logger})
 	s.interval = interval
 	registerStore(s)
 }
 
-func (s *accountStore) removeUser(h *Handler) {
+func (s *accountStore) removeUser(owner any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, u := range s.users {
-		if u.h == h && len(s.users) > 1 {
+		if u.owner == owner && len(s.users) > 1 {
 			s.users = append(s.users[:i:i], s.users[i+1:]...)
 			return
 		}
