@@ -314,8 +314,11 @@ func (k storageKeys) account(id string) string {
 	return string(k) + "accounts/" + escapeID(id)
 }
 func (k storageKeys) log(seq uint64) string { return string(k) + "log/" + fmt.Sprintf("%020d", seq) }
-func (k storageKeys) base() string          { return string(k) + "base" }
-func (k storageKeys) baseSeq() string       { return string(k) + "base-seq" }
+func (k storageKeys) history(id string) string {
+	return string(k) + "history/" + escapeID(id)
+}
+func (k storageKeys) base() string    { return string(k) + "base" }
+func (k storageKeys) baseSeq() string { return string(k) + "base-seq" }
 
 // escapeID makes an account ID one safe storage key segment: bytes
 // other than letters, digits, "-", "_" and "." are percent-encoded, as
@@ -1238,6 +1241,14 @@ type change struct {
 	rules  []Rule
 	acct   *account // compiled rules; nil deletes
 	delete bool
+	// check, when set, is called under the store's lock with the
+	// account as stored (nil without a valid record) before anything
+	// is written; its error refuses the whole commit (an If-Match
+	// precondition, storeedit.go).
+	check func(stored *account) error
+	// by, when set, records the change in the account's history, as
+	// made by this user (storeedit.go).
+	by string
 }
 
 var errStoreBusy = errors.New("the store's lock was not obtained in time")
@@ -1328,6 +1339,9 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		}
 		head.Seq++
 	}
+	if err := s.checkChanges(ctx, st, changes); err != nil {
+		return nil, err
+	}
 	seq := head.Seq + 1
 	ids := make([]string, len(changes))
 	existed = make([]bool, len(changes))
@@ -1400,6 +1414,8 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		changes = kept
 		defer func() { err = &commitError{written: n, published: true, err: werr} }()
 	}
+
+	s.recordHistory(ctx, st, changes)
 
 	// Persisted: this server serves it from its next request on.
 	s.mu.Lock()
