@@ -275,9 +275,15 @@ type browser struct {
 
 func newBrowser(t *testing.T) *browser {
 	t.Helper()
+	return newBrowserFor(t, browserTestTimeout)
+}
+
+// newBrowserFor is newBrowser for a test that needs timeout in all.
+func newBrowserFor(t *testing.T, timeout time.Duration) *browser {
+	t.Helper()
 	path := chromiumPath(t)
 	profile := t.TempDir() // before the cleanup below, so removed after Chromium exits
-	ctx, cancel := context.WithTimeout(context.Background(), browserTestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	actx, acancel := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(path),
 		chromedp.UserDataDir(profile),
