@@ -85,6 +85,12 @@ http://:9803, http://:9804 {
 // the page's own requests, and with any other page's requests to it.
 func signIn(t *testing.T, ctx context.Context, user string) {
 	t.Helper()
+	signInAt(t, ctx, user, "http://localhost:9801/*")
+}
+
+// signInAt is signIn for the pages whose URLs match pattern.
+func signInAt(t *testing.T, ctx context.Context, user, pattern string) {
+	t.Helper()
 	events := make(chan any, 256)
 	if err := chromedp.Listen(ctx, func(ev any) {
 		switch ev.(type) {
@@ -125,7 +131,7 @@ func signIn(t *testing.T, ctx context.Context, user string) {
 	yes := true
 	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 		_, err := cdp.Call(ctx, tg, fetch.Enable, fetch.EnableParams{
-			Patterns: []*fetch.RequestPattern{{URLPattern: "http://localhost:9801/*"}}, HandleAuthRequests: &yes})
+			Patterns: []*fetch.RequestPattern{{URLPattern: pattern}}, HandleAuthRequests: &yes})
 		return err
 	}))
 	if err != nil {
