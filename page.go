@@ -365,11 +365,7 @@ func crossSite(r *http.Request) string {
 	if len(o) == 0 {
 		return ""
 	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	own, err := origin.Parse(scheme + "://" + r.Host)
+	own, err := origin.Parse(pageScheme(r) + "://" + r.Host)
 	if len(o) > 1 {
 		return "more than one Origin header"
 	}
@@ -378,6 +374,19 @@ func crossSite(r *http.Request) string {
 		return fmt.Sprintf("Origin %s is not the page's origin", q(o[0]))
 	}
 	return ""
+}
+
+// pageScheme is the scheme the browser used to reach the page: https
+// over TLS, or when a proxy that the server trusts (trusted_proxies)
+// says so in X-Forwarded-Proto; an untrusted client's say is ignored.
+func pageScheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted && r.Header.Get("X-Forwarded-Proto") == "https" {
+		return "https"
+	}
+	return "http"
 }
 
 func (p *Page) getHistory(w http.ResponseWriter, r *http.Request, id string) error {

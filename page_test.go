@@ -277,6 +277,9 @@ func TestPageRoutes(t *testing.T) {
 			{"Origin of the page but Sec-Fetch-Site cross-site: 403", withHeaders(jsonCT, "Origin", pageSite, "Sec-Fetch-Site", "cross-site"), `[]`, 403,
 				[]string{"Sec-Fetch-Site"}},
 			{"Sec-Fetch-Site same-site (a sibling subdomain): 403", withHeaders(jsonCT, "Sec-Fetch-Site", "same-site"), `[]`, 403, nil},
+			{"two Origin lines, the page's and another: 403", http.Header{"Content-Type": {"application/json"}, "Origin": {pageSite, "https://evil.example"}}, `[]`, 403, nil},
+			{"the https Origin of the page's host, claimed by an untrusted X-Forwarded-Proto: 403",
+				withHeaders(jsonCT, "Origin", "https://127.0.0.1:9810", "X-Forwarded-Proto", "https"), `[]`, 403, nil},
 		} {
 			t.Run(tc.desc, func(t *testing.T) {
 				res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", tc.hdr, tc.body)
@@ -653,5 +656,33 @@ http://127.0.0.1:9819 {
 	}
 	if i := slices.Index(names, "static_response"); page > i {
 		t.Errorf("handlers in order %v: want atomsphere_cors_page before respond", names)
+	}
+}
+
+// Writes racing with one If-Match: the check runs under the store's lock
+// against the stored version, so exactly one wins and the others get 412
+// (RFC 9110 §13.1.1), whatever this server had read.
+func TestPageConcurrentIfMatch(t *testing.T) {
+	startPageCaddy(t)
+	_, tag := getPageRules(t, "acct-a")
+	const n = 8
+	statuses := make(chan int, n)
+	for i := range n {
+		go func() {
+			res, _ := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", tag),
+				fmt.Sprintf(`[{"origin":"https://race-%d.example"}]`, i))
+			statuses <- res.StatusCode
+		}()
+	}
+	got := map[int]int{}
+	for range n {
+		got[<-statuses]++
+	}
+	if got[200] != 1 || got[412] != n-1 {
+		t.Errorf("statuses %v, want one 200 and %d 412", got, n-1)
+	}
+	_, hist := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
+	if c := strings.Count(hist, `"by":"acct-a"`); c != 1 {
+		t.Errorf("history has %d changes, want the one write: %s", c, hist)
 	}
 }
