@@ -278,6 +278,7 @@ var _ caddy.CleanerUpper = (*Handler)(nil)
 //	accounts/<id>   {"account": "<id>", "rules": [...]}: one account
 //	base            every account as of one seq (storebase.go)
 //	base-seq        {"seq": N, "epoch": "..."}: the seq of base
+//	history/<id>    an account's last changes by a user (storeedit.go)
 //
 // A poll reads head alone when nothing changed; otherwise the log
 // entries since the last seen seq, and the accounts they name. A server
