@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -30,12 +31,21 @@ func init() {
 //	GET    /atomsphere_cors/<name>                   the store's status on this server
 //	GET    /atomsphere_cors/<name>/accounts?after=&limit=
 //	GET    /atomsphere_cors/<name>/accounts/<id>
-//	PUT    /atomsphere_cors/<name>/accounts/<id>     a rules array
-//	DELETE /atomsphere_cors/<name>/accounts/<id>
+//	PUT    /atomsphere_cors/<name>/accounts/<id>     a rules array; If-Match honoured
+//	DELETE /atomsphere_cors/<name>/accounts/<id>     If-Match honoured
 //	POST   /atomsphere_cors/<name>/import            NDJSON records
 //	GET    /atomsphere_cors/<name>/export            NDJSON records
 //	GET    /atomsphere_cors/explain?method=&url=&origin=  the explain command
-type adminAPI struct{}
+type adminAPI struct {
+	logger *zap.Logger // the audit log of writes
+}
+
+// Provision takes the admin routes' logger from the config being loaded,
+// so that its logs (an audit file, say) receive the write entries.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger(a)
+	return nil
+}
 
 // CaddyModule returns the Caddy module information.
 func (adminAPI) CaddyModule() caddy.ModuleInfo {
@@ -98,7 +108,9 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			if !ok {
 				return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
 			}
-			return writeJSON(w, http.StatusOK, rulesOf(acct))
+			rules := rulesOf(acct)
+			w.Header().Set("ETag", etagOf(rules))
+			return writeJSON(w, http.StatusOK, rules)
 		case http.MethodPut:
 			return a.put(w, r, s, id)
 		case http.MethodDelete:
@@ -196,28 +208,61 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, 
 	if err != nil {
 		return apiErr(http.StatusBadRequest, "%s", err.Error())
 	}
-	existed, err := s.commit(r.Context(), []change{{id: id, rules: rules, acct: acct}})
+	e, audit := a.edit(r, id)
+	existed, err := s.commit(r.Context(), []change{{id: id, rules: rules, acct: acct, check: e.check, by: audit.by}})
 	if err != nil {
-		return storeError(s, err)
+		return editError(s, audit, err)
 	}
 	status := http.StatusCreated
 	if existed[0] {
 		status = http.StatusOK
 	}
-	return writeJSON(w, status, rulesOf(*acct))
+	served := rulesOf(*acct)
+	audit.written(e.before, served)
+	w.Header().Set("ETag", etagOf(served))
+	return writeJSON(w, status, served)
+}
+
+// edit is an admin write's If-Match (an account without a record
+// has no representation: If-Match fails, RFC 9110 §13.1.1) and its
+// audit log entry, on the logger of the admin routes.
+func (a *adminAPI) edit(r *http.Request, id string) (*edit, writeAudit) {
+	logger := a.logger
+	if logger == nil {
+		logger = caddy.Log().Named("admin.api.atomsphere_cors")
+	}
+	return &edit{id: id, ifMatch: r.Header.Values("If-Match")},
+		writeAudit{logger: logger, account: id, by: adminBy, client: r.RemoteAddr}
+}
+
+// adminBy is who the audit log and an account's history name for a
+// write through the admin routes, which know no user.
+const adminBy = "admin API"
+
+// editError answers a write of one account that the commit refused (412)
+// or the storage failed (503), and logs it as refused.
+func editError(s *accountStore, audit writeAudit, err error) error {
+	status := writeStatus(err)
+	audit.refused(status, err.Error())
+	if status == http.StatusPreconditionFailed {
+		return apiErr(status, "%v", err)
+	}
+	return storeError(s, err)
 }
 
 func (a *adminAPI) delete(w http.ResponseWriter, r *http.Request, s *accountStore, id string) error {
 	if err := policy.CheckAccountID(id); err != nil {
 		return apiErr(http.StatusBadRequest, "%s", err.Error())
 	}
-	existed, err := s.commit(r.Context(), []change{{id: id, delete: true}})
+	e, audit := a.edit(r, id)
+	existed, err := s.commit(r.Context(), []change{{id: id, delete: true, check: e.check, by: audit.by}})
 	if err != nil {
-		return storeError(s, err)
+		return editError(s, audit, err)
 	}
 	if !existed[0] {
 		return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
 	}
+	audit.written(e.before, nil)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -521,4 +566,5 @@ func readLine(rd *bufio.Reader, limit int) (line []byte, tooLong bool, err error
 
 var (
 	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
 )

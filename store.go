@@ -107,32 +107,51 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	if env, ok := ctx.Value(explainKey{}).(explainEnv); ok {
 		return h.readStoreOnce(ctx, env)
 	}
-	if err := registerStoreMetrics(ctx); err != nil {
+	s, err := useStore(ctx, h.Store, h)
+	if err != nil {
 		return err
+	}
+	attachStore(h.ix, s)
+	return nil
+}
+
+// attachStore makes ix serve the accounts of store s.
+func attachStore(ix *policy.Index, s *accountStore) {
+	ix.Live = s
+	ix.MaxOriginLen = maxStoreOriginLen
+}
+
+// useStore returns the loaded store that sc names, opening it for the
+// first user, and records user (a handler or a page) as using it: the
+// atomsphere_cors handler and the CORS page of one config share one
+// loaded store per name and storage. releaseStore undoes it.
+func useStore(ctx caddy.Context, sc *StoreConfig, user any) (*accountStore, error) {
+	if err := registerStoreMetrics(ctx); err != nil {
+		return nil, err
 	}
 	st := ctx.Storage()
 	var storageKey string
-	storageRaw := h.Store.StorageRaw // loading the module clears the field
-	if h.Store.StorageRaw != nil {
+	storageRaw := sc.StorageRaw // loading the module clears the field
+	if sc.StorageRaw != nil {
 		var b bytes.Buffer
-		if err := json.Compact(&b, h.Store.StorageRaw); err != nil {
-			return fmt.Errorf("store %s: storage: %v", q(h.Store.Name), err)
+		if err := json.Compact(&b, sc.StorageRaw); err != nil {
+			return nil, fmt.Errorf("store %s: storage: %v", q(sc.Name), err)
 		}
 		storageKey = b.String()
-		mod, err := ctx.LoadModule(h.Store, "StorageRaw")
+		mod, err := ctx.LoadModule(sc, "StorageRaw")
 		if err != nil {
-			return fmt.Errorf("store %s: loading storage module: %v", q(h.Store.Name), err)
+			return nil, fmt.Errorf("store %s: loading storage module: %v", q(sc.Name), err)
 		}
 		conv, ok := mod.(caddy.StorageConverter)
 		if !ok {
-			return fmt.Errorf("store %s: module %T is not a storage", q(h.Store.Name), mod)
+			return nil, fmt.Errorf("store %s: module %T is not a storage", q(sc.Name), mod)
 		}
 		if st, err = conv.CertMagicStorage(); err != nil {
-			return fmt.Errorf("store %s: storage: %v", q(h.Store.Name), err)
+			return nil, fmt.Errorf("store %s: storage: %v", q(sc.Name), err)
 		}
 	} else {
 		if st == nil {
-			return fmt.Errorf("store %s: Caddy has no storage", q(h.Store.Name))
+			return nil, fmt.Errorf("store %s: Caddy has no storage", q(sc.Name))
 		}
 		cfg, err := json.Marshal(st)
 		if err != nil {
@@ -145,32 +164,33 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 		// storage, is the same store.
 		storageKey = "file_system " + filepath.Clean(fst.Path)
 	}
-	interval := time.Duration(h.Store.PollInterval)
+	interval := time.Duration(sc.PollInterval)
 	if interval == 0 {
 		interval = defaultPollInterval
 	}
-	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(h.Store.MaxImportSize, defaultMaxImportSize))
-	if err := claimStoreName(ctx, h.Store.Name, storageKey, storageRaw, settings); err != nil {
-		return err
+	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(sc.MaxImportSize, defaultMaxImportSize))
+	if err := claimStoreName(ctx, sc.Name, storageKey, storageRaw, settings); err != nil {
+		return nil, err
 	}
-	key := h.Store.Name + "\n" + storageKey
+	key := sc.Name + "\n" + storageKey
 	logger := ctx.Logger().Named("store")
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openStore(h.Store.Name, key, st, logger, interval), nil
+		return openStore(sc.Name, key, st, logger, interval), nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s := val.(*accountStore)
-	s.addUser(h, st, logger, interval)
-	maxImport := h.Store.MaxImportSize
-	if maxImport == 0 {
-		maxImport = defaultMaxImportSize
-	}
-	s.maxImport.Store(maxImport)
-	h.ix.Live = s
-	h.ix.MaxOriginLen = maxStoreOriginLen
-	return nil
+	s.addUser(user, st, logger, interval)
+	s.maxImport.Store(cmp.Or(sc.MaxImportSize, defaultMaxImportSize))
+	return s, nil
+}
+
+// releaseStore lets go of user's store: the last user stops its poller.
+func releaseStore(s *accountStore, user any) error {
+	s.removeUser(user)
+	_, err := stores.Delete(s.key)
+	return err
 }
 
 // storeClaims holds, for each config being loaded or running (told apart
@@ -247,10 +267,7 @@ func (h *Handler) Cleanup() error {
 	if h.ix == nil || h.ix.Live == nil {
 		return nil
 	}
-	s := h.ix.Live.(*accountStore)
-	s.removeUser(h)
-	_, err := stores.Delete(s.key)
-	return err
+	return releaseStore(h.ix.Live.(*accountStore), h)
 }
 
 var _ caddy.CleanerUpper = (*Handler)(nil)
@@ -262,6 +279,7 @@ var _ caddy.CleanerUpper = (*Handler)(nil)
 //	accounts/<id>   {"account": "<id>", "rules": [...]}: one account
 //	base            every account as of one seq (storebase.go)
 //	base-seq        {"seq": N, "epoch": "..."}: the seq of base
+//	history/<id>    an account's last changes by a user (storeedit.go)
 //
 // A poll reads head alone when nothing changed; otherwise the log
 // entries since the last seen seq, and the accounts they name. A server
@@ -298,8 +316,11 @@ func (k storageKeys) account(id string) string {
 	return string(k) + "accounts/" + escapeID(id)
 }
 func (k storageKeys) log(seq uint64) string { return string(k) + "log/" + fmt.Sprintf("%020d", seq) }
-func (k storageKeys) base() string          { return string(k) + "base" }
-func (k storageKeys) baseSeq() string       { return string(k) + "base-seq" }
+func (k storageKeys) history(id string) string {
+	return string(k) + "history/" + escapeID(id)
+}
+func (k storageKeys) base() string    { return string(k) + "base" }
+func (k storageKeys) baseSeq() string { return string(k) + "base-seq" }
 
 // escapeID makes an account ID one safe storage key segment: bytes
 // other than letters, digits, "-", "_" and "." are percent-encoded, as
@@ -369,7 +390,7 @@ type accountStore struct {
 }
 
 type storeUser struct {
-	h      *Handler
+	owner  any // the handler or page using the store; nil for the opener
 	st     certmagic.Storage
 	logger *zap.Logger
 }
@@ -419,8 +440,7 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 		return fmt.Errorf("store %s: reading it: %v", q(name), err)
 	}
 	s.source = "store"
-	h.ix.Live = s
-	h.ix.MaxOriginLen = maxStoreOriginLen
+	attachStore(h.ix, s)
 	return nil
 }
 
@@ -468,22 +488,22 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 	return s
 }
 
-func (s *accountStore) addUser(h *Handler, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
+func (s *accountStore) addUser(owner any, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.users) == 1 && s.users[0].h == nil {
+	if len(s.users) == 1 && s.users[0].owner == nil {
 		s.users = s.users[:0] // the opener's placeholder
 	}
-	s.users = append(s.users, storeUser{h: h, st: st, logger: logger})
+	s.users = append(s.users, storeUser{owner: owner, st: st, logger: logger})
 	s.interval = interval
 	registerStore(s)
 }
 
-func (s *accountStore) removeUser(h *Handler) {
+func (s *accountStore) removeUser(owner any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, u := range s.users {
-		if u.h == h && len(s.users) > 1 {
+		if u.owner == owner && len(s.users) > 1 {
 			s.users = append(s.users[:i:i], s.users[i+1:]...)
 			return
 		}
@@ -1223,6 +1243,14 @@ type change struct {
 	rules  []policy.Rule
 	acct   *policy.Account // compiled rules; nil deletes
 	delete bool
+	// check, when set, is called under the store's lock with the
+	// account as stored (nil without a valid record) before anything
+	// is written; its error refuses the whole commit (an If-Match
+	// precondition, storeedit.go).
+	check func(stored *policy.Account) error
+	// by, when set, records the change in the account's history, as
+	// made by this user (storeedit.go).
+	by string
 }
 
 var errStoreBusy = errors.New("the store's lock was not obtained in time")
@@ -1313,6 +1341,9 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		}
 		head.Seq++
 	}
+	if err := s.checkChanges(ctx, st, changes); err != nil {
+		return nil, err
+	}
 	seq := head.Seq + 1
 	ids := make([]string, len(changes))
 	existed = make([]bool, len(changes))
@@ -1385,6 +1416,8 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		changes = kept
 		defer func() { err = &commitError{written: n, published: true, err: werr} }()
 	}
+
+	s.recordHistory(ctx, st, changes)
 
 	// Persisted: this server serves it from its next request on.
 	s.mu.Lock()

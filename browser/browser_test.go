@@ -275,9 +275,15 @@ type browser struct {
 
 func newBrowser(t *testing.T) *browser {
 	t.Helper()
+	return newBrowserFor(t, browserTestTimeout)
+}
+
+// newBrowserFor is newBrowser for a test that needs timeout in all.
+func newBrowserFor(t *testing.T, timeout time.Duration) *browser {
+	t.Helper()
 	path := chromiumPath(t)
 	profile := t.TempDir() // before the cleanup below, so removed after Chromium exits
-	ctx, cancel := context.WithTimeout(context.Background(), browserTestTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	actx, acancel := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(path),
 		chromedp.UserDataDir(profile),
@@ -788,11 +794,81 @@ func TestBrowserDemoPage(t *testing.T) {
 		t.Fatal("Caddyfile.example: no global options block to add default_bind to")
 	}
 	startCaddy(t, strings.Replace(string(cfg), global, global+"\tdefault_bind 127.0.0.1\n", 1))
-	b := newBrowser(t)
+	importDemoAccounts(t)
+	b := newBrowserFor(t, 45*time.Second)
 	b.open("http://localhost:8080/")
 
 	// Outcomes in click order. The POST goes to the collection URL, whose
 	// preflight nothing has cached, so it is always asked for and denied.
+	clickAll(t, b)
+
+	// The newcomer's tour: on account-123456's CORS page, linked from the
+	// demo page, remove the demo page's origin and save: the allowed
+	// buttons are blocked; add it back with GET and DELETE: they work.
+	href := run[string](t, b.ctx, `document.getElementById('cors-page').href`)
+	if href != "http://localhost:8081/settings/cors/" {
+		t.Fatalf("the demo page links to %q", href)
+	}
+	signInAt(t, b.ctx, "account-123456", "http://localhost:8081/settings/*")
+	openPage(t, b.ctx, href, "account-123456")
+	run[bool](t, b.ctx, `[...document.querySelectorAll('#rule-rows tr.rule')].find(r => r.querySelector('input.origin').value === 'http://localhost:8080').querySelector('button.remove').click(); true`)
+	if got := save(t, b.ctx); !strings.HasPrefix(got, "Saved") {
+		t.Fatalf("saving on the CORS page: %q", got)
+	}
+	b.open("http://localhost:8080/")
+	for _, button := range []string{"get", "delete"} {
+		if text := clickDemo(t, b, button); !strings.HasPrefix(text, "blocked by CORS") {
+			t.Errorf("%s after the origin was removed: %q, want blocked", button, text)
+		}
+	}
+	openPage(t, b.ctx, href, "account-123456")
+	addRule(t, b.ctx, "http://localhost:8080", "GET", "DELETE")
+	if got := save(t, b.ctx); !strings.HasPrefix(got, "Saved") {
+		t.Fatalf("saving on the CORS page: %q", got)
+	}
+	b.open("http://localhost:8080/")
+	clickAll(t, b)
+}
+
+// importDemoAccounts imports demo/accounts.ndjson into the demo's store,
+// as scripts/demo does.
+func importDemoAccounts(t *testing.T) {
+	t.Helper()
+	f, err := os.Open("demo/accounts.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := http.Post("http://localhost:2019/atomsphere_cors/demo/import", "application/x-ndjson", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("importing the demo accounts: %d", res.StatusCode)
+	}
+}
+
+// clickDemo clicks a button of the demo page and returns the outcome it shows.
+func clickDemo(t *testing.T, b *browser, button string) string {
+	t.Helper()
+	sel := "#" + button + "-result"
+	if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.CSS("#"+button))); err != nil {
+		t.Fatalf("clicking %s: %v", button, err)
+	}
+	text, err := chromedp.Run(b.ctx, chromedp.Poll[string](
+		fmt.Sprintf(`(t => t && t !== '...' ? t : null)(document.querySelector(%q).textContent)`, sel),
+		chromedp.WithPollingMutation()))
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", sel, err)
+	}
+	return text
+}
+
+// clickAll clicks each button of the demo page and checks the outcome the
+// page promises.
+func clickAll(t *testing.T, b *browser) {
+	t.Helper()
 	for _, tc := range []struct {
 		button    string
 		wantClass string
@@ -806,15 +882,7 @@ func TestBrowserDemoPage(t *testing.T) {
 	} {
 		t.Run(tc.button, func(t *testing.T) {
 			sel := "#" + tc.button + "-result"
-			if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.CSS("#"+tc.button))); err != nil {
-				t.Fatalf("clicking %s: %v", tc.button, err)
-			}
-			text, err := chromedp.Run(b.ctx, chromedp.Poll[string](
-				fmt.Sprintf(`(t => t && t !== '...' ? t : null)(document.querySelector(%q).textContent)`, sel),
-				chromedp.WithPollingMutation()))
-			if err != nil {
-				t.Fatalf("waiting for %s: %v", sel, err)
-			}
+			text := clickDemo(t, b, tc.button)
 			class, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%q).className`, sel)))
 			if err != nil {
 				t.Fatal(err)

@@ -47,6 +47,9 @@ type Index struct {
 	original func(*http.Request) (http.Request, bool) // Config.OriginalRequest
 }
 
+// Prefixes are the path prefixes, lower-cased, in their configured order.
+func (ix *Index) Prefixes() []string { return ix.prefixes }
+
 // cleanPath is p as the server's path matchers read it. Most paths are
 // clean already, and checking is cheaper than cleaning.
 func (ix *Index) cleanPath(p string) string {

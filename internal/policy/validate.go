@@ -23,7 +23,7 @@ type Place struct {
 
 // configError is one problem of a config and its place.
 type configError struct {
-	at  Place
+	At  Place // where the problem is
 	err error
 }
 
@@ -50,7 +50,7 @@ func (p *Problems) Add(at Place, err error) {
 		p.more++
 		return
 	}
-	p.list = append(p.list, &configError{at: at, err: err})
+	p.list = append(p.list, &configError{At: at, err: err})
 }
 
 // Skip counts a problem whose message was not built.
@@ -105,7 +105,7 @@ type Located struct {
 func (r *Report) Locate(pos func(Place) (file string, line int)) []Located {
 	out := make([]Located, len(r.List))
 	for i, e := range r.List {
-		file, line := pos(e.at)
+		file, line := pos(e.At)
 		out[i] = Located{e.Error(), file, line}
 	}
 	return out

@@ -1,0 +1,459 @@
+package atomspherecors
+
+import (
+	"atomspherecors/internal/policy"
+	"embed"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"atomspherecors/internal/origin"
+)
+
+func init() {
+	caddy.RegisterModule(Page{})
+}
+
+// Page is the CORS page of an account: a signed-in user of a tenant reads
+// and edits the CORS rules of that user's account, kept in a rules store
+// that atomsphere_cors handlers serve (docs/page.md).
+//
+// The account is the value of the Account placeholder, resolved for
+// each request after the site's authentication has run; nothing in the
+// path, query or body chooses it. A request whose placeholder is empty,
+// unknown or not an account ID gets 403 on every route.
+//
+// Routes, relative to the path the handler sees (under handle_path the
+// prefix is stripped): GET / (the page, and its page.js and page.css),
+// GET and PUT /rules, GET /history, GET /check?origin=&method=; anything
+// else is 404, and a method a route does not take 405. A write whose
+// Origin is not the page's own origin, or whose Sec-Fetch-Site is not
+// same-origin or none, is refused with 403; a write needs Content-Type
+// application/json and a body of at most 64 KB (413 beyond).
+//
+// In a Caddyfile the atomsphere_cors_page directive is ordered before
+// respond, with the handlers that answer requests: after basic_auth,
+// forward_auth and request_header, so that it never runs before the
+// identity is known.
+type Page struct {
+	// The rules store whose accounts the page edits, as in the
+	// atomsphere_cors handler's store (docs/store.md). Required. A page
+	// and a handler naming the same store with the same storage share
+	// one loaded store.
+	Store *StoreConfig `json:"store,omitempty"`
+
+	// Whose account the signed-in user may edit: a placeholder resolved
+	// per request, such as "{http.auth.user.id}" (the user that
+	// basic_auth or another authentication handler signed in).
+	// Required; it must contain a placeholder.
+	Account string `json:"account,omitempty"`
+
+	// The most rules a user may save for the account. Default: 50.
+	MaxRules int `json:"max_rules,omitempty"`
+
+	store  *accountStore
+	ix     *policy.Index // Decide's view of the store, for /check
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Page) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.atomsphere_cors_page",
+		New: func() caddy.Module { return new(Page) },
+	}
+}
+
+const (
+	defaultMaxRules = 50
+	maxPageBody     = 64 << 10 // a PUT /rules body
+)
+
+// check reports every problem of the page's config.
+func (p *Page) check() error {
+	var errs []error
+	if p.Store == nil {
+		errs = append(errs, errors.New("store is required: the page edits the accounts of a rules store"))
+	} else {
+		var probs policy.Problems
+		checkStore(&Handler{Store: p.Store}, &probs)
+		if err := probs.Err(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch {
+	case p.Account == "":
+		errs = append(errs, errors.New("account is required: a placeholder naming the signed-in user's account, such as {http.auth.user.id}"))
+	case !strings.Contains(p.Account, "{") || !strings.Contains(p.Account, "}"):
+		errs = append(errs, fmt.Errorf("account %s has no placeholder: every user would edit that one account; use a placeholder such as {http.auth.user.id}", q(p.Account)))
+	}
+	if p.MaxRules < 0 {
+		errs = append(errs, fmt.Errorf("max_rules %d is not positive", p.MaxRules))
+	}
+	return errors.Join(errs...)
+}
+
+// Provision checks the config and attaches the page to its store.
+func (p *Page) Provision(ctx caddy.Context) error {
+	p.logger = ctx.Logger()
+	if err := p.check(); err != nil {
+		return err
+	}
+	if p.MaxRules == 0 {
+		p.MaxRules = defaultMaxRules
+	}
+	ix, err := newIndex(&Handler{})
+	if err != nil {
+		return err
+	}
+	s, err := useStore(ctx, p.Store, p)
+	if err != nil {
+		return err
+	}
+	attachStore(ix, s)
+	p.store, p.ix = s, ix
+	return nil
+}
+
+// Cleanup lets go of the page's store.
+func (p *Page) Cleanup() error {
+	if p.store == nil {
+		return nil
+	}
+	return releaseStore(p.store, p)
+}
+
+//go:embed page_assets
+var pageAssets embed.FS
+
+// pageFiles are the page and its assets: nothing is loaded from
+// elsewhere, so the policy below allows this origin alone.
+var pageFiles = map[string]string{
+	"/":         "text/html; charset=utf-8",
+	"/page.js":  "text/javascript; charset=utf-8",
+	"/page.css": "text/css; charset=utf-8",
+}
+
+// pageCSP allows the page's own script, style and API calls, no inline
+// script or style, no plugin, form or base, and no framing
+// (https://www.w3.org/TR/CSP3/, frame-ancestors).
+const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; " +
+	"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// ServeHTTP serves the page's routes; it never calls next.
+func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Security-Policy", pageCSP)
+	hdr.Set("X-Frame-Options", "DENY")
+	hdr.Set("Referrer-Policy", "same-origin")
+
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	id, by, why := p.accountOf(repl)
+	audit := writeAudit{logger: p.logger, account: id, by: by, client: clientAddr(r)}
+	if why != "" {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			audit.refused(http.StatusForbidden, why)
+		}
+		return pageError(w, http.StatusForbidden, "no account for this request: %s", why)
+	}
+
+	path := r.URL.Path
+	if ctype, ok := pageFiles[path]; ok {
+		if !isRead(r) {
+			return methodNotAllowed(w, "GET, HEAD")
+		}
+		return p.serveFile(w, path, ctype)
+	}
+	switch path {
+	case "/rules":
+		switch {
+		case isRead(r):
+			return p.getRules(w, id)
+		case r.Method == http.MethodPut:
+			return p.putRules(w, r, id, audit)
+		}
+		return methodNotAllowed(w, "GET, HEAD, PUT")
+	case "/history":
+		if !isRead(r) {
+			return methodNotAllowed(w, "GET, HEAD")
+		}
+		return p.getHistory(w, r, id)
+	case "/check":
+		if !isRead(r) {
+			return methodNotAllowed(w, "GET, HEAD")
+		}
+		return p.checkOrigin(w, r, id)
+	}
+	return pageError(w, http.StatusNotFound, "not found: %s", path)
+}
+
+func isRead(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
+
+// accountOf resolves the account placeholder, and who is signed in
+// ({http.auth.user.id}, else the account); why says why there is no
+// account.
+func (p *Page) accountOf(repl *caddy.Replacer) (id, by, why string) {
+	if repl == nil {
+		return "", "", "no placeholders"
+	}
+	id, err := repl.ReplaceOrErr(p.Account, true, true)
+	if err != nil {
+		return "", "", "the account placeholder is empty or unknown (is the user signed in?)"
+	}
+	if err := policy.CheckAccountID(id); err != nil {
+		return "", "", "the account placeholder's value is not an account ID"
+	}
+	if len(escapeID(id)) > maxKeySegment {
+		return "", "", "the account placeholder's value is too long for a store"
+	}
+	by = id
+	if u, ok := repl.GetString("http.auth.user.id"); ok && u != "" {
+		by = u
+	}
+	return id, by, ""
+}
+
+// clientAddr is the client's address as Caddy determined it (trusted
+// proxies applied), else the connection's.
+func clientAddr(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	return r.RemoteAddr
+}
+
+func (p *Page) serveFile(w http.ResponseWriter, path, ctype string) error {
+	name := "page_assets/index.html"
+	if path != "/" {
+		name = "page_assets" + path
+	}
+	b, err := pageAssets.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", ctype)
+	w.WriteHeader(http.StatusOK)
+	_, err = w.Write(b)
+	return err
+}
+
+// pageRules is the body of GET and PUT /rules.
+type pageRules struct {
+	Account string `json:"account"`
+	Rules   []Rule `json:"rules"`
+}
+
+// current is the account's rules as this server serves them; ok is
+// false while the store has never been loaded here.
+func (p *Page) current(id string) ([]Rule, bool) {
+	if !p.store.loaded() {
+		return nil, false
+	}
+	a, ok := p.store.view.Load().get(id)
+	if !ok {
+		return []Rule{}, true
+	}
+	return rulesOf(a), true
+}
+
+func (p *Page) getRules(w http.ResponseWriter, id string) error {
+	rules, ok := p.current(id)
+	if !ok {
+		return pageError(w, http.StatusServiceUnavailable, "the rules are not loaded on this server yet: try again in a moment")
+	}
+	w.Header().Set("ETag", etagOf(rules))
+	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: rules})
+}
+
+// ruleProblem is one validation message, with the rule it concerns
+// (counted from 1; 0 for the account as a whole).
+type ruleProblem struct {
+	Rule    int    `json:"rule"`
+	Origin  string `json:"origin,omitempty"`
+	Message string `json:"message"`
+}
+
+func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit writeAudit) error {
+	refuse := func(status int, format string, args ...any) error {
+		audit.refused(status, fmt.Sprintf(format, args...))
+		return pageError(w, status, format, args...)
+	}
+	if why := crossSite(r); why != "" {
+		return refuse(http.StatusForbidden, "cross-site write refused: %s", why)
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return refuse(http.StatusUnsupportedMediaType, "a write needs Content-Type: application/json")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPageBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return refuse(http.StatusRequestEntityTooLarge, "body over %d bytes", maxPageBody)
+		}
+		return refuse(http.StatusBadRequest, "reading body: %v", err)
+	}
+	var rules []Rule
+	if err := decodeStrict(body, &rules); err != nil {
+		return refuse(http.StatusBadRequest, "body is not a JSON array of rules [{\"origin\": ..., \"methods\": [...]}]: %s", short(err.Error()))
+	}
+	if rules == nil {
+		return refuse(http.StatusBadRequest, "body is not a JSON array of rules: null (no rules is [])")
+	}
+	if len(rules) > p.MaxRules {
+		return refuse(http.StatusBadRequest, "account %s: %d rules, at most %d", q(id), len(rules), p.MaxRules)
+	}
+	acct, err := p.store.compile(id, rules)
+	if err != nil {
+		audit.refused(http.StatusBadRequest, err.Error())
+		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error(), "problems": problemsOf(err, rules)})
+	}
+	e := &edit{id: id, ifMatch: r.Header.Values("If-Match"), absentIsEmpty: true}
+	if _, err := p.store.commit(r.Context(), []change{{id: id, rules: rules, acct: acct, check: e.check, by: audit.by}}); err != nil {
+		status := writeStatus(err)
+		if status == http.StatusPreconditionFailed {
+			return refuse(status, "%v", err)
+		}
+		return refuse(status, "the store did not take the write: %v", err)
+	}
+	served := rulesOf(*acct)
+	audit.written(e.before, served)
+	w.Header().Set("ETag", etagOf(served))
+	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
+}
+
+// problemsOf lists the problems of a refused account with the rule each
+// concerns, for the page to show next to it.
+func problemsOf(err error, rules []Rule) []ruleProblem {
+	var rep *policy.Report
+	if !errors.As(err, &rep) {
+		return []ruleProblem{{Message: err.Error()}}
+	}
+	out := make([]ruleProblem, 0, len(rep.List))
+	for _, e := range rep.List {
+		pr := ruleProblem{Message: e.Error()}
+		if i := e.At.Rule; i >= 0 && i < len(rules) {
+			pr.Rule, pr.Origin = i+1, rules[i].Origin
+		}
+		out = append(out, pr)
+	}
+	return out
+}
+
+// crossSite says why a write must be refused as coming from another
+// site, "" when it comes from the page itself or from no browser. A
+// browser sends Origin with every PUT (Fetch standard, "append a
+// request Origin header") and Sec-Fetch-Site with every request of a
+// secure context (https://www.w3.org/TR/fetch-metadata/); clients that
+// send neither, such as curl, are not browsers and carry no one else's
+// credentials.
+func crossSite(r *http.Request) string {
+	if site := r.Header.Values("Sec-Fetch-Site"); len(site) > 0 {
+		if len(site) > 1 || site[0] != "same-origin" && site[0] != "none" {
+			return fmt.Sprintf("Sec-Fetch-Site %s is not same-origin", q(strings.Join(site, ", ")))
+		}
+	}
+	o := r.Header.Values("Origin")
+	if len(o) == 0 {
+		return ""
+	}
+	own, err := origin.Parse(pageScheme(r) + "://" + r.Host)
+	if len(o) > 1 {
+		return "more than one Origin header"
+	}
+	got, gerr := origin.Parse(o[0])
+	if err != nil || gerr != nil || got != own {
+		return fmt.Sprintf("Origin %s is not the page's origin", q(o[0]))
+	}
+	return ""
+}
+
+// pageScheme is the scheme the browser used to reach the page: https
+// over TLS, or when a proxy that the server trusts (trusted_proxies)
+// says so in X-Forwarded-Proto; an untrusted client's say is ignored.
+func pageScheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted && r.Header.Get("X-Forwarded-Proto") == "https" {
+		return "https"
+	}
+	return "http"
+}
+
+func (p *Page) getHistory(w http.ResponseWriter, r *http.Request, id string) error {
+	h, err := p.store.readHistory(r.Context(), id)
+	if err != nil {
+		return pageError(w, http.StatusServiceUnavailable, "history not available: %v", err)
+	}
+	return writeJSON(w, http.StatusOK, h)
+}
+
+// checkAnswer is the body of GET /check.
+type checkAnswer struct {
+	Allowed bool   `json:"allowed"`
+	Reason  string `json:"reason"`
+}
+
+// checkOrigin answers whether a request to the account's API from an origin
+// with a method would be allowed now, as Decide decides the preflight
+// that a browser sends first (docs/behaviour.md §3).
+func (p *Page) checkOrigin(w http.ResponseWriter, r *http.Request, id string) error {
+	qs := r.URL.Query()
+	o, m := qs.Get("origin"), normalizeMethod(qs.Get("method"))
+	if o == "" || m == "" {
+		return pageError(w, http.StatusBadRequest, "origin and method are both required")
+	}
+	if len(o) > 2048 || len(m) > 64 {
+		return pageError(w, http.StatusBadRequest, "origin or method too long")
+	}
+	req := &http.Request{
+		Method: http.MethodOptions,
+		URL:    &url.URL{Path: p.ix.Prefixes()[0] + id + "/"},
+		Header: http.Header{hdrOrigin: {o}, hdrReqMethod: {m}},
+	}
+	d := p.ix.Decide(req, false)
+	ans := checkAnswer{Allowed: d.Allowed(), Reason: d.Reason.String()}
+	if ans.Allowed {
+		ans.Reason = fmt.Sprintf("the rule for %s allows %s", d.Rule.Origin, d.Rule.Methods.Header)
+	}
+	return writeJSON(w, http.StatusOK, ans)
+}
+
+// normalizeMethod upper-cases the methods that the Fetch standard
+// normalises ("normalize a method": DELETE, GET, HEAD, OPTIONS, POST,
+// PUT, compared case-insensitively), as a browser does before it sends
+// one.
+func normalizeMethod(m string) string {
+	for _, n := range []string{"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"} {
+		if strings.EqualFold(m, n) {
+			return n
+		}
+	}
+	return m
+}
+
+// pageError writes a JSON error body: the page shows its message.
+func pageError(w http.ResponseWriter, status int, format string, args ...any) error {
+	return writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) error {
+	w.Header().Set("Allow", allow)
+	return pageError(w, http.StatusMethodNotAllowed, "method not allowed: use %s", allow)
+}
+
+var (
+	_ caddy.Provisioner           = (*Page)(nil)
+	_ caddy.CleanerUpper          = (*Page)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Page)(nil)
+)

@@ -1,0 +1,688 @@
+package atomspherecors
+
+// The CORS page (docs/page.md) against a real Caddy in this process:
+// basic_auth users named by account, the page under handle_path next to
+// an atomsphere_cors handler of the same store, every route, the
+// cross-site and size limits, If-Match, history, the audit log, and the
+// admin routes' ETag. Ports: admin 127.0.0.1:2940, HTTP 127.0.0.1:9810.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"atomspherecors/internal/testkit"
+)
+
+const (
+	pageAdmin = "http://127.0.0.1:2940"
+	pageSite  = "http://127.0.0.1:9810"
+	pageBase  = pageSite + "/settings/cors"
+	// demoHash is basic_auth's bcrypt hash of the password "demo", for
+	// every user of these tests.
+	demoHash = "$2a$10$EjKxOMqe6BWunYrjzSUfFeh46V5YrY0UFA06zS7aJ1CJCZOgwFzIO"
+)
+
+// startPageCaddy runs the page's test site and returns its audit log
+// file. The store polls once an hour: whatever the handler serves right
+// after a page's write, it has from the store it shares with the page.
+func startPageCaddy(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "audit.log")
+	store := `store pt {
+			poll_interval 1h
+		}`
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin 127.0.0.1:2940
+	storage file_system %s
+	log audit {
+		output file %s
+		format json
+		level DEBUG
+		include http.handlers.atomsphere_cors_page admin.api.atomsphere_cors
+	}
+}
+
+http://127.0.0.1:9810 {
+	bind 127.0.0.1
+	atomsphere_cors {
+		%s
+	}
+	handle_path /settings/cors/* {
+		basic_auth {
+			acct-a %s
+			acct-b %s
+			bad/id %s
+		}
+		atomsphere_cors_page {
+			%s
+			account {http.auth.user.id}
+			max_rules 3
+		}
+	}
+	handle_path /open/* {
+		atomsphere_cors_page {
+			%s
+			account {http.auth.user.id}
+		}
+	}
+	respond "api" 200
+}
+`, filepath.Join(dir, "storage"), logFile, store, demoHash, demoHash, demoHash, store, store))
+	return logFile
+}
+
+// pageCall sends one request to the page as user (none when ""), with
+// headers and a body, and returns the response and its body.
+func pageCall(t testing.TB, method, url, user string, hdr http.Header, body string) (*http.Response, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	if user != "" {
+		req.SetBasicAuth(user, "demo")
+	}
+	res, err := testkit.Client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, string(b)
+}
+
+var jsonCT = http.Header{"Content-Type": {"application/json"}}
+
+func withHeaders(h http.Header, kv ...string) http.Header {
+	out := h.Clone()
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[http.CanonicalHeaderKey(kv[i])] = []string{kv[i+1]}
+	}
+	return out
+}
+
+// getPageRules reads an account's rules through its page.
+func getPageRules(t testing.TB, user string) (pageRules, string) {
+	t.Helper()
+	res, body := pageCall(t, "GET", pageBase+"/rules", user, nil, "")
+	if res.StatusCode != 200 {
+		t.Fatalf("GET /rules as %s: %d %s", user, res.StatusCode, body)
+	}
+	var pr pageRules
+	if err := json.Unmarshal([]byte(body), &pr); err != nil {
+		t.Fatalf("GET /rules as %s: %v: %s", user, err, body)
+	}
+	return pr, res.Header.Get("ETag")
+}
+
+// preflightAllowed sends the preflight a browser on origin sends for
+// method to account's API on the test site.
+func preflightAllowed(t testing.TB, account, origin, method string) bool {
+	t.Helper()
+	res, _ := doRequest(t, "OPTIONS", pageSite+"/api/rest/v1/"+account+"/Atom", http.Header{
+		"Origin": {origin}, "Access-Control-Request-Method": {method},
+	})
+	return res.StatusCode == 204 && res.Header.Get("Access-Control-Allow-Origin") == origin
+}
+
+func TestPageRoutes(t *testing.T) {
+	logFile := startPageCaddy(t)
+
+	t.Run("the page: HTML, its own script and style, strict security headers, no inline script", func(t *testing.T) {
+		res, body := pageCall(t, "GET", pageBase+"/", "acct-a", nil, "")
+		if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") {
+			t.Fatalf("GET /: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+		}
+		csp := res.Header.Get("Content-Security-Policy")
+		for _, want := range []string{"frame-ancestors 'none'", "script-src 'self'", "default-src 'none'"} {
+			if !strings.Contains(csp, want) {
+				t.Errorf("Content-Security-Policy %q lacks %q", csp, want)
+			}
+		}
+		if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "unsafe-eval") {
+			t.Errorf("Content-Security-Policy %q allows inline script or eval", csp)
+		}
+		if got := res.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+			t.Errorf("X-Content-Type-Options %q, want nosniff", got)
+		}
+		if got := res.Header.Get("Cache-Control"); got != "no-store" {
+			t.Errorf("Cache-Control %q, want no-store", got)
+		}
+		if m := regexp.MustCompile(`(?i)<script(?:\s[^>]*)?>`).FindAllString(body, -1); len(m) != 1 || !strings.Contains(m[0], `src="page.js"`) {
+			t.Errorf("script elements %q, want exactly one, page.js", m)
+		}
+		if m := regexp.MustCompile(`(?i)\son[a-z]+\s*=|\sstyle\s*=|<style|(?:src|href)\s*=\s*"(?:https?:)?//`).FindAllString(body, -1); len(m) > 0 {
+			t.Errorf("the page has inline handlers, inline style or outside URLs: %q", m)
+		}
+		for path, ctype := range map[string]string{"/page.js": "text/javascript", "/page.css": "text/css"} {
+			res, body := pageCall(t, "GET", pageBase+path, "acct-a", nil, "")
+			if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), ctype) || len(body) < 100 {
+				t.Errorf("GET %s: %d %q, %d bytes", path, res.StatusCode, res.Header.Get("Content-Type"), len(body))
+			}
+			if res.Header.Get("X-Content-Type-Options") != "nosniff" {
+				t.Errorf("GET %s: no nosniff", path)
+			}
+		}
+		_, script := pageCall(t, "GET", pageBase+"/page.js", "acct-a", nil, "")
+		if m := regexp.MustCompile(`innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(`).FindAllString(script, -1); len(m) > 0 {
+			t.Errorf("page.js writes HTML: %q", m)
+		}
+	})
+
+	t.Run("GET /rules of an account without rules: [] with an ETag, no-store", func(t *testing.T) {
+		res, body := pageCall(t, "GET", pageBase+"/rules", "acct-a", nil, "")
+		if res.StatusCode != 200 || strings.TrimSpace(body) != `{"account":"acct-a","rules":[]}` {
+			t.Fatalf("GET /rules: %d %s", res.StatusCode, body)
+		}
+		if res.Header.Get("ETag") == "" || res.Header.Get("Cache-Control") != "no-store" {
+			t.Errorf("headers %v: want an ETag and Cache-Control: no-store", res.Header)
+		}
+	})
+
+	var etag string
+	t.Run("PUT /rules: stored, served by the handler at once, the body of GET and a new ETag", func(t *testing.T) {
+		_, before := getPageRules(t, "acct-a")
+		if preflightAllowed(t, "acct-a", "https://app.example.com", "DELETE") {
+			t.Fatal("allowed before the write")
+		}
+		res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", before),
+			`[{"origin":"HTTPS://App.Example.com:443","methods":["get","DELETE"]}]`)
+		if res.StatusCode != 200 || strings.TrimSpace(body) != `{"account":"acct-a","rules":[{"origin":"https://app.example.com","methods":["GET","DELETE"]}]}` {
+			t.Fatalf("PUT: %d %s", res.StatusCode, body)
+		}
+		etag = res.Header.Get("ETag")
+		if etag == "" || etag == before {
+			t.Errorf("ETag after the write %q, before %q: want a new one", etag, before)
+		}
+		if _, now := getPageRules(t, "acct-a"); now != etag {
+			t.Errorf("GET's ETag %q, PUT's %q", now, etag)
+		}
+		if !preflightAllowed(t, "acct-a", "https://app.example.com", "DELETE") {
+			t.Error("the handler does not serve the page's write (with a 1h poll: it does not share the page's store)")
+		}
+		if preflightAllowed(t, "acct-a", "https://app.example.com", "POST") {
+			t.Error("POST allowed, not saved")
+		}
+	})
+
+	t.Run("PUT with a stale If-Match: 412, nothing changed", func(t *testing.T) {
+		res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", `"stale"`),
+			`[{"origin":"https://evil.example"}]`)
+		if res.StatusCode != 412 || !strings.Contains(body, "changed since it was read") {
+			t.Fatalf("PUT with a stale If-Match: %d %s", res.StatusCode, body)
+		}
+		if pr, now := getPageRules(t, "acct-a"); now != etag || len(pr.Rules) != 1 || pr.Rules[0].Origin != "https://app.example.com" {
+			t.Errorf("after the 412: %+v %s", pr, now)
+		}
+		if preflightAllowed(t, "acct-a", "https://evil.example", "GET") {
+			t.Error("the refused write is served")
+		}
+		// A weak tag never matches (RFC 9110 §13.1.1, strong comparison).
+		res, _ = pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", "W/"+etag), `[]`)
+		if res.StatusCode != 412 {
+			t.Errorf("PUT with a weak If-Match: %d, want 412", res.StatusCode)
+		}
+	})
+
+	t.Run("PUT refusals: nothing changed", func(t *testing.T) {
+		for _, tc := range []struct {
+			desc       string
+			hdr        http.Header
+			body       string
+			wantStatus int
+			wantBody   []string
+		}{
+			{"an invalid origin: 400 naming the rule and the origin, with its rule for the page", jsonCT,
+				`[{"origin":"https://ok.example"},{"origin":"ftp://b.example","methods":["GET"]}]`, 400,
+				[]string{`account \"acct-a\", rule 2 (origin \"ftp://b.example\"): scheme \"ftp\" is not http or https`, `"rule":2`, `"origin":"ftp://b.example"`}},
+			{"a method that cannot be allowed: 400", jsonCT, `[{"origin":"https://ok.example","methods":["TRACE"]}]`, 400,
+				[]string{`rule 1 (origin \"https://ok.example\"): method \"TRACE\" cannot be allowed`}},
+			{"more rules than max_rules (3): 400", jsonCT,
+				`[{"origin":"https://a.example"},{"origin":"https://b.example"},{"origin":"https://c.example"},{"origin":"https://d.example"}]`, 400,
+				[]string{"4 rules, at most 3"}},
+			{"not an array: 400", jsonCT, `{"account":"acct-b","rules":[]}`, 400, []string{"not a JSON array of rules"}},
+			{"null: 400", jsonCT, `null`, 400, []string{"null"}},
+			{"an unknown field: 400", jsonCT, `[{"origin":"https://a.example","account":"acct-b"}]`, 400, []string{"unknown field"}},
+			{"no Content-Type: 415", nil, `[]`, 415, []string{"Content-Type: application/json"}},
+			{"text/plain, as a cross-site form would send: 415", http.Header{"Content-Type": {"text/plain"}}, `[]`, 415, nil},
+			{"a body over 64 KB: 413", jsonCT, `[{"origin":"https://a.example","methods":["GET"` + strings.Repeat(`,"GET"`, 11000) + `]}]`, 413,
+				[]string{"body over 65536 bytes"}},
+			{"Origin of another site: 403", withHeaders(jsonCT, "Origin", "https://evil.example"), `[]`, 403,
+				[]string{"cross-site write refused", "evil.example"}},
+			{"Origin null (a sandboxed frame): 403", withHeaders(jsonCT, "Origin", "null"), `[]`, 403, nil},
+			{"Origin of another port of the page's host: 403", withHeaders(jsonCT, "Origin", "http://127.0.0.1:9811"), `[]`, 403, nil},
+			{"Origin of the page but Sec-Fetch-Site cross-site: 403", withHeaders(jsonCT, "Origin", pageSite, "Sec-Fetch-Site", "cross-site"), `[]`, 403,
+				[]string{"Sec-Fetch-Site"}},
+			{"Sec-Fetch-Site same-site (a sibling subdomain): 403", withHeaders(jsonCT, "Sec-Fetch-Site", "same-site"), `[]`, 403, nil},
+			{"two Origin lines, the page's and another: 403", http.Header{"Content-Type": {"application/json"}, "Origin": {pageSite, "https://evil.example"}}, `[]`, 403, nil},
+			{"the https Origin of the page's host, claimed by an untrusted X-Forwarded-Proto: 403",
+				withHeaders(jsonCT, "Origin", "https://127.0.0.1:9810", "X-Forwarded-Proto", "https"), `[]`, 403, nil},
+		} {
+			t.Run(tc.desc, func(t *testing.T) {
+				res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", tc.hdr, tc.body)
+				if res.StatusCode != tc.wantStatus {
+					t.Fatalf("%d %s, want %d", res.StatusCode, body, tc.wantStatus)
+				}
+				for _, w := range tc.wantBody {
+					if !strings.Contains(body, w) {
+						t.Errorf("body %s lacks %s", body, w)
+					}
+				}
+				if _, now := getPageRules(t, "acct-a"); now != etag {
+					t.Errorf("the rules changed (ETag %s, was %s)", now, etag)
+				}
+			})
+		}
+	})
+
+	t.Run("PUT from the page itself (Origin and Sec-Fetch-Site same-origin) and from curl (neither): 200", func(t *testing.T) {
+		for _, hdr := range []http.Header{
+			withHeaders(jsonCT, "Origin", pageSite, "Sec-Fetch-Site", "same-origin"),
+			withHeaders(jsonCT, "Sec-Fetch-Site", "none"),
+			withHeaders(jsonCT, "Content-Type", "application/json; charset=utf-8"),
+		} {
+			res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", hdr, `[{"origin":"https://app.example.com","methods":["GET","DELETE"]}]`)
+			if res.StatusCode != 200 {
+				t.Errorf("PUT with %v: %d %s", hdr, res.StatusCode, body)
+			}
+		}
+	})
+
+	t.Run("GET /check: decided as the handler decides requests", func(t *testing.T) {
+		for _, tc := range []struct{ query, want string }{
+			{"origin=https://app.example.com&method=DELETE", `{"allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
+			{"origin=https://APP.example.com:443&method=delete", `{"allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
+			{"origin=https://app.example.com&method=POST", `{"allowed":false,"reason":"method not allowed"}`},
+			{"origin=https://other.example&method=GET", `{"allowed":false,"reason":"origin not allowed"}`},
+			{"origin=https://a%20b.example&method=GET", `{"allowed":false,"reason":"malformed Origin header"}`},
+		} {
+			res, body := pageCall(t, "GET", pageBase+"/check?"+tc.query, "acct-a", nil, "")
+			if res.StatusCode != 200 || strings.TrimSpace(body) != tc.want {
+				t.Errorf("/check?%s: %d %s, want %s", tc.query, res.StatusCode, body, tc.want)
+			}
+		}
+		res, body := pageCall(t, "GET", pageBase+"/check?origin=https://app.example.com&method=GET", "acct-b", nil, "")
+		if res.StatusCode != 200 || !strings.Contains(body, `"reason":"account has no rules"`) {
+			t.Errorf("/check as acct-b: %d %s, want acct-b's own answer", res.StatusCode, body)
+		}
+		if res, _ := pageCall(t, "GET", pageBase+"/check?origin=https://app.example.com", "acct-a", nil, ""); res.StatusCode != 400 {
+			t.Errorf("/check without a method: %d, want 400", res.StatusCode)
+		}
+	})
+
+	t.Run("GET /history: newest first, at least the last 10 changes, by the signed-in user", func(t *testing.T) {
+		for i := range 12 {
+			body := fmt.Sprintf(`[{"origin":"https://h%d.example","methods":["GET"]}]`, i)
+			if res, out := pageCall(t, "PUT", pageBase+"/rules", "acct-a", jsonCT, body); res.StatusCode != 200 {
+				t.Fatalf("PUT %d: %d %s", i, res.StatusCode, out)
+			}
+		}
+		res, body := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
+		var h accountHistory
+		if err := json.Unmarshal([]byte(body), &h); err != nil || res.StatusCode != 200 {
+			t.Fatalf("GET /history: %d %s %v", res.StatusCode, body, err)
+		}
+		if h.Account != "acct-a" || len(h.Changes) < 10 {
+			t.Fatalf("history of %q has %d changes, want acct-a's and at least 10", h.Account, len(h.Changes))
+		}
+		for i := range 10 {
+			c := h.Changes[i]
+			want := fmt.Sprintf("https://h%d.example", 11-i)
+			if c.By != "acct-a" || len(c.Rules) != 1 || c.Rules[0].Origin != want || c.Time == "" {
+				t.Errorf("change %d: %+v, want %s by acct-a", i, c, want)
+			}
+		}
+		_, other := pageCall(t, "GET", pageBase+"/history", "acct-b", nil, "")
+		if strings.TrimSpace(other) != `{"account":"acct-b","changes":[]}` {
+			t.Errorf("acct-b's history: %s", other)
+		}
+	})
+
+	t.Run("404 and 405", func(t *testing.T) {
+		for _, tc := range []struct {
+			method, path string
+			want         int
+			allow        string
+		}{
+			{"GET", "/nope", 404, ""},
+			{"GET", "/rules/acct-b", 404, ""},
+			{"GET", "/index.html", 404, ""},
+			{"POST", "/rules", 405, "GET, HEAD, PUT"},
+			{"DELETE", "/rules", 405, "GET, HEAD, PUT"},
+			{"PUT", "/", 405, "GET, HEAD"},
+			{"PUT", "/history", 405, "GET, HEAD"},
+			{"OPTIONS", "/rules", 405, "GET, HEAD, PUT"},
+		} {
+			res, body := pageCall(t, tc.method, pageBase+tc.path, "acct-a", jsonCT, "")
+			if res.StatusCode != tc.want || res.Header.Get("Allow") != tc.allow {
+				t.Errorf("%s %s: %d Allow %q %s, want %d Allow %q", tc.method, tc.path, res.StatusCode, res.Header.Get("Allow"), body, tc.want, tc.allow)
+			}
+		}
+	})
+
+	t.Run("no account: 403 on every route, nothing written", func(t *testing.T) {
+		for _, tc := range []struct{ base, user string }{
+			{pageSite + "/open", ""},       // no authentication: the placeholder is unknown
+			{pageBase, "bad/id"},           // not an account ID
+			{pageSite + "/open", "acct-a"}, // credentials that no handler checked
+		} {
+			for _, route := range []string{"/", "/rules", "/history", "/check?origin=https://a.example&method=GET", "/nope"} {
+				res, body := pageCall(t, "GET", tc.base+route, tc.user, nil, "")
+				if res.StatusCode != 403 {
+					t.Errorf("GET %s%s as %q: %d %s, want 403", tc.base, route, tc.user, res.StatusCode, body)
+				}
+			}
+			res, body := pageCall(t, "PUT", tc.base+"/rules", tc.user, jsonCT, `[{"origin":"https://x.example"}]`)
+			if res.StatusCode != 403 {
+				t.Errorf("PUT as %q: %d %s, want 403", tc.user, res.StatusCode, body)
+			}
+		}
+		if res, _ := pageCall(t, "GET", pageBase+"/rules", "", nil, ""); res.StatusCode != 401 {
+			t.Errorf("GET /rules without credentials behind basic_auth: %d, want basic_auth's 401", res.StatusCode)
+		}
+		st, out := storeCall(t, pageAdmin, "GET", "/atomsphere_cors/pt/accounts", "")
+		if st != 200 || strings.Contains(out, "bad") || strings.Contains(out, `""`) {
+			t.Errorf("accounts after the refused writes: %d %s", st, out)
+		}
+	})
+
+	t.Run("the audit log: one info entry per write, refused writes at debug", func(t *testing.T) {
+		entries := readLog(t, logFile)
+		var written, refused []map[string]any
+		for _, e := range entries {
+			switch e["msg"] {
+			case "account rules written":
+				written = append(written, e)
+			case "account rules write refused":
+				refused = append(refused, e)
+			}
+		}
+		first := written[0]
+		if first["level"] != "info" || first["account"] != "acct-a" || first["by"] != "acct-a" || !strings.HasPrefix(fmt.Sprint(first["client"]), "127.0.0.1") ||
+			fmt.Sprint(first["origins_added"]) != "[https://app.example.com]" || fmt.Sprint(first["origins_removed"]) != "[]" {
+			t.Errorf("first write's entry: %v", first)
+		}
+		last := written[len(written)-1]
+		if fmt.Sprint(last["origins_added"]) != "[https://h11.example]" || fmt.Sprint(last["origins_removed"]) != "[https://h10.example]" {
+			t.Errorf("last write's entry: %v", last)
+		}
+		if len(written) != 1+3+12 {
+			t.Errorf("%d write entries, want 16 (one per write)", len(written))
+		}
+		var sawCrossSite, sawStale bool
+		for _, e := range refused {
+			if e["level"] != "debug" {
+				t.Errorf("refused write logged at %v", e["level"])
+			}
+			sawCrossSite = sawCrossSite || e["status"] == 403.0 && strings.Contains(fmt.Sprint(e["reason"]), "evil.example")
+			sawStale = sawStale || e["status"] == 412.0
+		}
+		if !sawCrossSite || !sawStale {
+			t.Errorf("refused entries %v: want the cross-site write and the stale one", refused)
+		}
+	})
+}
+
+// readLog reads a JSON log file, one entry a line.
+func readLog(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var e map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &e); err == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// A tenant cannot read or change another tenant's rules, whatever the
+// URL, query, headers or body say: the account is the signed-in user's.
+func TestPageTenantIsolation(t *testing.T) {
+	startPageCaddy(t)
+	if st, out := storeCall(t, pageAdmin, "PUT", "/atomsphere_cors/pt/accounts/acct-b", `[{"origin":"https://b.example","methods":["GET"]}]`); st != 201 {
+		t.Fatalf("admin PUT acct-b: %d %s", st, out)
+	}
+	_, bTag := getPageRules(t, "acct-b")
+	for _, path := range []string{
+		"/rules?account=acct-b", "/rules?account=acct-b&user=acct-b", "/../acct-b/rules", "/%2e%2e/rules",
+		"/rules/../rules?acct-b", "//rules", "/RULES", "/history?account=acct-b",
+	} {
+		res, body := pageCall(t, "GET", pageBase+path, "acct-a", http.Header{"X-Account": {"acct-b"}, "X-Forwarded-User": {"acct-b"}}, "")
+		if strings.Contains(body, "b.example") || strings.Contains(body, `"acct-b"`) {
+			t.Errorf("GET %s as acct-a: %d %s: acct-b's rules", path, res.StatusCode, body)
+		}
+	}
+	for _, path := range []string{"/rules?account=acct-b", "/../acct-b/rules"} {
+		pageCall(t, "PUT", pageBase+path, "acct-a", withHeaders(jsonCT, "X-Account", "acct-b"), `[{"origin":"https://a-wrote-this.example"}]`)
+	}
+	if pr, tag := getPageRules(t, "acct-b"); tag != bTag || len(pr.Rules) != 1 || pr.Rules[0].Origin != "https://b.example" {
+		t.Errorf("acct-b's rules after acct-a's writes: %+v", pr)
+	}
+	// acct-b's ETag is no key to acct-b's account for acct-a.
+	res, _ := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", bTag), `[{"origin":"https://x.example"}]`)
+	if res.StatusCode != 412 {
+		t.Errorf("acct-a's PUT with acct-b's ETag: %d, want 412 (acct-a's rules are not acct-b's)", res.StatusCode)
+	}
+	if preflightAllowed(t, "acct-b", "https://a-wrote-this.example", "GET") {
+		t.Error("acct-a's write is served for acct-b")
+	}
+	// A wrong password for acct-b is basic_auth's 401, not acct-b's page.
+	req, _ := http.NewRequest("GET", pageBase+"/rules", nil)
+	req.SetBasicAuth("acct-b", "wrong")
+	r2, err := testkit.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if r2.StatusCode != 401 {
+		t.Errorf("acct-b with a wrong password: %d, want 401", r2.StatusCode)
+	}
+}
+
+// The admin routes: GET of one account sends its ETag, the same the page
+// sends for it; PUT and DELETE honour If-Match (RFC 9110 §13.1.1); and
+// writes are logged as the page's are, and kept in the history.
+func TestPageAdminRoutesETag(t *testing.T) {
+	logFile := startPageCaddy(t)
+	a := pageAdmin + "/atomsphere_cors/pt/accounts/acct-b"
+	call := func(method, ifMatch, body string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, a, strings.NewReader(body))
+		if ifMatch != "" {
+			req.Header.Set("If-Match", ifMatch)
+		}
+		res, err := adminClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res, string(b)
+	}
+	if res, body := call("PUT", "*", `[{"origin":"https://e.example"}]`); res.StatusCode != 412 {
+		t.Errorf("PUT If-Match * of an account that does not exist: %d %s, want 412", res.StatusCode, body)
+	}
+	res, body := call("PUT", "", `[{"origin":"https://e.example"}]`)
+	if res.StatusCode != 201 || res.Header.Get("ETag") == "" {
+		t.Fatalf("PUT: %d %s %v", res.StatusCode, body, res.Header)
+	}
+	res, _ = call("GET", "", "")
+	tag := res.Header.Get("ETag")
+	if tag == "" {
+		t.Fatal("GET of one account sends no ETag")
+	}
+	if _, pageTag := getPageRules(t, "acct-b"); pageTag != tag {
+		t.Errorf("the page's ETag %s, the admin route's %s: want one tag per version", pageTag, tag)
+	}
+	if res, body := call("PUT", `"stale"`, `[{"origin":"https://f.example"}]`); res.StatusCode != 412 {
+		t.Errorf("PUT with a stale If-Match: %d %s, want 412", res.StatusCode, body)
+	}
+	if res, body := call("PUT", `"x", `+tag, `[{"origin":"https://f.example"}]`); res.StatusCode != 200 {
+		t.Errorf("PUT with the current ETag in a list: %d %s, want 200", res.StatusCode, body)
+	}
+	if res, _ := call("DELETE", tag, ""); res.StatusCode != 412 {
+		t.Errorf("DELETE with the ETag before the PUT: %d, want 412", res.StatusCode)
+	}
+	res, _ = call("GET", "", "")
+	if res, body := call("DELETE", res.Header.Get("ETag"), ""); res.StatusCode != 204 {
+		t.Errorf("DELETE with the current ETag: %d %s", res.StatusCode, body)
+	}
+
+	var writes []map[string]any
+	for _, e := range readLog(t, logFile) {
+		if e["msg"] == "account rules written" && e["logger"] == "admin.api.atomsphere_cors" {
+			writes = append(writes, e)
+		}
+	}
+	if len(writes) != 3 || writes[0]["by"] != adminBy || fmt.Sprint(writes[1]["origins_added"]) != "[https://f.example]" ||
+		fmt.Sprint(writes[1]["origins_removed"]) != "[https://e.example]" || fmt.Sprint(writes[2]["origins_removed"]) != "[https://f.example]" {
+		t.Errorf("admin write entries: %v", writes)
+	}
+	_, hist := pageCall(t, "GET", pageBase+"/history", "acct-b", nil, "")
+	var h accountHistory
+	_ = json.Unmarshal([]byte(hist), &h)
+	if len(h.Changes) != 3 || h.Changes[0].By != adminBy || len(h.Changes[0].Rules) != 0 || h.Changes[1].Rules[0].Origin != "https://f.example" {
+		t.Errorf("history after the admin writes: %s", hist)
+	}
+}
+
+// The page's config: store and account required, account a placeholder,
+// max_rules positive, in JSON and in a Caddyfile (with file and line).
+func TestPageConfigRefused(t *testing.T) {
+	for _, tc := range []struct{ desc, cfg, want string }{
+		{"no store", `{"account": "{http.auth.user.id}"}`, "store is required"},
+		{"no account", `{"store": {"name": "pt"}}`, "account is required"},
+		{"an account without a placeholder", `{"store": {"name": "pt"}, "account": "acct-a"}`, `account "acct-a" has no placeholder`},
+		{"negative max_rules", `{"store": {"name": "pt"}, "account": "{http.auth.user.id}", "max_rules": -1}`, "max_rules -1 is not positive"},
+		{"a bad store name", `{"store": {"name": "a/b"}, "account": "{http.auth.user.id}"}`, `store name "a/b"`},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			p := &Page{}
+			if err := json.Unmarshal([]byte(tc.cfg), p); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.check(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("check: %v, want %q", err, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct{ desc, cfg, want string }{
+		{"no account", "atomsphere_cors_page {\n\tstore pt\n}", "account is required"},
+		{"max_rules 0", "atomsphere_cors_page {\n\tstore pt\n\taccount {http.auth.user.id}\n\tmax_rules 0\n}", `max_rules "0" is not a positive number, at Testfile:4`},
+		{"repeated account", "atomsphere_cors_page {\n\tstore pt\n\taccount {a}\n\taccount {b}\n}", "account already specified"},
+		{"unknown subdirective", "atomsphere_cors_page {\n\tstore pt\n\taccounts {a}\n}", `unrecognized subdirective "accounts"`},
+	} {
+		t.Run("Caddyfile: "+tc.desc, func(t *testing.T) {
+			var p Page
+			err := p.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.cfg))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("UnmarshalCaddyfile: %v, want %q", err, tc.want)
+			}
+		})
+	}
+	var p Page
+	if err := p.UnmarshalCaddyfile(caddyfile.NewTestDispenser("atomsphere_cors_page {\n\tstore pt {\n\t\tpoll_interval 2s\n\t}\n\taccount {http.auth.user.id}\n\tmax_rules 7\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(mustJSON(p)); got != `{"store":{"name":"pt","poll_interval":2000000000},"account":"{http.auth.user.id}","max_rules":7}` {
+		t.Errorf("parsed %s", got)
+	}
+}
+
+// The directive runs after authentication and request_header, however
+// the Caddyfile orders them: a page before forward_auth would read an
+// identity header the client chose.
+func TestPageDirectiveOrder(t *testing.T) {
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`
+http://127.0.0.1:9819 {
+	atomsphere_cors_page {
+		store pt
+		account {http.request.header.X-User}
+	}
+	request_header X-User-Checked yes
+	forward_auth 127.0.0.1:9 {
+		uri /auth
+		copy_headers X-User
+	}
+	basic_auth {
+		acct-a `+demoHash+`
+	}
+	respond "never" 200
+}
+`), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range regexp.MustCompile(`"handler":"([a-z_]+)"`).FindAllStringSubmatch(string(adapted), -1) {
+		names = append(names, m[1])
+	}
+	page := slices.Index(names, "atomsphere_cors_page")
+	for _, before := range []string{"authentication", "reverse_proxy", "headers"} {
+		if i := slices.Index(names, before); i < 0 || page < i {
+			t.Errorf("handlers in order %v: want atomsphere_cors_page after %s", names, before)
+		}
+	}
+	if i := slices.Index(names, "static_response"); page > i {
+		t.Errorf("handlers in order %v: want atomsphere_cors_page before respond", names)
+	}
+}
+
+// Writes racing with one If-Match: the check runs under the store's lock
+// against the stored version, so exactly one wins and the others get 412
+// (RFC 9110 §13.1.1), whatever this server had read.
+func TestPageConcurrentIfMatch(t *testing.T) {
+	startPageCaddy(t)
+	_, tag := getPageRules(t, "acct-a")
+	const n = 8
+	statuses := make(chan int, n)
+	for i := range n {
+		go func() {
+			res, _ := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", tag),
+				fmt.Sprintf(`[{"origin":"https://race-%d.example"}]`, i))
+			statuses <- res.StatusCode
+		}()
+	}
+	got := map[int]int{}
+	for range n {
+		got[<-statuses]++
+	}
+	if got[200] != 1 || got[412] != n-1 {
+		t.Errorf("statuses %v, want one 200 and %d 412", got, n-1)
+	}
+	_, hist := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
+	if c := strings.Count(hist, `"by":"acct-a"`); c != 1 {
+		t.Errorf("history has %d changes, want the one write: %s", c, hist)
+	}
+}

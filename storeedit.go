@@ -1,0 +1,259 @@
+package atomspherecors
+
+import (
+	"atomspherecors/internal/policy"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// One account's edits, by the CORS page and the admin routes alike:
+// entity tags and If-Match (RFC 9110 §8.8.3, §13.1.1) checked under the
+// store's lock, the account's history kept in the store, and the audit
+// log entry of each write.
+
+// etagOf is the strong entity tag of an account's rules as served
+// (rulesOf): the same rules give the same tag on every server.
+func etagOf(rules []Rule) string {
+	if rules == nil {
+		rules = []Rule{}
+	}
+	b, _ := json.Marshal(rules)
+	sum := sha256.Sum256(b)
+	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
+}
+
+// servedRules are the rules of a stored account as served: none for an
+// account without a valid record.
+func servedRules(a *policy.Account) []Rule {
+	if a == nil {
+		return []Rule{}
+	}
+	return rulesOf(*a)
+}
+
+// errPrecondition is a write refused because its If-Match names another
+// version of the account than the stored one: 412 (RFC 9110 §13.1.1).
+type errPrecondition struct{ account string }
+
+func (e errPrecondition) Error() string {
+	return fmt.Sprintf("account %s was changed since it was read (If-Match does not match its current ETag): nothing written; read it again", q(e.account))
+}
+
+// ifMatches evaluates an If-Match field value against the current
+// entity tag (RFC 9110 §13.1.1): "*" matches any current representation,
+// otherwise one of the listed tags must equal it by strong comparison
+// (a weak tag never does). exists says whether there is a current
+// representation at all.
+func ifMatches(field string, etag string, exists bool) bool {
+	if !exists {
+		return false
+	}
+	for t := range strings.SplitSeq(field, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" || t == etag {
+			return true
+		}
+	}
+	return false
+}
+
+// edit is one write of one account through the page or the admin
+// routes: its If-Match and, once the commit has read it under the
+// store's lock, the account as it was.
+type edit struct {
+	id      string
+	ifMatch []string // the request's If-Match lines; nil: unconditional
+	// absentIsEmpty: an account without a record is an account
+	// without rules (the page, whose GET always shows the account)
+	// rather than no representation (the admin routes' 404).
+	absentIsEmpty bool
+	before        []Rule // the rules as stored before the write
+}
+
+// check is the change's check: it records the stored rules and
+// evaluates If-Match against them.
+func (e *edit) check(stored *policy.Account) error {
+	e.before = servedRules(stored)
+	if e.ifMatch == nil {
+		return nil
+	}
+	exists := stored != nil || e.absentIsEmpty
+	if !ifMatches(strings.Join(e.ifMatch, ","), etagOf(e.before), exists) {
+		return errPrecondition{account: e.id}
+	}
+	return nil
+}
+
+// checkChanges runs the checks of changes that have one, each with the
+// account as stored, before the commit writes anything; s.writeMu and
+// the storage lock are held, so the stored account cannot change
+// between a check and the write.
+func (s *accountStore) checkChanges(ctx context.Context, st certmagic.Storage, changes []change) error {
+	for _, c := range changes {
+		if c.check == nil {
+			continue
+		}
+		var stored *policy.Account
+		b, err := st.Load(ctx, s.keys.account(c.id))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return err
+		default:
+			stored, _ = compileRecord(c.id, b, policy.NewMethodCache())
+		}
+		if err := c.check(stored); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// historyKeep is how many changes of an account its history keeps, and
+// historyMinKeep how many it keeps however large they are; older ones
+// go first once the history passes historyMaxBytes.
+const (
+	historyKeep     = 20
+	historyMinKeep  = 10
+	historyMaxBytes = 1 << 20
+)
+
+// historyEntry is one change of an account as GET /history shows it.
+type historyEntry struct {
+	Time  string `json:"time"` // RFC 3339
+	By    string `json:"by"`
+	Rules []Rule `json:"rules"`
+}
+
+// accountHistory is the stored history of one account, newest first.
+type accountHistory struct {
+	Account string         `json:"account"`
+	Changes []historyEntry `json:"changes"`
+}
+
+// readHistory reads an account's history from the storage (so that
+// every server shows the same); an account never edited has none.
+func (s *accountStore) readHistory(ctx context.Context, id string) (accountHistory, error) {
+	st, _ := s.storage()
+	h := accountHistory{Account: id, Changes: []historyEntry{}}
+	b, err := st.Load(ctx, s.keys.history(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return h, nil
+	}
+	if err != nil {
+		return h, err
+	}
+	var stored accountHistory
+	if err := json.Unmarshal(b, &stored); err != nil || stored.Account != id {
+		return h, fmt.Errorf("history of account %s unreadable", q(id))
+	}
+	if stored.Changes != nil {
+		h.Changes = stored.Changes
+	}
+	return h, nil
+}
+
+// recordHistory adds the changes that name a user (by) to their
+// accounts' histories, under the store's lock that the commit holds. A
+// history is a record of the rules, not the rules: a history the
+// storage fails to take is logged, and the commit stands.
+func (s *accountStore) recordHistory(ctx context.Context, st certmagic.Storage, changes []change) {
+	now := time.Now().UTC().Format(time.RFC3339)
+	for _, c := range changes {
+		if c.by == "" {
+			continue
+		}
+		h, err := s.readHistory(ctx, c.id)
+		if err != nil {
+			s.logger().Warn("account history unreadable: starting it again", zap.String("store", s.name), zap.String("account", c.id), zap.Error(err))
+		}
+		rules := []Rule{}
+		if c.acct != nil {
+			rules = rulesOf(*c.acct)
+		}
+		h.Changes = slices.Insert(h.Changes, 0, historyEntry{Time: now, By: c.by, Rules: rules})
+		h.Changes = h.Changes[:min(len(h.Changes), historyKeep)]
+		b, _ := json.Marshal(h)
+		for len(b) > historyMaxBytes && len(h.Changes) > historyMinKeep {
+			h.Changes = h.Changes[:len(h.Changes)-1]
+			b, _ = json.Marshal(h)
+		}
+		if err := st.Store(ctx, s.keys.history(c.id), b); err != nil {
+			s.logger().Warn("account history not written", zap.String("store", s.name), zap.String("account", c.id), zap.Error(err))
+		}
+	}
+}
+
+// originDiff lists the origins after has and before had not (added),
+// the reverse (removed), and those in both with other methods (changed).
+func originDiff(before, after []Rule) (added, removed, changed []string) {
+	old := make(map[string][]string, len(before))
+	for _, r := range before {
+		old[r.Origin] = r.Methods
+	}
+	for _, r := range after {
+		m, ok := old[r.Origin]
+		switch {
+		case !ok:
+			added = append(added, r.Origin)
+		case !slices.Equal(m, r.Methods):
+			changed = append(changed, r.Origin)
+		}
+		delete(old, r.Origin)
+	}
+	for _, r := range before {
+		if _, ok := old[r.Origin]; ok {
+			removed = append(removed, r.Origin)
+		}
+	}
+	return added, removed, changed
+}
+
+// writeAudit is who wrote an account, from where: the fields of the
+// audit log entries of the page and the admin routes.
+type writeAudit struct {
+	logger  *zap.Logger
+	account string
+	by      string
+	client  string
+}
+
+// written logs a write at info: the account, who, from where, and the
+// origins it added, removed and changed.
+func (a writeAudit) written(before, after []Rule) {
+	added, removed, changed := originDiff(before, after)
+	a.logger.Info("account rules written",
+		zap.String("account", a.account), zap.String("by", a.by), zap.String("client", a.client),
+		zap.Strings("origins_added", added), zap.Strings("origins_removed", removed),
+		zap.Strings("origins_changed", changed), zap.Int("rules", len(after)))
+}
+
+// refused logs a refused write at debug, with its status and why.
+func (a writeAudit) refused(status int, why string) {
+	if ce := a.logger.Check(zapcore.DebugLevel, "account rules write refused"); ce != nil {
+		ce.Write(zap.String("account", a.account), zap.String("by", a.by), zap.String("client", a.client),
+			zap.Int("status", status), zap.String("reason", why))
+	}
+}
+
+// writeStatus is the status of a write the commit refused or failed.
+func writeStatus(err error) int {
+	var pe errPrecondition
+	if errors.As(err, &pe) {
+		return http.StatusPreconditionFailed
+	}
+	return http.StatusServiceUnavailable
+}
