@@ -1,10 +1,11 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"maps"
 	"slices"
 	"strings"
+
+	"atomspherecors/internal/policy"
 )
 
 // accountsView is one immutable state of a store's accounts, read by

@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"bufio"
 	"bytes"
 	"context"
@@ -19,6 +18,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 func init() {

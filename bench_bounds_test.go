@@ -10,7 +10,6 @@ package atomspherecors
 //	go test -run '^$' -bench Bounds -benchmem .
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"net/http"
@@ -23,6 +22,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"atomspherecors/internal/policy"
 )
 
 // boundsAccounts: a small account (origins scanned) and a large one

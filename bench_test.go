@@ -10,7 +10,6 @@ package atomspherecors
 // builds never depend on rs/cors; scripts/perf-e2e measures a real Caddy.
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"flag"
@@ -25,6 +24,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // benchRules returns the three rules of account i, as docs/performance.md describes

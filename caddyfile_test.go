@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -17,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // TestUnmarshalCaddyfile parses every subdirective into the JSON fields.

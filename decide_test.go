@@ -1,10 +1,11 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"os"
 	"strings"
 	"testing"
+
+	"atomspherecors/internal/policy"
 )
 
 // TestReasonsDocumented: every reason of a denial and every message of

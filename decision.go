@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"net"
 	"net/http"
 
@@ -10,6 +9,8 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"atomspherecors/internal/policy"
 )
 
 // observation is where a handler's decisions go besides the debug log: the

@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -18,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"atomspherecors/internal/origin"
+	"atomspherecors/internal/policy"
 )
 
 // Explaining a decision. The explain command (command.go) and its admin

@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"atomspherecors/internal/policy"
 )
 
 // runExplain runs the binary's explain subcommand and returns its

@@ -11,7 +11,6 @@ package atomspherecors
 // 127.0.0.1:9601-9604, admin 127.0.0.1:2961-2964.
 
 import (
-	"atomspherecors/internal/policy"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"atomspherecors/internal/policy"
 	"atomspherecors/internal/testkit"
 )
 

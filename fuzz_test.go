@@ -13,7 +13,6 @@ package atomspherecors
 // on replayed by every plain `go test` run: keep it as a regression case.
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"io"
@@ -35,6 +34,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"atomspherecors/internal/origin"
+	"atomspherecors/internal/policy"
 )
 
 // originSeeds are inputs worth starting every origin-shaped fuzz

@@ -1,13 +1,14 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"errors"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"atomspherecors/internal/policy"
 )
 
 // Metrics. The module's collectors are created once per process and

@@ -4,7 +4,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"io"
@@ -19,6 +18,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"atomspherecors/internal/policy"
 )
 
 func init() {

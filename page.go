@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"embed"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"atomspherecors/internal/origin"
+	"atomspherecors/internal/policy"
 )
 
 func init() {

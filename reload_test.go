@@ -17,7 +17,6 @@ package atomspherecors
 // API), 9250 (fleet central endpoint).
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,6 +33,7 @@ import (
 	"testing"
 	"time"
 
+	"atomspherecors/internal/policy"
 	"atomspherecors/internal/testkit"
 )
 

@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"bufio"
 	"bytes"
 	"crypto/sha256"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"atomspherecors/internal/policy"
 )
 
 // The local snapshot: the last state of a store this server read, in

@@ -4,7 +4,6 @@ package atomspherecors
 // what it holds reads back exactly, and a damaged one is not used.
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // downStorage is a storage that cannot be read, as while the network to

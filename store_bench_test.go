@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"bytes"
 	"context"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // BenchmarkStoreEdit100k is the cost of applying one account's change

@@ -5,7 +5,6 @@ package atomspherecors
 // fails part way, an account given twice in one commit, a head gone.
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 func storeDir(dir, name string) string { return filepath.Join(dir, "atomsphere_cors", name) }

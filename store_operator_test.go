@@ -9,7 +9,6 @@ package atomspherecors
 // in-process admin 127.0.0.1:2975 and HTTP 127.0.0.1:9675-9676.
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,6 +23,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // One store name in one config is one store: two handlers that give the

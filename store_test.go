@@ -7,7 +7,6 @@ package atomspherecors
 // 127.0.0.1:9699.
 
 import (
-	"atomspherecors/internal/policy"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -29,6 +28,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"atomspherecors/internal/policy"
 	"atomspherecors/internal/testkit"
 )
 

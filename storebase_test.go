@@ -6,7 +6,6 @@ package atomspherecors
 // used.
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"atomspherecors/internal/policy"
 	"atomspherecors/internal/testkit"
 )
 

@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"bytes"
 	"cmp"
 	"context"
@@ -16,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // StoreConfig takes a handler's accounts from a rules store kept in

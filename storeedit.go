@@ -1,7 +1,6 @@
 package atomspherecors
 
 import (
-	"atomspherecors/internal/policy"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"atomspherecors/internal/policy"
 )
 
 // One account's edits, by the CORS page and the admin routes alike:

@@ -17,13 +17,14 @@ import (
 	"testing"
 	"time"
 
-	"atomspherecors/internal/testkit"
 	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile" // the caddyfile adapter
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard" // respond, basic_auth, reverse_proxy, file_server...
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"atomspherecors/internal/testkit"
 )
 
 // startCaddy, testClient, doRequest and corsHeaders: see testkit.

@@ -7,7 +7,6 @@ package atomspherecors
 // Caddy (admin localhost:2992, site 127.0.0.1:9200, as the reload tests).
 
 import (
-	"atomspherecors/internal/policy"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -15,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"atomspherecors/internal/policy"
 )
 
 // maxReport bounds the text of any refused config's report here: twenty

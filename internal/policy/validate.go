@@ -1,11 +1,12 @@
 package policy
 
 import (
-	"atomspherecors/internal/quote"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+
+	"atomspherecors/internal/quote"
 )
 
 // A config is checked in one place, newIndex, for JSON, admin-API edits
