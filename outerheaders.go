@@ -3,6 +3,7 @@ package atomspherecors
 import (
 	"context"
 	"errors"
+	"iter"
 	"net/http"
 	"reflect"
 	"strings"
@@ -56,17 +57,29 @@ const maxWriterDepth = 32
 // has written its headers, or nil when there is none.
 func deferredCORSWriter(w http.ResponseWriter) http.ResponseWriter {
 	var found http.ResponseWriter
-	for range maxWriterDepth {
+	for w := range writerChain(w) {
 		if reflect.TypeOf(w) == deferredHeadersType && deferredTouchesCORS(w) {
 			found = w
 		}
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			break
-		}
-		w = u.Unwrap()
 	}
 	return found
+}
+
+// writerChain yields w and each writer it wraps (Unwrap), outermost
+// first, at most maxWriterDepth of them.
+func writerChain(w http.ResponseWriter) iter.Seq[http.ResponseWriter] {
+	return func(yield func(http.ResponseWriter) bool) {
+		for range maxWriterDepth {
+			if !yield(w) {
+				return
+			}
+			u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+			if !ok {
+				return
+			}
+			w = u.Unwrap()
+		}
+	}
 }
 
 // deferredTouchesCORS reports whether a header handler's deferring

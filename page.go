@@ -157,6 +157,14 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	hdr.Set("X-Frame-Options", "DENY")
 	hdr.Set("Referrer-Policy", "same-origin")
 
+	if underCORSHandler(w) {
+		// The API's handler takes the page's path for an account path
+		// and would give the page's answers that account's CORS
+		// headers, letting its origins read every user's rules.
+		p.logger.Error("the CORS page is under a path prefix of atomsphere_cors: it refuses every request; " +
+			"move it outside the API's path prefixes (docs/page.md)")
+		return pageError(w, http.StatusInternalServerError, "the CORS page is misconfigured: see the server's log")
+	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	id, by, why := p.accountOf(repl)
 	audit := writeAudit{logger: p.logger, account: id, by: by, client: clientAddr(r)}
@@ -195,6 +203,17 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		return p.checkOrigin(w, r, id)
 	}
 	return pageError(w, http.StatusNotFound, "not found: %s", path)
+}
+
+// underCORSHandler reports whether w is, or wraps, the response writer of
+// an atomsphere_cors handler that took the request for an account path.
+func underCORSHandler(w http.ResponseWriter) bool {
+	for w := range writerChain(w) {
+		if _, ok := w.(*corsWriter); ok {
+			return true
+		}
+	}
+	return false
 }
 
 func isRead(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
@@ -317,15 +336,23 @@ func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit
 		audit.refused(http.StatusBadRequest, err.Error())
 		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error(), "problems": problemsOf(err, rules)})
 	}
-	e := &edit{id: id, ifMatch: r.Header.Values("If-Match"), absentIsEmpty: true}
-	if _, err := p.store.commit(r.Context(), []change{{id: id, rules: rules, acct: acct, check: e.check, by: audit.by}}); err != nil {
+	served := rulesOf(*acct)
+	e := &edit{id: id, ifMatch: r.Header.Values("If-Match"), absentIsEmpty: true, after: served}
+	_, err = p.store.commit(r.Context(), []change{{id: id, rules: rules, acct: acct, check: e.check, by: audit.by}})
+	if errors.Is(err, errUnchanged) {
+		// The rules are the stored ones: nothing to write, and no
+		// history entry that would push real changes out.
+		audit.refused(http.StatusOK, "unchanged: nothing written")
+		w.Header().Set("ETag", etagOf(served))
+		return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
+	}
+	if err != nil {
 		status := writeStatus(err)
 		if status == http.StatusPreconditionFailed {
 			return refuse(status, "%v", err)
 		}
 		return refuse(status, "the store did not take the write: %v", err)
 	}
-	served := rulesOf(*acct)
 	audit.written(e.before, served)
 	w.Header().Set("ETag", etagOf(served))
 	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
@@ -406,25 +433,49 @@ type checkAnswer struct {
 
 // checkOrigin answers whether a request to the account's API from an origin
 // with a method would be allowed now, as Decide decides the preflight
-// that a browser sends first (docs/behaviour.md §3).
+// that a browser sends first (docs/behaviour.md §2).
 func (p *Page) checkOrigin(w http.ResponseWriter, r *http.Request, id string) error {
 	qs := r.URL.Query()
-	o, m := qs.Get("origin"), normalizeMethod(qs.Get("method"))
-	if o == "" || m == "" {
+	// Each origin and method parameter is one header line, trimmed of
+	// spaces and tabs as an HTTP server trims a field value (RFC 9110
+	// §5.5): two origins are two Origin lines, which the API refuses.
+	origins, methods := qs["origin"], qs["method"]
+	if len(origins) == 0 || len(methods) == 0 || origins[0] == "" || methods[0] == "" {
 		return pageError(w, http.StatusBadRequest, "origin and method are both required")
 	}
-	if len(o) > 2048 || len(m) > 64 {
-		return pageError(w, http.StatusBadRequest, "origin or method too long")
+	if len(origins) > 2 || len(methods) > 2 {
+		return pageError(w, http.StatusBadRequest, "at most two origin and two method parameters")
 	}
-	req := &http.Request{
-		Method: http.MethodOptions,
-		URL:    &url.URL{Path: p.ix.Prefixes()[0] + id + "/"},
-		Header: http.Header{hdrOrigin: {o}, hdrReqMethod: {m}},
+	hdr := http.Header{}
+	for _, o := range origins {
+		if len(o) > 2048 {
+			return pageError(w, http.StatusBadRequest, "origin or method too long")
+		}
+		hdr[hdrOrigin] = append(hdr[hdrOrigin], strings.Trim(o, " \t"))
 	}
-	d := p.ix.Decide(req, false)
+	for _, m := range methods {
+		if len(m) > 64 {
+			return pageError(w, http.StatusBadRequest, "origin or method too long")
+		}
+		hdr[hdrReqMethod] = append(hdr[hdrReqMethod], normalizeMethod(strings.Trim(m, " \t")))
+	}
+	// The preflight a browser sends to the account's API, its target
+	// written as a browser writes the account in a URL and read as the
+	// server reads a target, so the path guard judges it as it judges
+	// the real one.
+	target := p.ix.Prefixes()[0] + url.PathEscape(id) + "/"
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return pageError(w, http.StatusBadRequest, "the account cannot be written in a URL: %v", err)
+	}
+	req := &http.Request{Method: http.MethodOptions, URL: u, RequestURI: target, Header: hdr, Host: r.Host}
+	d := p.ix.Decide(req, true)
 	ans := checkAnswer{Allowed: d.Allowed(), Reason: d.Reason.String()}
-	if ans.Allowed {
+	switch {
+	case ans.Allowed:
 		ans.Reason = fmt.Sprintf("the rule for %s allows %s", d.Rule.Origin, d.Rule.Methods.Header)
+	case d.Reason == policy.AmbiguousPath:
+		ans.Reason = "the API refuses every request for this account ID: a backend could read its path as another account's"
 	}
 	return writeJSON(w, http.StatusOK, ans)
 }

@@ -65,6 +65,7 @@ http://127.0.0.1:9810 {
 			acct-a %s
 			acct-b %s
 			bad/id %s
+			acct-c. %s
 		}
 		atomsphere_cors_page {
 			%s
@@ -80,7 +81,7 @@ http://127.0.0.1:9810 {
 	}
 	respond "api" 200
 }
-`, filepath.Join(dir, "storage"), logFile, store, demoHash, demoHash, demoHash, store, store))
+`, filepath.Join(dir, "storage"), logFile, store, demoHash, demoHash, demoHash, demoHash, store, store))
 	return logFile
 }
 
@@ -331,6 +332,70 @@ func TestPageRoutes(t *testing.T) {
 		if res, _ := pageCall(t, "GET", pageBase+"/check?origin=https://app.example.com", "acct-a", nil, ""); res.StatusCode != 400 {
 			t.Errorf("/check without a method: %d, want 400", res.StatusCode)
 		}
+		// Each parameter is a header line, as the API reads them: two
+		// origins are two Origin lines (refused), a value is trimmed of
+		// the spaces and tabs a server trims from a field value.
+		for _, tc := range []struct{ query, want string }{
+			{"origin=https://app.example.com&origin=https://evil.example&method=GET", `{"allowed":false,"reason":"repeated Origin header"}`},
+			{"origin=https://app.example.com&method=GET&method=GET", `{"allowed":false,"reason":"repeated Access-Control-Request-Method header"}`},
+			{"origin=https://app.example.com%20&method=%09GET", `{"allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
+		} {
+			res, body := pageCall(t, "GET", pageBase+"/check?"+tc.query, "acct-a", nil, "")
+			if res.StatusCode != 200 || strings.TrimSpace(body) != tc.want {
+				t.Errorf("/check?%s: %d %s, want %s", tc.query, res.StatusCode, body, tc.want)
+			}
+		}
+		for _, origin := range []string{"https://app.example.com ", "\thttps://app.example.com"} {
+			res, _ := doRequest(t, "OPTIONS", pageSite+"/api/rest/v1/acct-a/Atom", http.Header{
+				"Origin": {origin}, "Access-Control-Request-Method": {"GET"}})
+			if res.StatusCode != 204 {
+				t.Errorf("preflight with Origin %q: %d, but /check allows it", origin, res.StatusCode)
+			}
+		}
+		// An account whose path the path guard refuses ("acct-c.": a
+		// trimming backend reads acct-c) is refused by the API whatever
+		// its rules: /check says so rather than "allowed".
+		if res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-c.", jsonCT, `[{"origin":"https://app.example.com","methods":["GET"]}]`); res.StatusCode != 200 {
+			t.Fatalf("PUT as acct-c.: %d %s", res.StatusCode, body)
+		}
+		res, body = pageCall(t, "GET", pageBase+"/check?origin=https://app.example.com&method=GET", "acct-c.", nil, "")
+		if res.StatusCode != 200 || !strings.Contains(body, `"allowed":false`) || !strings.Contains(body, "refuses every request for this account ID") {
+			t.Errorf("/check as acct-c.: %d %s, want refused as the API refuses it", res.StatusCode, body)
+		}
+		if res, _ := doRequest(t, "OPTIONS", pageSite+"/api/rest/v1/acct-c./Atom", http.Header{
+			"Origin": {"https://app.example.com"}, "Access-Control-Request-Method": {"GET"}}); res.StatusCode != 400 {
+			t.Errorf("the API's preflight for acct-c.: %d, want 400 from the path guard", res.StatusCode)
+		}
+	})
+
+	t.Run("a save of the stored rules writes nothing: no new history entry, the same ETag", func(t *testing.T) {
+		rules := `[{"origin":"https://same.example","methods":["GET"]}]`
+		if res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-c.", jsonCT, rules); res.StatusCode != 200 {
+			t.Fatalf("PUT: %d %s", res.StatusCode, body)
+		}
+		_, etag := getPageRules(t, "acct-c.")
+		history := func() int {
+			_, body := pageCall(t, "GET", pageBase+"/history", "acct-c.", nil, "")
+			var h accountHistory
+			if err := json.Unmarshal([]byte(body), &h); err != nil {
+				t.Fatalf("GET /history: %v: %s", err, body)
+			}
+			return len(h.Changes)
+		}
+		before := history()
+		for range 3 {
+			res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-c.", withHeaders(jsonCT, "If-Match", etag), rules)
+			if res.StatusCode != 200 || res.Header.Get("ETag") != etag || !strings.Contains(body, "https://same.example") {
+				t.Fatalf("PUT of the same rules: %d ETag %s (was %s) %s", res.StatusCode, res.Header.Get("ETag"), etag, body)
+			}
+		}
+		if after := history(); after != before {
+			t.Errorf("history has %d changes after three saves of the stored rules, had %d", after, before)
+		}
+		// A stale If-Match is still refused, changed or not.
+		if res, _ := pageCall(t, "PUT", pageBase+"/rules", "acct-c.", withHeaders(jsonCT, "If-Match", `"stale"`), rules); res.StatusCode != 412 {
+			t.Errorf("PUT of the same rules with a stale If-Match: %d, want 412", res.StatusCode)
+		}
 	})
 
 	t.Run("GET /history: newest first, at least the last 10 changes, by the signed-in user", func(t *testing.T) {
@@ -429,8 +494,16 @@ func TestPageRoutes(t *testing.T) {
 		if fmt.Sprint(last["origins_added"]) != "[https://h11.example]" || fmt.Sprint(last["origins_removed"]) != "[https://h10.example]" {
 			t.Errorf("last write's entry: %v", last)
 		}
-		if len(written) != 1+3+12 {
-			t.Errorf("%d write entries, want 16 (one per write)", len(written))
+		// acct-a's writes: the first, then three saves of those same
+		// rules (which write nothing, so log no write), then twelve.
+		var ofA int
+		for _, e := range written {
+			if e["account"] == "acct-a" {
+				ofA++
+			}
+		}
+		if ofA != 1+12 {
+			t.Errorf("%d write entries for acct-a, want 13 (one per write that changed the rules)", ofA)
 		}
 		var sawCrossSite, sawStale bool
 		for _, e := range refused {
@@ -684,5 +757,46 @@ func TestPageConcurrentIfMatch(t *testing.T) {
 	_, hist := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
 	if c := strings.Count(hist, `"by":"acct-a"`); c != 1 {
 		t.Errorf("history has %d changes, want the one write: %s", c, hist)
+	}
+}
+
+// TestPageUnderAPIPrefix: a CORS page placed under a path prefix of an
+// atomsphere_cors handler would get that handler's CORS headers for an
+// "account" named by the page's path, letting that account's origins
+// read every user's rules; it refuses every request instead. Ports:
+// admin 127.0.0.1:2941, HTTP 127.0.0.1:9811.
+func TestPageUnderAPIPrefix(t *testing.T) {
+	dir := t.TempDir()
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin 127.0.0.1:2941
+	storage file_system %s
+}
+
+http://127.0.0.1:9811 {
+	bind 127.0.0.1
+	atomsphere_cors {
+		account settings {
+			origin http://localhost:9853 GET PUT
+		}
+	}
+	handle_path /api/rest/v1/settings/cors/* {
+		basic_auth {
+			acct-a %s
+		}
+		atomsphere_cors_page {
+			store under {
+				poll_interval 1h
+			}
+			account {http.auth.user.id}
+		}
+	}
+}
+`, filepath.Join(dir, "storage"), demoHash))
+	base := "http://127.0.0.1:9811/api/rest/v1/settings/cors"
+	for _, route := range []string{"/rules", "/history", "/"} {
+		res, body := pageCall(t, "GET", base+route, "acct-a", http.Header{"Origin": {"http://localhost:9853"}}, "")
+		if res.StatusCode != 500 || strings.Contains(body, `"account"`) || strings.Contains(body, "<html") {
+			t.Errorf("GET %s from an origin the API allows for account settings: %d %s, want 500 and nothing of acct-a's", route, res.StatusCode, body)
+		}
 	}
 }

@@ -80,18 +80,26 @@ type edit struct {
 	// rather than no representation (the admin routes' 404).
 	absentIsEmpty bool
 	before        []Rule // the rules as stored before the write
+	// after, when set, is the rules the write stores, as served: a
+	// write of the stored rules is then refused with errUnchanged.
+	after []Rule
 }
+
+// errUnchanged is a write whose rules are the stored ones: the commit
+// writes nothing (no log entry, no history entry) and the caller answers
+// as if it had.
+var errUnchanged = errors.New("the rules are unchanged: nothing written")
 
 // check is the change's check: it records the stored rules and
 // evaluates If-Match against them.
 func (e *edit) check(stored *policy.Account) error {
 	e.before = servedRules(stored)
-	if e.ifMatch == nil {
-		return nil
-	}
 	exists := stored != nil || e.absentIsEmpty
-	if !ifMatches(strings.Join(e.ifMatch, ","), etagOf(e.before), exists) {
+	if e.ifMatch != nil && !ifMatches(strings.Join(e.ifMatch, ","), etagOf(e.before), exists) {
 		return errPrecondition{account: e.id}
+	}
+	if e.after != nil && exists && slices.EqualFunc(e.before, e.after, sameRule) {
+		return errUnchanged
 	}
 	return nil
 }
@@ -195,3 +203,6 @@ func (s *accountStore) recordHistory(ctx context.Context, st certmagic.Storage, 
 		}
 	}
 }
+
+// sameRule reports whether two served rules are the same.
+func sameRule(a, b Rule) bool { return a.Origin == b.Origin && slices.Equal(a.Methods, b.Methods) }

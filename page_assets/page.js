@@ -88,10 +88,24 @@ function errorText(res, body) {
   return (body && body.error) ? body.error : 'status ' + res.status;
 }
 
+// setLoaded enables saving only while the page shows rules it read, with
+// their ETag: a save always names the version it replaces, so a page
+// that could not load the rules never replaces them with what it shows.
+function setLoaded(tag) {
+  etag = tag;
+  $('save').disabled = !etag;
+  $('add-rule').disabled = !etag;
+}
+
 async function load() {
+  setLoaded(null);
   const {res, body} = await call('rules');
-  if (!res.ok) { setStatus('Could not load the rules: ' + errorText(res, body), 'error'); return; }
-  etag = res.headers.get('ETag');
+  if (!res.ok || !res.headers.get('ETag')) {
+    $('rule-rows').replaceChildren();
+    setStatus('Could not load the rules: ' + errorText(res, body) + '. Reload to try again.', 'error');
+    return;
+  }
+  setLoaded(res.headers.get('ETag'));
   $('account').textContent = body.account;
   render(body.rules);
   setStatus('', '');
@@ -101,13 +115,15 @@ async function load() {
 async function save() {
   for (const m of document.querySelectorAll('.msg')) m.textContent = '';
   setStatus('Saving…', '');
-  const headers = {'Content-Type': 'application/json'};
-  if (etag) headers['If-Match'] = etag;
+  if (!etag) { setStatus('Not saved: the rules are not loaded. Reload to try again.', 'error'); return; }
+  const headers = {'Content-Type': 'application/json', 'If-Match': etag};
   const {res, body} = await call('rules', {method: 'PUT', headers, body: JSON.stringify(collect())});
   if (res.ok) {
-    etag = res.headers.get('ETag');
+    setLoaded(res.headers.get('ETag'));
     render(body.rules);
-    setStatus('Saved: the rules apply now.', 'ok');
+    setStatus('Saved. Preflights from now on follow these rules; a browser may keep using a preflight it ' +
+      'cached (up to the site\'s max age, 1 hour by default), and requests that need no preflight (a simple ' +
+      'GET or POST) reach the API whatever the rules say: only their responses are hidden from the page.', 'ok');
     await loadHistory();
     return;
   }
