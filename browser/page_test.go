@@ -414,3 +414,54 @@ func TestBrowserPageInvalidOriginShownAsText(t *testing.T) {
 		t.Error("a value in the test box became HTML")
 	}
 }
+
+// A page that could not load the rules (the server answered an error, or
+// the network failed) never saves: its Save and "Add an origin" buttons
+// stay disabled, so what it shows can never replace the stored rules
+// without naming their version. The failure is made inside the page, by
+// replacing its fetch for one reload.
+func TestBrowserPageNoSaveWithoutLoad(t *testing.T) {
+	b := startPageEnv(t)
+	adminPut(t, "acct-a", `[{"origin":"https://kept.example","methods":["GET"]}]`)
+	signIn(t, b.ctx, "acct-a")
+	openPage(t, b.ctx, corsPage, "acct-a")
+	if run[bool](t, b.ctx, `document.getElementById('save').disabled`) {
+		t.Fatal("Save is disabled on a page that loaded the rules")
+	}
+	run[bool](t, b.ctx, `(() => {
+		window.realFetch = window.fetch;
+		window.puts = 0;
+		window.fetch = (url, init) => {
+			if (init && init.method === 'PUT') window.puts++;
+			return Promise.resolve(new Response('{"error":"the rules are not loaded on this server yet"}',
+				{status: 503, headers: {'Content-Type': 'application/json'}}));
+		};
+		document.getElementById('reload').click();
+		return true;
+	})()`)
+	got := waitText(t, b.ctx, "#status", func(s string) bool { return strings.HasPrefix(s, "Could not load") })
+	if !run[bool](t, b.ctx, `document.getElementById('save').disabled && document.getElementById('add-rule').disabled`) {
+		t.Errorf("after %q, Save or Add is enabled", got)
+	}
+	run[bool](t, b.ctx, `document.getElementById('save').click(); true`)
+	time.Sleep(200 * time.Millisecond)
+	if n := run[int](t, b.ctx, `window.puts`); n != 0 {
+		t.Errorf("the page sent %d PUT after a failed load", n)
+	}
+	if rules := adminRules(t, "acct-a"); rules != `200 [{"origin":"https://kept.example","methods":["GET"]}]` {
+		t.Errorf("the store holds %s, want the rules the page could not load", rules)
+	}
+	// Loaded again, it saves, with the version it read.
+	run[bool](t, b.ctx, `window.fetch = window.realFetch; document.getElementById('reload').click(); true`)
+	waitText(t, b.ctx, "#status", func(s string) bool { return s == "" })
+	for range 100 {
+		if !run[bool](t, b.ctx, `document.getElementById('save').disabled`) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	addRule(t, b.ctx, "https://added.example", "GET")
+	if got := save(t, b.ctx); !strings.HasPrefix(got, "Saved") {
+		t.Errorf("after a good reload: %q", got)
+	}
+}
