@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"atomspherecors/internal/policy"
+
+	"github.com/caddyserver/certmagic"
 )
 
 // change is one account to write: rules, or a deletion.
@@ -97,40 +99,15 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	}
 	defer func() { _ = st.Unlock(context.Background(), lockName) }()
 
-	head, err := readHead(ctx, st, s.keys)
+	head, prior, err := s.nextHead(ctx, st)
 	if err != nil {
 		return nil, err
-	}
-	s.mu.Lock()
-	known := s.epoch
-	s.mu.Unlock()
-	if head.Epoch == "" && known != "" {
-		// The store this server read has no head: its storage is
-		// emptied or not mounted. Writing would start a store no other
-		// server reads (docs/store.md, "Faults").
-		return nil, errHeadMissing(s.keys)
-	}
-	prior := head
-	if head.Epoch == "" {
-		head.Epoch = newEpoch()
-	}
-	// Adopt the log entries of writers killed before they wrote head:
-	// the accounts they name are read again by every server.
-	for range 3 {
-		if !st.Exists(ctx, s.keys.log(head.Seq+1)) {
-			break
-		}
-		head.Seq++
 	}
 	if err := s.checkChanges(ctx, st, changes); err != nil {
 		return nil, err
 	}
 	seq := head.Seq + 1
-	ids := make([]string, len(changes))
 	existed = make([]bool, len(changes))
-	for i, c := range changes {
-		ids[i] = c.id
-	}
 	_ = inParallel(ctx, len(changes), func(i int) error {
 		existed[i] = st.Exists(ctx, s.keys.account(changes[i].id))
 		return nil
@@ -142,34 +119,15 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	if noop { // deletes of accounts that are not there: nothing to write
 		return existed, nil
 	}
+	ids := make([]string, len(changes))
+	for i, c := range changes {
+		ids[i] = c.id
+	}
 	entry, _ := json.Marshal(logEntry{Accounts: ids})
 	if err := st.Store(ctx, s.keys.log(seq), entry); err != nil {
 		return nil, err
 	}
-	written := make([]bool, len(changes))
-	werr := inParallel(ctx, len(changes), func(i int) error {
-		c := changes[i]
-		if c.delete {
-			if existed[i] {
-				if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return err
-				}
-			}
-		} else {
-			b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
-			if err := st.Store(ctx, s.keys.account(c.id), b); err != nil {
-				return err
-			}
-		}
-		written[i] = true
-		return nil
-	})
-	n := 0
-	for _, w := range written {
-		if w {
-			n++
-		}
-	}
+	written, n, werr := s.writeAccounts(ctx, st, changes, existed)
 	if werr != nil && n == 0 {
 		// Nothing written: take the log entry back (left behind, it
 		// would only make servers read unchanged accounts again).
@@ -197,12 +155,79 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 		changes = kept
 		defer func() { err = &commitError{written: n, published: true, err: werr} }()
 	}
-
 	s.recordHistory(ctx, st, changes)
+	s.applyCommitted(changes, prior, head)
+	return existed, nil
+}
 
-	// Persisted: this server serves it from its next request on.
+// nextHead reads the store's head for a commit (the storage lock held):
+// the head to write after (with a new epoch for a new store, and the log
+// entries of writers killed before they wrote head adopted), and prior,
+// the head as read.
+func (s *accountStore) nextHead(ctx context.Context, st certmagic.Storage) (head, prior storeHead, err error) {
+	head, err = readHead(ctx, st, s.keys)
+	if err != nil {
+		return head, head, err
+	}
 	s.mu.Lock()
-	if s.source == "store" && s.seq == prior.Seq && s.epoch == prior.Epoch && seq == prior.Seq+1 {
+	known := s.epoch
+	s.mu.Unlock()
+	if head.Epoch == "" && known != "" {
+		// The store this server read has no head: its storage is
+		// emptied or not mounted. Writing would start a store no other
+		// server reads (docs/store.md, "Faults").
+		return head, head, errHeadMissing(s.keys)
+	}
+	prior = head
+	if head.Epoch == "" {
+		head.Epoch = newEpoch()
+	}
+	// Adopt the log entries of writers killed before they wrote head:
+	// the accounts they name are read again by every server.
+	for range 3 {
+		if !st.Exists(ctx, s.keys.log(head.Seq+1)) {
+			break
+		}
+		head.Seq++
+	}
+	return head, prior, nil
+}
+
+// writeAccounts writes (or deletes) the changes' records in parallel;
+// written says which succeeded, n how many, err the first failure.
+func (s *accountStore) writeAccounts(ctx context.Context, st certmagic.Storage, changes []change, existed []bool) (written []bool, n int, err error) {
+	written = make([]bool, len(changes))
+	err = inParallel(ctx, len(changes), func(i int) error {
+		c := changes[i]
+		if c.delete {
+			if existed[i] {
+				if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+			}
+		} else {
+			b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
+			if err := st.Store(ctx, s.keys.account(c.id), b); err != nil {
+				return err
+			}
+		}
+		written[i] = true
+		return nil
+	})
+	for _, w := range written {
+		if w {
+			n++
+		}
+	}
+	return written, n, err
+}
+
+// applyCommitted serves committed changes on this server from its next
+// request on; prior is the head the commit read, head the one it wrote.
+func (s *accountStore) applyCommitted(changes []change, prior, head storeHead) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.source == "store" && s.seq == prior.Seq && s.epoch == prior.Epoch && head.Seq == prior.Seq+1 {
 		// This server had read every change before this one (and no
 		// cut-off one was adopted): it is now at this one, with no
 		// log entry to read back.
@@ -217,8 +242,6 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	}
 	s.view.Store(s.view.Load().with(batch))
 	s.dirty = true
-	s.mu.Unlock()
-	return existed, nil
 }
 
 // compileEach runs fn on every value from in, on workers goroutines
