@@ -330,94 +330,122 @@ type importLine struct {
 // account once, as its last line gives it, in commits of importChunk
 // accounts. The body is bounded by the store's max_import_size (413).
 func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accountStore) error {
-	limit := s.maxImport.Load()
 	spool, err := createSpool()
 	if err != nil {
 		return apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
-	sw := bufio.NewWriterSize(spool, 1<<16)
+	lastAt, err := spoolImport(w, r, s, spool)
+	if err != nil {
+		return err
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	done, created, err := commitImport(r.Context(), s, spool, lastAt)
+	if err != nil {
+		return err
+	}
+	// New servers should not read a large import's accounts one by one.
+	s.maybeWriteBase(done >= baseEvery)
+	return writeJSON(w, http.StatusOK, map[string]int{"imported": done, "created": created, "replaced": done - created})
+}
 
+// spoolImport reads and checks every line of an import's body, and
+// writes the records to spool while no line has a problem. lastAt gives,
+// for each account, the spooled record that sets it (its last line): an
+// account named several times is written once.
+func spoolImport(w http.ResponseWriter, r *http.Request, s *accountStore, spool io.Writer) (lastAt map[string]int, err error) {
+	limit := s.maxImport.Load()
+	sw := bufio.NewWriterSize(spool, 1<<16)
 	var bad policy.Problems
 	lines, n := 0, 0
-	// lastAt is the spooled record that gives each account (its last
-	// line): an account named several times is written once.
-	lastAt := map[string]int{}
+	lastAt = map[string]int{}
 	body := &countingReader{r: io.LimitReader(r.Body, limit+1)}
 	rd := bufio.NewReaderSize(&progressReader{r: body, rc: http.NewResponseController(w)}, 1<<16)
 	for lines < maxImportLines {
 		line, tooLong, err := readLine(rd, maxRulesBody)
 		if err != nil && !errors.Is(err, io.EOF) {
-			return apiErr(http.StatusBadRequest, "reading line %d: %v", lines+1, err)
+			return nil, apiErr(http.StatusBadRequest, "reading line %d: %v", lines+1, err)
 		}
 		if body.n > limit {
-			return apiErr(http.StatusRequestEntityTooLarge, "store %s: import refused, nothing written: the body is over %d bytes (the store's max_import_size)", q(s.name), limit)
+			return nil, apiErr(http.StatusRequestEntityTooLarge, "store %s: import refused, nothing written: the body is over %d bytes (the store's max_import_size)", q(s.name), limit)
 		}
 		if len(line) > 0 || tooLong || !errors.Is(err, io.EOF) {
 			lines++
 		}
-		at := policy.Place{Field: "import", Rule: lines}
-		switch {
-		case tooLong:
-			bad.Add(at, fmt.Errorf("line %d: longer than %d bytes", lines, maxRulesBody))
-		case len(bytes.TrimSpace(line)) == 0:
-		case lines == 1 && bytes.HasPrefix(line, []byte("\xef\xbb\xbf")):
-			bad.Add(at, errors.New("line 1: starts with a UTF-8 byte order mark (EF BB BF), which NDJSON does not allow: save the file without it"))
-		default:
-			var il importLine
-			if derr := decodeStrict(line, &il); derr != nil {
-				bad.Add(at, fmt.Errorf("line %d: not a JSON record {\"account\": ..., \"rules\": [...]}: %s", lines, short(derr.Error())))
-				break
-			}
-			id, ierr := importID(il.Account)
-			if ierr != nil {
-				bad.Add(at, fmt.Errorf("line %d: %w", lines, ierr))
-				break
-			}
-			if il.Rules == nil {
-				bad.Add(at, fmt.Errorf("line %d: account %s: \"rules\" missing or null: every line gives the account's rules, [] for none", lines, q(id)))
-				break
-			}
-			if _, cerr := s.compile(id, il.Rules); cerr != nil {
-				var rep *policy.Report
-				if errors.As(cerr, &rep) {
-					for _, e := range rep.List {
-						bad.Add(at, fmt.Errorf("line %d: %w", lines, e))
-					}
-					for range rep.More {
-						bad.Skip()
-					}
-				} else {
-					bad.Add(at, fmt.Errorf("line %d: %w", lines, cerr))
-				}
-				break
-			}
-			if bad.Err() == nil {
-				b, _ := json.Marshal(record{Account: id, Rules: il.Rules})
-				_, _ = sw.Write(append(b, '\n'))
-				lastAt[id] = n
-				n++
-			}
+		if rec, ok := importRecord(s, &bad, lines, line, tooLong); ok && bad.Err() == nil {
+			b, _ := json.Marshal(rec)
+			_, _ = sw.Write(append(b, '\n'))
+			lastAt[rec.Account] = n
+			n++
 		}
 		if errors.Is(err, io.EOF) {
 			break
 		}
 	}
 	if err := bad.Err(); err != nil {
-		return apiErr(http.StatusBadRequest, "import refused, nothing written: %v", err)
+		return nil, apiErr(http.StatusBadRequest, "import refused, nothing written: %v", err)
 	}
 	if err := sw.Flush(); err != nil {
-		return apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
+		return nil, apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
 	}
-	if _, err := spool.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
+	return lastAt, nil
+}
 
-	done, created := 0, 0
+// importRecord checks line number at of an import: a record to write, or
+// its problems added to bad (ok false; also for a blank line).
+func importRecord(s *accountStore, bad *policy.Problems, at int, line []byte, tooLong bool) (rec record, ok bool) {
+	place := policy.Place{Field: "import", Rule: at}
+	switch {
+	case tooLong:
+		bad.Add(place, fmt.Errorf("line %d: longer than %d bytes", at, maxRulesBody))
+		return rec, false
+	case len(bytes.TrimSpace(line)) == 0:
+		return rec, false
+	case at == 1 && bytes.HasPrefix(line, []byte("\xef\xbb\xbf")):
+		bad.Add(place, errors.New("line 1: starts with a UTF-8 byte order mark (EF BB BF), which NDJSON does not allow: save the file without it"))
+		return rec, false
+	}
+	var il importLine
+	if err := decodeStrict(line, &il); err != nil {
+		bad.Add(place, fmt.Errorf("line %d: not a JSON record {\"account\": ..., \"rules\": [...]}: %s", at, short(err.Error())))
+		return rec, false
+	}
+	id, err := importID(il.Account)
+	if err != nil {
+		bad.Add(place, fmt.Errorf("line %d: %w", at, err))
+		return rec, false
+	}
+	if il.Rules == nil {
+		bad.Add(place, fmt.Errorf("line %d: account %s: \"rules\" missing or null: every line gives the account's rules, [] for none", at, q(id)))
+		return rec, false
+	}
+	if _, err := s.compile(id, il.Rules); err != nil {
+		var rep *policy.Report
+		if !errors.As(err, &rep) {
+			bad.Add(place, fmt.Errorf("line %d: %w", at, err))
+			return rec, false
+		}
+		for _, e := range rep.List {
+			bad.Add(place, fmt.Errorf("line %d: %w", at, e))
+		}
+		for range rep.More {
+			bad.Skip()
+		}
+		return rec, false
+	}
+	return record{Account: id, Rules: il.Rules}, true
+}
+
+// commitImport commits the spooled records, importChunk at a time, each
+// account from its last line (lastAt); done counts the accounts written,
+// created those that were new.
+func commitImport(ctx context.Context, s *accountStore, spool io.Reader, lastAt map[string]int) (done, created int, err error) {
 	dec := json.NewDecoder(bufio.NewReaderSize(spool, 1<<16))
 	batch := make([]change, 0, importChunk)
-	flush := func(ctx context.Context) error {
+	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
@@ -441,28 +469,23 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 	for i := 0; dec.More(); i++ {
 		var rec record
 		if err := dec.Decode(&rec); err != nil {
-			return err
+			return done, created, err
 		}
 		if lastAt[rec.Account] != i {
 			continue // named again further on: the last line wins
 		}
 		acct, err := s.compile(rec.Account, rec.Rules)
 		if err != nil {
-			return err
+			return done, created, err
 		}
 		batch = append(batch, change{id: rec.Account, rules: rec.Rules, acct: acct})
 		if len(batch) == importChunk {
-			if err := flush(r.Context()); err != nil {
-				return err
+			if err := flush(); err != nil {
+				return done, created, err
 			}
 		}
 	}
-	if err := flush(r.Context()); err != nil {
-		return err
-	}
-	// New servers should not read a large import's accounts one by one.
-	s.maybeWriteBase(done >= baseEvery)
-	return writeJSON(w, http.StatusOK, map[string]int{"imported": done, "created": created, "replaced": done - created})
+	return done, created, flush()
 }
 
 // importID reads an import line's account ID as written: a JSON string
