@@ -159,7 +159,8 @@ func someIDs(ids []string) string {
 }
 
 // readChanges reads the changes after seq last up to head: the log
-// entries, then the accounts they name.
+// entries, then the accounts they name. Like loadAll it is one pipeline
+// over shared results (read, compile, sort, apply), kept in one function.
 func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, last, gen0 uint64, named map[string]bool) error {
 	seen := named
 	if seen == nil {
@@ -252,7 +253,10 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 	return nil
 }
 
-// loadAll reads every account of the store.
+// loadAll reads every account of the store. It is one pipeline (list the
+// records; read and compile them in parallel; sort what comes back into
+// accounts, refused records, unreadable ones and keys of no record;
+// install), kept in one function because the stages share that sorting.
 func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64) error {
 	keys, err := listAccounts(ctx, st, s.keys.accountsDir())
 	if err != nil {
