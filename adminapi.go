@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 func init() {
@@ -66,7 +67,6 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 }
 
 const (
-	maxRulesBody   = 1 << 20 // a PUT body, and one import line
 	defaultPage    = 100
 	maxPage        = 10000
 	importChunk    = 1000 // accounts per storage commit of an import
@@ -81,36 +81,36 @@ func apiErr(status int, format string, args ...any) error {
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	rest := strings.TrimPrefix(r.URL.EscapedPath(), "/atomsphere_cors/")
 	parts := strings.Split(rest, "/")
-	s := lookupStore(parts[0])
+	s := rulestore.Lookup(parts[0])
 	if s == nil {
 		return apiErr(http.StatusNotFound, "no store %s on this server", q(parts[0]))
 	}
 	switch {
 	case len(parts) == 1 || len(parts) == 2 && parts[1] == "":
-		return only(r, http.MethodGet, func() error { return writeJSON(w, http.StatusOK, s.status()) })
+		return only(r, http.MethodGet, func() error { return writeJSON(w, http.StatusOK, s.Status()) })
 	case len(parts) == 2 && parts[1] == "accounts":
 		return only(r, http.MethodGet, func() error {
-			if err := s.notLoaded(); err != nil {
+			if err := notLoaded(s); err != nil {
 				return err
 			}
 			return a.list(w, r, s)
 		})
 	case len(parts) == 3 && parts[1] == "accounts":
-		id, err := unescapeID(parts[2])
+		id, err := rulestore.UnescapeID(parts[2])
 		if err != nil {
 			return apiErr(http.StatusBadRequest, "account ID %s: %v", q(parts[2]), err)
 		}
 		switch r.Method {
 		case http.MethodGet:
-			if err := s.notLoaded(); err != nil {
+			if err := notLoaded(s); err != nil {
 				return err
 			}
-			acct, ok := s.view.Load().get(id)
+			acct, ok := s.Accounts().Get(id)
 			if !ok {
-				return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
+				return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.Name))
 			}
-			rules := rulesOf(acct)
-			w.Header().Set("ETag", etagOf(rules))
+			rules := rulestore.RulesOf(acct)
+			w.Header().Set("ETag", rulestore.ETag(rules))
 			return writeJSON(w, http.StatusOK, rules)
 		case http.MethodPut:
 			return a.put(w, r, s, id)
@@ -122,7 +122,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return only(r, http.MethodPost, func() error { return a.importNDJSON(w, r, s) })
 	case len(parts) == 2 && parts[1] == "export":
 		return only(r, http.MethodGet, func() error {
-			if err := s.notLoaded(); err != nil {
+			if err := notLoaded(s); err != nil {
 				return err
 			}
 			return a.export(w, s)
@@ -168,35 +168,33 @@ func decodeStrict(b []byte, v any) error {
 // serves no account, which is not the store's content, so the list, the
 // export and an account's rules answer 503 with the reason rather than
 // an empty answer a backup would take for an empty store.
-func (s *accountStore) notLoaded() error {
-	s.mu.Lock()
-	source, lastErr := s.source, s.lastErr
-	s.mu.Unlock()
+func notLoaded(s *rulestore.Store) error {
+	source, lastErr := s.State()
 	if source != "none" {
 		return nil
 	}
 	if lastErr == "" {
 		lastErr = "no read finished yet"
 	}
-	return apiErr(http.StatusServiceUnavailable, "store %s not loaded on this server (serving: none): it has no snapshot and has not yet read the storage: %s", q(s.name), lastErr)
+	return apiErr(http.StatusServiceUnavailable, "store %s not loaded on this server (serving: none): it has no snapshot and has not yet read the storage: %s", q(s.Name), lastErr)
 }
 
 // storeError is the answer to a write the storage did not take.
-func storeError(s *accountStore, err error) error {
-	var ce *commitError
+func storeError(s *rulestore.Store, err error) error {
+	var ce *rulestore.CommitError
 	if errors.As(err, &ce) {
-		return apiErr(http.StatusServiceUnavailable, "store %s: %v", q(s.name), ce)
+		return apiErr(http.StatusServiceUnavailable, "store %s: %v", q(s.Name), ce)
 	}
-	return apiErr(http.StatusServiceUnavailable, "store %s: nothing changed: %v", q(s.name), err)
+	return apiErr(http.StatusServiceUnavailable, "store %s: nothing changed: %v", q(s.Name), err)
 }
 
-func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, id string) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxRulesBody+1))
+func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *rulestore.Store, id string) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, rulestore.MaxRulesBody+1))
 	if err != nil {
 		return apiErr(http.StatusBadRequest, "reading body: %v", err)
 	}
-	if len(body) > maxRulesBody {
-		return apiErr(http.StatusRequestEntityTooLarge, "body over %d bytes", maxRulesBody)
+	if len(body) > rulestore.MaxRulesBody {
+		return apiErr(http.StatusRequestEntityTooLarge, "body over %d bytes", rulestore.MaxRulesBody)
 	}
 	var rules []policy.Rule
 	if err := decodeStrict(body, &rules); err != nil {
@@ -205,12 +203,12 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, 
 	if rules == nil {
 		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: null (an account without rules is [])", q(id))
 	}
-	acct, err := s.compile(id, rules)
+	acct, err := s.Compile(id, rules)
 	if err != nil {
 		return apiErr(http.StatusBadRequest, "%s", err.Error())
 	}
 	e, audit := a.edit(r, id)
-	existed, err := s.commit(r.Context(), []change{{id: id, rules: rules, acct: acct, check: e.check, by: audit.by}})
+	existed, err := s.Commit(r.Context(), []rulestore.Change{{ID: id, Rules: rules, Acct: acct, Check: e.Check, By: audit.by}})
 	if err != nil {
 		return editError(s, audit, err)
 	}
@@ -218,21 +216,21 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *accountStore, 
 	if existed[0] {
 		status = http.StatusOK
 	}
-	served := rulesOf(*acct)
-	audit.written(e.before, served)
-	w.Header().Set("ETag", etagOf(served))
+	served := rulestore.RulesOf(*acct)
+	audit.written(e.Before, served)
+	w.Header().Set("ETag", rulestore.ETag(served))
 	return writeJSON(w, status, served)
 }
 
 // edit is an admin write's If-Match (an account without a record
 // has no representation: If-Match fails, RFC 9110 §13.1.1) and its
 // audit log entry, on the logger of the admin routes.
-func (a *adminAPI) edit(r *http.Request, id string) (*edit, writeAudit) {
+func (a *adminAPI) edit(r *http.Request, id string) (*rulestore.Edit, writeAudit) {
 	logger := a.logger
 	if logger == nil {
 		logger = caddy.Log().Named("admin.api.atomsphere_cors")
 	}
-	return &edit{id: id, ifMatch: r.Header.Values("If-Match")},
+	return &rulestore.Edit{ID: id, IfMatch: r.Header.Values("If-Match")},
 		writeAudit{logger: logger, account: id, by: adminBy, client: r.RemoteAddr}
 }
 
@@ -242,7 +240,7 @@ const adminBy = "admin API"
 
 // editError answers a write of one account that the commit refused (412)
 // or the storage failed (503), and logs it as refused.
-func editError(s *accountStore, audit writeAudit, err error) error {
+func editError(s *rulestore.Store, audit writeAudit, err error) error {
 	status := writeStatus(err)
 	audit.refused(status, err.Error())
 	if status == http.StatusPreconditionFailed {
@@ -251,19 +249,19 @@ func editError(s *accountStore, audit writeAudit, err error) error {
 	return storeError(s, err)
 }
 
-func (a *adminAPI) delete(w http.ResponseWriter, r *http.Request, s *accountStore, id string) error {
+func (a *adminAPI) delete(w http.ResponseWriter, r *http.Request, s *rulestore.Store, id string) error {
 	if err := policy.CheckAccountID(id); err != nil {
 		return apiErr(http.StatusBadRequest, "%s", err.Error())
 	}
 	e, audit := a.edit(r, id)
-	existed, err := s.commit(r.Context(), []change{{id: id, delete: true, check: e.check, by: audit.by}})
+	existed, err := s.Commit(r.Context(), []rulestore.Change{{ID: id, Delete: true, Check: e.Check, By: audit.by}})
 	if err != nil {
 		return editError(s, audit, err)
 	}
 	if !existed[0] {
-		return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.name))
+		return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.Name))
 	}
-	audit.written(e.before, nil)
+	audit.written(e.Before, nil)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -274,7 +272,7 @@ type accountPage struct {
 	Next string `json:"next,omitempty"`
 }
 
-func (a *adminAPI) list(w http.ResponseWriter, r *http.Request, s *accountStore) error {
+func (a *adminAPI) list(w http.ResponseWriter, r *http.Request, s *rulestore.Store) error {
 	qs := r.URL.Query()
 	limit := defaultPage
 	if l := qs.Get("limit"); l != "" {
@@ -284,7 +282,7 @@ func (a *adminAPI) list(w http.ResponseWriter, r *http.Request, s *accountStore)
 		}
 		limit = n
 	}
-	ids, more := s.view.Load().idsAfter(qs.Get("after"), limit)
+	ids, more := s.Accounts().IDsAfter(qs.Get("after"), limit)
 	page := accountPage{Accounts: ids}
 	if more && len(ids) > 0 {
 		page.Next = ids[len(ids)-1]
@@ -294,17 +292,17 @@ func (a *adminAPI) list(w http.ResponseWriter, r *http.Request, s *accountStore)
 
 // export streams the accounts this server serves, one record a line, in
 // ID order, from one consistent state.
-func (a *adminAPI) export(w http.ResponseWriter, s *accountStore) error {
-	v := s.view.Load()
+func (a *adminAPI) export(w http.ResponseWriter, s *rulestore.Store) error {
+	v := s.Accounts()
 	w.Header().Set("Content-Type", ndjsonType)
 	bw := bufio.NewWriterSize(w, 1<<16)
 	enc := json.NewEncoder(bw)
 	var after string
 	for {
-		ids, more := v.idsAfter(after, 4096)
+		ids, more := v.IDsAfter(after, 4096)
 		for _, id := range ids {
-			acct, _ := v.get(id)
-			if err := enc.Encode(record{Account: id, Rules: rulesOf(acct)}); err != nil {
+			acct, _ := v.Get(id)
+			if err := enc.Encode(rulestore.Record{Account: id, Rules: rulestore.RulesOf(acct)}); err != nil {
 				return err
 			}
 		}
@@ -329,10 +327,10 @@ type importLine struct {
 // module's spool directory rather than to memory; then writes each
 // account once, as its last line gives it, in commits of importChunk
 // accounts. The body is bounded by the store's max_import_size (413).
-func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accountStore) error {
-	spool, err := createSpool()
+func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *rulestore.Store) error {
+	spool, err := rulestore.CreateSpool(s.DataDir)
 	if err != nil {
-		return apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
+		return apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.Name), err)
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
@@ -348,7 +346,7 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 		return err
 	}
 	// New servers should not read a large import's accounts one by one.
-	s.maybeWriteBase(done >= baseEvery)
+	s.MaybeWriteBase(done >= rulestore.BaseEvery)
 	return writeJSON(w, http.StatusOK, map[string]int{"imported": done, "created": created, "replaced": done - created})
 }
 
@@ -356,8 +354,8 @@ func (a *adminAPI) importNDJSON(w http.ResponseWriter, r *http.Request, s *accou
 // writes the records to spool while no line has a problem. lastAt gives,
 // for each account, the spooled record that sets it (its last line): an
 // account named several times is written once.
-func spoolImport(w http.ResponseWriter, r *http.Request, s *accountStore, spool io.Writer) (lastAt map[string]int, err error) {
-	limit := s.maxImport.Load()
+func spoolImport(w http.ResponseWriter, r *http.Request, s *rulestore.Store, spool io.Writer) (lastAt map[string]int, err error) {
+	limit := s.MaxImport.Load()
 	sw := bufio.NewWriterSize(spool, 1<<16)
 	var bad policy.Problems
 	lines, n := 0, 0
@@ -365,12 +363,12 @@ func spoolImport(w http.ResponseWriter, r *http.Request, s *accountStore, spool 
 	body := &countingReader{r: io.LimitReader(r.Body, limit+1)}
 	rd := bufio.NewReaderSize(&progressReader{r: body, rc: http.NewResponseController(w)}, 1<<16)
 	for lines < maxImportLines {
-		line, tooLong, err := readLine(rd, maxRulesBody)
+		line, tooLong, err := readLine(rd, rulestore.MaxRulesBody)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, apiErr(http.StatusBadRequest, "reading line %d: %v", lines+1, err)
 		}
 		if body.n > limit {
-			return nil, apiErr(http.StatusRequestEntityTooLarge, "store %s: import refused, nothing written: the body is over %d bytes (the store's max_import_size)", q(s.name), limit)
+			return nil, apiErr(http.StatusRequestEntityTooLarge, "store %s: import refused, nothing written: the body is over %d bytes (the store's max_import_size)", q(s.Name), limit)
 		}
 		if len(line) > 0 || tooLong || !errors.Is(err, io.EOF) {
 			lines++
@@ -389,18 +387,18 @@ func spoolImport(w http.ResponseWriter, r *http.Request, s *accountStore, spool 
 		return nil, apiErr(http.StatusBadRequest, "import refused, nothing written: %v", err)
 	}
 	if err := sw.Flush(); err != nil {
-		return nil, apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.name), err)
+		return nil, apiErr(http.StatusInternalServerError, "store %s: import spool: %v", q(s.Name), err)
 	}
 	return lastAt, nil
 }
 
 // importRecord checks line number at of an import: a record to write, or
 // its problems added to bad (ok false; also for a blank line).
-func importRecord(s *accountStore, bad *policy.Problems, at int, line []byte, tooLong bool) (rec record, ok bool) {
+func importRecord(s *rulestore.Store, bad *policy.Problems, at int, line []byte, tooLong bool) (rec rulestore.Record, ok bool) {
 	place := policy.Place{Field: "import", Rule: at}
 	switch {
 	case tooLong:
-		bad.Add(place, fmt.Errorf("line %d: longer than %d bytes", at, maxRulesBody))
+		bad.Add(place, fmt.Errorf("line %d: longer than %d bytes", at, rulestore.MaxRulesBody))
 		return rec, false
 	case len(bytes.TrimSpace(line)) == 0:
 		return rec, false
@@ -422,7 +420,7 @@ func importRecord(s *accountStore, bad *policy.Problems, at int, line []byte, to
 		bad.Add(place, fmt.Errorf("line %d: account %s: \"rules\" missing or null: every line gives the account's rules, [] for none", at, q(id)))
 		return rec, false
 	}
-	if _, err := s.compile(id, il.Rules); err != nil {
+	if _, err := s.Compile(id, il.Rules); err != nil {
 		var rep *policy.Report
 		if !errors.As(err, &rep) {
 			bad.Add(place, fmt.Errorf("line %d: %w", at, err))
@@ -436,26 +434,26 @@ func importRecord(s *accountStore, bad *policy.Problems, at int, line []byte, to
 		}
 		return rec, false
 	}
-	return record{Account: id, Rules: il.Rules}, true
+	return rulestore.Record{Account: id, Rules: il.Rules}, true
 }
 
 // commitImport commits the spooled records, importChunk at a time, each
 // account from its last line (lastAt); done counts the accounts written,
 // created those that were new.
-func commitImport(ctx context.Context, s *accountStore, spool io.Reader, lastAt map[string]int) (done, created int, err error) {
+func commitImport(ctx context.Context, s *rulestore.Store, spool io.Reader, lastAt map[string]int) (done, created int, err error) {
 	dec := json.NewDecoder(bufio.NewReaderSize(spool, 1<<16))
-	batch := make([]change, 0, importChunk)
+	batch := make([]rulestore.Change, 0, importChunk)
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		existed, err := s.commit(ctx, batch)
+		existed, err := s.Commit(ctx, batch)
 		if err != nil {
-			var ce *commitError
+			var ce *rulestore.CommitError
 			if errors.As(err, &ce) {
-				return apiErr(http.StatusServiceUnavailable, "store %s: import stopped: %d accounts written before a batch of %d, of which %v; the rest of the import not written", q(s.name), done, len(batch), ce)
+				return apiErr(http.StatusServiceUnavailable, "store %s: import stopped: %d accounts written before a batch of %d, of which %v; the rest of the import not written", q(s.Name), done, len(batch), ce)
 			}
-			return apiErr(http.StatusServiceUnavailable, "store %s: import stopped: %d accounts written, the rest of the import not: %v", q(s.name), done, err)
+			return apiErr(http.StatusServiceUnavailable, "store %s: import stopped: %d accounts written, the rest of the import not: %v", q(s.Name), done, err)
 		}
 		for _, e := range existed {
 			if !e {
@@ -467,18 +465,18 @@ func commitImport(ctx context.Context, s *accountStore, spool io.Reader, lastAt 
 		return nil
 	}
 	for i := 0; dec.More(); i++ {
-		var rec record
+		var rec rulestore.Record
 		if err := dec.Decode(&rec); err != nil {
 			return done, created, err
 		}
 		if lastAt[rec.Account] != i {
 			continue // named again further on: the last line wins
 		}
-		acct, err := s.compile(rec.Account, rec.Rules)
+		acct, err := s.Compile(rec.Account, rec.Rules)
 		if err != nil {
 			return done, created, err
 		}
-		batch = append(batch, change{id: rec.Account, rules: rec.Rules, acct: acct})
+		batch = append(batch, rulestore.Change{ID: rec.Account, Rules: rec.Rules, Acct: acct})
 		if len(batch) == importChunk {
 			if err := flush(); err != nil {
 				return done, created, err

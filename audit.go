@@ -7,6 +7,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"atomspherecors/internal/rulestore"
 )
 
 // originDiff lists the origins after has and before had not (added),
@@ -63,7 +65,7 @@ func (a writeAudit) refused(status int, why string) {
 
 // writeStatus is the status of a write the commit refused or failed.
 func writeStatus(err error) int {
-	var pe errPrecondition
+	var pe rulestore.ErrPrecondition
 	if errors.As(err, &pe) {
 		return http.StatusPreconditionFailed
 	}

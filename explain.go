@@ -18,6 +18,7 @@ import (
 
 	"atomspherecors/internal/origin"
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 // Explaining a decision. The explain command (command.go) and its admin
@@ -314,10 +315,10 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 		e.Outcome, e.Account = "allowed", d.Account
 	default:
 		e.Outcome, e.Reason, e.Account = "denied", d.Reason.String(), d.Account
-		if d.Reason == policy.NoRules && ix.Live != nil && !ix.Live.(*accountStore).loaded() {
+		if d.Reason == policy.NoRules && ix.Live != nil && !ix.Live.(*rulestore.Store).Loaded() {
 			// No account is served before the store's first read:
 			// the account's rules are not known, not absent.
-			e.Reason = reasonStoreNotLoaded
+			e.Reason = rulestore.ReasonNotLoaded
 		}
 	}
 }

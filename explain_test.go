@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 // runExplain runs the binary's explain subcommand and returns its
@@ -281,8 +285,17 @@ func TestExplainCommand(t *testing.T) {
 // cannot be read is an error, and a non-zero exit.
 func TestExplainWithStore(t *testing.T) {
 	dir := t.TempDir()
-	s := testStores(t, dir, 1)[0] // store "t"
-	put(t, s, "acct-1", policy.Rule{Origin: "https://app.example", Methods: []string{"GET"}})
+	// Store "t" on disk, with one account, written as a server writes it.
+	s := rulestore.Open("t", "t\nexplain", t.TempDir(), &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
+	t.Cleanup(func() { _ = s.Destruct() })
+	rules := []policy.Rule{{Origin: "https://app.example", Methods: []string{"GET"}}}
+	acct, err := s.Compile("acct-1", rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(context.Background(), []rulestore.Change{{ID: "acct-1", Rules: rules, Acct: acct}}); err != nil {
+		t.Fatal(err)
+	}
 
 	writeConfig := func(root string) string {
 		cfg := fmt.Sprintf(`{"apps": {"http": {"servers": {"s": {"listen": [":9099"], "routes": [{"handle": [

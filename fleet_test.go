@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 	"atomspherecors/internal/testkit"
 )
 
@@ -147,13 +148,13 @@ func (s *fleetServer) call(t testing.TB, method, path, body string) (int, string
 }
 
 // status is the server's store status, nil while it does not answer.
-func (s *fleetServer) status(t testing.TB) (*storeStatus, error) {
+func (s *fleetServer) status(t testing.TB) (*rulestore.Status, error) {
 	res, err := adminClient.Get(s.admin + "/atomsphere_cors/fleet")
 	if err != nil {
 		return nil, err
 	}
 	defer res.Body.Close()
-	var st storeStatus
+	var st rulestore.Status
 	if err := json.NewDecoder(res.Body).Decode(&st); err != nil || res.StatusCode != 200 {
 		return nil, fmt.Errorf("status %d %v", res.StatusCode, err)
 	}
@@ -417,13 +418,13 @@ func TestStoreFleet(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "accounts", "steady-2"), []byte(`{"account":"steady-2","rules":[{"origin":`), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		var h storeHead
+		var h rulestore.Head
 		b, _ := os.ReadFile(filepath.Join(dir, "head"))
 		if err := json.Unmarshal(b, &h); err != nil {
 			t.Fatal(err)
 		}
 		h.Seq++
-		_ = os.WriteFile(filepath.Join(dir, "log", fmt.Sprintf("%020d", h.Seq)), mustJSON(logEntry{Accounts: []string{"steady-2"}}), 0o600)
+		_ = os.WriteFile(filepath.Join(dir, "log", fmt.Sprintf("%020d", h.Seq)), mustJSON(rulestore.LogEntry{Accounts: []string{"steady-2"}}), 0o600)
 		_ = os.WriteFile(filepath.Join(dir, "head"), mustJSON(h), 0o600)
 		for _, s := range all {
 			if err := until(5*time.Second, func() error {

@@ -16,6 +16,7 @@ import (
 
 	"atomspherecors/internal/origin"
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 func init() {
@@ -59,7 +60,7 @@ type Page struct {
 	// The most rules a user may save for the account. Default: 50.
 	MaxRules int `json:"max_rules,omitempty"`
 
-	store  *accountStore
+	store  *rulestore.Store
 	ix     *policy.Index // Decide's view of the store, for /check
 	logger *zap.Logger
 }
@@ -232,7 +233,7 @@ func (p *Page) accountOf(repl *caddy.Replacer) (id, by, why string) {
 	if err := policy.CheckAccountID(id); err != nil {
 		return "", "", "the account placeholder's value is not an account ID"
 	}
-	if len(escapeID(id)) > maxKeySegment {
+	if len(rulestore.EscapeID(id)) > rulestore.MaxKeySegment {
 		return "", "", "the account placeholder's value is too long for a store"
 	}
 	by = id
@@ -275,14 +276,14 @@ type pageRules struct {
 // current is the account's rules as this server serves them; ok is
 // false while the store has never been loaded here.
 func (p *Page) current(id string) ([]Rule, bool) {
-	if !p.store.loaded() {
+	if !p.store.Loaded() {
 		return nil, false
 	}
-	a, ok := p.store.view.Load().get(id)
+	a, ok := p.store.Accounts().Get(id)
 	if !ok {
 		return []Rule{}, true
 	}
-	return rulesOf(a), true
+	return rulestore.RulesOf(a), true
 }
 
 func (p *Page) getRules(w http.ResponseWriter, id string) error {
@@ -290,7 +291,7 @@ func (p *Page) getRules(w http.ResponseWriter, id string) error {
 	if !ok {
 		return pageError(w, http.StatusServiceUnavailable, "the rules are not loaded on this server yet: try again in a moment")
 	}
-	w.Header().Set("ETag", etagOf(rules))
+	w.Header().Set("ETag", rulestore.ETag(rules))
 	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: rules})
 }
 
@@ -331,19 +332,19 @@ func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit
 	if len(rules) > p.MaxRules {
 		return refuse(http.StatusBadRequest, "account %s: %d rules, at most %d", q(id), len(rules), p.MaxRules)
 	}
-	acct, err := p.store.compile(id, rules)
+	acct, err := p.store.Compile(id, rules)
 	if err != nil {
 		audit.refused(http.StatusBadRequest, err.Error())
 		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error(), "problems": problemsOf(err, rules)})
 	}
-	served := rulesOf(*acct)
-	e := &edit{id: id, ifMatch: r.Header.Values("If-Match"), absentIsEmpty: true, after: served}
-	_, err = p.store.commit(r.Context(), []change{{id: id, rules: rules, acct: acct, check: e.check, by: audit.by}})
-	if errors.Is(err, errUnchanged) {
+	served := rulestore.RulesOf(*acct)
+	e := &rulestore.Edit{ID: id, IfMatch: r.Header.Values("If-Match"), AbsentIsEmpty: true, After: served}
+	_, err = p.store.Commit(r.Context(), []rulestore.Change{{ID: id, Rules: rules, Acct: acct, Check: e.Check, By: audit.by}})
+	if errors.Is(err, rulestore.ErrUnchanged) {
 		// The rules are the stored ones: nothing to write, and no
 		// history entry that would push real changes out.
 		audit.refused(http.StatusOK, "unchanged: nothing written")
-		w.Header().Set("ETag", etagOf(served))
+		w.Header().Set("ETag", rulestore.ETag(served))
 		return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
 	}
 	if err != nil {
@@ -353,8 +354,8 @@ func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit
 		}
 		return refuse(status, "the store did not take the write: %v", err)
 	}
-	audit.written(e.before, served)
-	w.Header().Set("ETag", etagOf(served))
+	audit.written(e.Before, served)
+	w.Header().Set("ETag", rulestore.ETag(served))
 	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
 }
 
@@ -418,7 +419,7 @@ func pageScheme(r *http.Request) string {
 }
 
 func (p *Page) getHistory(w http.ResponseWriter, r *http.Request, id string) error {
-	h, err := p.store.readHistory(r.Context(), id)
+	h, err := p.store.ReadHistory(r.Context(), id)
 	if err != nil {
 		return pageError(w, http.StatusServiceUnavailable, "history not available: %v", err)
 	}

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"atomspherecors/internal/rulestore"
 )
 
 const pagePoll = 250 * time.Millisecond
@@ -146,7 +148,7 @@ func TestPageTwoServers(t *testing.T) {
 	}
 
 	_, hist := pageCall(t, "GET", s2+"/settings/cors/history", "acct-a", nil, "")
-	var h accountHistory
+	var h rulestore.History
 	if err := json.Unmarshal([]byte(hist), &h); err != nil || len(h.Changes) != 1 || h.Changes[0].By != "acct-a" || h.Changes[0].Rules[0].Origin != "https://fleet.example" {
 		t.Errorf("server 2's history: %s %v, want server 1's write", hist, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"atomspherecors/internal/rulestore"
 	"atomspherecors/internal/testkit"
 )
 
@@ -376,7 +377,7 @@ func TestPageRoutes(t *testing.T) {
 		_, etag := getPageRules(t, "acct-c.")
 		history := func() int {
 			_, body := pageCall(t, "GET", pageBase+"/history", "acct-c.", nil, "")
-			var h accountHistory
+			var h rulestore.History
 			if err := json.Unmarshal([]byte(body), &h); err != nil {
 				t.Fatalf("GET /history: %v: %s", err, body)
 			}
@@ -406,7 +407,7 @@ func TestPageRoutes(t *testing.T) {
 			}
 		}
 		res, body := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
-		var h accountHistory
+		var h rulestore.History
 		if err := json.Unmarshal([]byte(body), &h); err != nil || res.StatusCode != 200 {
 			t.Fatalf("GET /history: %d %s %v", res.StatusCode, body, err)
 		}
@@ -643,7 +644,7 @@ func TestPageAdminRoutesETag(t *testing.T) {
 		t.Errorf("admin write entries: %v", writes)
 	}
 	_, hist := pageCall(t, "GET", pageBase+"/history", "acct-b", nil, "")
-	var h accountHistory
+	var h rulestore.History
 	_ = json.Unmarshal([]byte(hist), &h)
 	if len(h.Changes) != 3 || h.Changes[0].By != adminBy || len(h.Changes[0].Rules) != 0 || h.Changes[1].Rules[0].Origin != "https://f.example" {
 		t.Errorf("history after the admin writes: %s", hist)

@@ -10,7 +10,6 @@ package atomspherecors
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -22,9 +21,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"go.uber.org/zap"
 
-	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 // One store name in one config is one store: two handlers that give the
@@ -118,9 +116,7 @@ http://127.0.0.1:9608 {
 		t.Fatalf("a load with one store name and one storage: %v", err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
-	registry.Lock()
-	n := len(registry.byName["main"])
-	registry.Unlock()
+	n := rulestore.Registered("main")
 	if n != 1 {
 		t.Errorf("%d stores named main, want one shared by both handlers", n)
 	}
@@ -158,11 +154,11 @@ func startOpsCaddy(t *testing.T, dir string, store map[string]any) {
 
 func opsSeq(t *testing.T) uint64 {
 	t.Helper()
-	st := lookupStore("ops")
+	st := rulestore.Lookup("ops")
 	if st == nil {
 		t.Fatal("no store ops")
 	}
-	return st.status().Seq
+	return st.Status().Seq
 }
 
 // An import names each account once in its answer and its writes,
@@ -559,57 +555,5 @@ func TestStoreBaseCheckedAgainstTheRecords(t *testing.T) {
 	}
 	if st.Accounts != 151 {
 		t.Errorf("the new server serves %d accounts, want the 151 records", st.Accounts)
-	}
-}
-
-// An account the store takes is one its export can give back: rules that
-// export (with the default methods written out) to more than one import
-// line or PUT body can hold are refused when written, not found out at
-// the restore.
-func TestStoreAccountFitsOneImportLine(t *testing.T) {
-	s := testStores(t, t.TempDir(), 1)[0]
-	rules := make([]policy.Rule, 30000)
-	for i := range rules {
-		rules[i] = policy.Rule{Origin: fmt.Sprintf("http://a%d", i)}
-	}
-	body, _ := json.Marshal(rules)
-	if len(body) > maxRulesBody {
-		t.Fatalf("the PUT body is %d bytes: this test needs one under %d", len(body), maxRulesBody)
-	}
-	if _, err := s.compile("big", rules); err == nil || !strings.Contains(err.Error(), "as export writes them") {
-		t.Errorf("an account whose export line is over %d bytes: %v", maxRulesBody, err)
-	}
-	if _, err := s.compile("small", rules[:1000]); err != nil {
-		t.Errorf("an account of 1 000 rules: %v", err)
-	}
-}
-
-// A spool file of a live process that has not changed for a long time
-// is abandoned (its PID is another process's now, or a zombie's): the
-// next store opening removes it; a fresh one is an import in progress.
-func TestStoreSpoolOfALivePIDAbandoned(t *testing.T) {
-	t.Setenv("XDG_DATA_HOME", t.TempDir())
-	dir := spoolDir()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	live := os.Getppid() // the go command running this test: alive
-	old := filepath.Join(dir, fmt.Sprintf("%s%d-old.ndjson", spoolPrefix, live))
-	fresh := filepath.Join(dir, fmt.Sprintf("%s%d-fresh.ndjson", spoolPrefix, live))
-	for _, f := range []string{old, fresh} {
-		if err := os.WriteFile(f, []byte("{}\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	long := time.Now().Add(-spoolAbandoned - time.Minute)
-	if err := os.Chtimes(old, long, long); err != nil {
-		t.Fatal(err)
-	}
-	removeStaleSpools(zap.NewNop())
-	if _, err := os.Stat(old); !os.IsNotExist(err) {
-		t.Errorf("an abandoned spool file of a live PID is still there: %v", err)
-	}
-	if _, err := os.Stat(fresh); err != nil {
-		t.Errorf("a fresh spool file of a live PID was removed: %v", err)
 	}
 }

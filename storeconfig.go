@@ -3,7 +3,6 @@ package atomspherecors
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,9 +13,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 // StoreConfig takes a handler's accounts from a rules store kept in
@@ -46,8 +45,7 @@ type StoreConfig struct {
 }
 
 const (
-	defaultPollInterval  = time.Second
-	defaultMaxImportSize = 256 << 20
+	defaultPollInterval = time.Second
 )
 
 // checkStore adds the problems of a handler's store settings to p.
@@ -109,16 +107,16 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 }
 
 // attachStore makes ix serve the accounts of store s.
-func attachStore(ix *policy.Index, s *accountStore) {
+func attachStore(ix *policy.Index, s *rulestore.Store) {
 	ix.Live = s
-	ix.MaxOriginLen = maxStoreOriginLen
+	ix.MaxOriginLen = rulestore.MaxOriginLen
 }
 
 // useStore returns the loaded store that sc names, opening it for the
 // first user, and records user (a handler or a page) as using it: the
 // atomsphere_cors handler and the CORS page of one config share one
 // loaded store per name and storage. releaseStore undoes it.
-func useStore(ctx caddy.Context, sc *StoreConfig, user any) (*accountStore, error) {
+func useStore(ctx caddy.Context, sc *StoreConfig, user any) (*rulestore.Store, error) {
 	if err := registerStoreMetrics(ctx); err != nil {
 		return nil, err
 	}
@@ -161,28 +159,28 @@ func useStore(ctx caddy.Context, sc *StoreConfig, user any) (*accountStore, erro
 	if interval == 0 {
 		interval = defaultPollInterval
 	}
-	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(sc.MaxImportSize, defaultMaxImportSize))
+	settings := fmt.Sprintf("poll_interval %s, max_import_size %d", interval, cmp.Or(sc.MaxImportSize, rulestore.DefaultMaxImportSize))
 	if err := claimStoreName(ctx, sc.Name, storageKey, storageRaw, settings); err != nil {
 		return nil, err
 	}
 	key := sc.Name + "\n" + storageKey
 	logger := ctx.Logger().Named("store")
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openStore(sc.Name, key, st, logger, interval), nil
+		return rulestore.Open(sc.Name, key, caddy.AppDataDir(), st, logger, interval), nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	s := val.(*accountStore)
-	s.addUser(user, st, logger, interval)
-	s.maxImport.Store(cmp.Or(sc.MaxImportSize, defaultMaxImportSize))
+	s := val.(*rulestore.Store)
+	s.AddUser(user, st, logger, interval)
+	s.MaxImport.Store(cmp.Or(sc.MaxImportSize, rulestore.DefaultMaxImportSize))
 	return s, nil
 }
 
 // releaseStore lets go of user's store: the last user stops its poller.
-func releaseStore(s *accountStore, user any) error {
-	s.removeUser(user)
-	_, err := stores.Delete(s.key)
+func releaseStore(s *rulestore.Store, user any) error {
+	s.RemoveUser(user)
+	_, err := stores.Delete(s.Key)
 	return err
 }
 
@@ -260,7 +258,7 @@ func (h *Handler) Cleanup() error {
 	if h.ix == nil || h.ix.Live == nil {
 		return nil
 	}
-	return releaseStore(h.ix.Live.(*accountStore), h)
+	return releaseStore(h.ix.Live.(*rulestore.Store), h)
 }
 
 var _ caddy.CleanerUpper = (*Handler)(nil)
@@ -303,13 +301,10 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 			return fmt.Errorf("store %s: storage: %v", q(name), err)
 		}
 	}
-	s := newAccountStore(name, "", st, zap.NewNop(), 0)
-	rctx, cancel := context.WithTimeout(ctx, fullReadTimeout)
-	defer cancel()
-	if err := s.poll(rctx); err != nil {
+	s, err := rulestore.ReadOnce(ctx, name, caddy.AppDataDir(), st)
+	if err != nil {
 		return fmt.Errorf("store %s: reading it: %v", q(name), err)
 	}
-	s.source = "store"
 	attachStore(h.ix, s)
 	return nil
 }

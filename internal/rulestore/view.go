@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"maps"
@@ -28,8 +28,8 @@ type accountsView struct {
 // comes once in that many single edits.
 func mergeThreshold(base int) int { return max(512, base/64) }
 
-// get returns an account's compiled rules and whether it exists.
-func (v *accountsView) get(id string) (policy.Account, bool) {
+// Get returns an account's compiled rules and whether it exists.
+func (v *accountsView) Get(id string) (policy.Account, bool) {
 	if v.overlay != nil {
 		if a, ok := v.overlay[id]; ok {
 			if a == nil {
@@ -48,7 +48,7 @@ func (v *accountsView) with(changes map[string]*policy.Account) *accountsView {
 	nv.overlay = make(map[string]*policy.Account, len(v.overlay)+len(changes))
 	maps.Copy(nv.overlay, v.overlay)
 	for id, a := range changes {
-		_, had := v.get(id)
+		_, had := v.Get(id)
 		switch {
 		case had && a == nil:
 			nv.count--
@@ -101,9 +101,9 @@ func newView(accounts map[string]policy.Account) *accountsView {
 	return &accountsView{base: accounts, baseIDs: ids, count: len(accounts)}
 }
 
-// idsAfter returns up to limit account IDs greater than after, in order,
+// IDsAfter returns up to limit account IDs greater than after, in order,
 // and whether more follow.
-func (v *accountsView) idsAfter(after string, limit int) ([]string, bool) {
+func (v *accountsView) IDsAfter(after string, limit int) ([]string, bool) {
 	var extra []string // overlay IDs that exist, sorted
 	for id, a := range v.overlay {
 		if a != nil && id > after {
@@ -141,9 +141,9 @@ func (v *accountsView) idsAfter(after string, limit int) ([]string, bool) {
 	return out, more || j < len(extra)
 }
 
-// rulesOf writes an account's compiled rules back as rules: origins in
+// RulesOf writes an account's compiled rules back as rules: origins in
 // their normalised form, methods as merged (docs/store.md, "Reading").
-func rulesOf(a policy.Account) []policy.Rule {
+func RulesOf(a policy.Account) []policy.Rule {
 	out := make([]policy.Rule, len(a.Origins))
 	for i, ao := range a.Origins {
 		out[i] = policy.Rule{Origin: ao.Origin, Methods: slices.Clone(ao.Methods.List)}
@@ -151,9 +151,9 @@ func rulesOf(a policy.Account) []policy.Rule {
 	return out
 }
 
-// maxStoreOriginLen bounds the Origin values worth parsing for a store's
+// MaxOriginLen bounds the Origin values worth parsing for a store's
 // accounts, which change while the handler runs: the longest canonical
 // origin a rule can have (a 253-character host with a port), spelled
 // with an explicit default port and a Unicode host, as newIndex bounds
 // inline accounts.
-var maxStoreOriginLen = 4*len("https://"+strings.Repeat("h", 253)+":65535") + len(":65535")
+var MaxOriginLen = 4*len("https://"+strings.Repeat("h", 253)+":65535") + len(":65535")

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"bufio"
@@ -27,8 +27,8 @@ import (
 // every account instead.
 
 const (
-	// baseEvery is how many changes after the base a server writes a new one.
-	baseEvery = 100
+	// BaseEvery is how many changes after the base a server writes a new one.
+	BaseEvery = 100
 	// baseMinInterval bounds how often one server writes the base.
 	baseMinInterval = time.Minute
 	// baseWriteTimeout bounds one write of the base (about 0.3 s for
@@ -36,13 +36,13 @@ const (
 	baseWriteTimeout = time.Minute
 )
 
-// maybeWriteBase starts writing the base when this server's accounts
+// MaybeWriteBase starts writing the base when this server's accounts
 // are baseEvery changes past the base it last saw, at most once every
 // baseMinInterval; with now (after an import of at least baseEvery
 // accounts), at once, unless the last import's base is less than
 // baseMinInterval old. It runs in the poller after each successful poll,
 // and with now after such an import.
-func (s *accountStore) maybeWriteBase(now bool) {
+func (s *Store) MaybeWriteBase(now bool) {
 	s.mu.Lock()
 	// An import asks for the base at once, but imports in a row do not
 	// each rewrite every account (about 140 MB at 10^6): within
@@ -74,21 +74,21 @@ func (s *accountStore) maybeWriteBase(now bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), baseWriteTimeout)
 		defer cancel()
 		if err := s.writeBase(ctx, now); err != nil {
-			s.logger().Warn("writing the store's base", zap.String("store", s.name), zap.Error(err))
+			s.logger().Warn("writing the store's base", zap.String("store", s.Name), zap.Error(err))
 		}
 	}()
 }
 
 // writeBase writes the base under a lock of its own, unless another
 // server wrote a recent enough one meanwhile (with now: one as recent).
-func (s *accountStore) writeBase(ctx context.Context, now bool) error {
+func (s *Store) writeBase(ctx context.Context, now bool) error {
 	st, logger := s.storage()
-	lockName := "atomsphere_cors_" + s.name + "_base"
+	lockName := "atomsphere_cors_" + s.Name + "_base"
 	if err := lockStore(ctx, st, lockName); err != nil {
 		return err
 	}
 	defer func() { _ = st.Unlock(context.Background(), lockName) }()
-	var cur storeHead
+	var cur Head
 	if b, err := st.Load(ctx, s.keys.baseSeq()); err == nil {
 		_ = json.Unmarshal(b, &cur)
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -98,9 +98,9 @@ func (s *accountStore) writeBase(ctx context.Context, now bool) error {
 	v := s.view.Load()
 	hdr := s.linesHeader(v)
 	s.mu.Unlock()
-	if cur.Epoch == hdr.Epoch && (cur.Seq >= hdr.Seq || !now && cur.Seq+baseEvery > hdr.Seq) {
+	if cur.Epoch == hdr.Epoch && (cur.Seq >= hdr.Seq || !now && cur.Seq+BaseEvery > hdr.Seq) {
 		s.mu.Lock()
-		s.baseNext = cur.Seq + baseEvery
+		s.baseNext = cur.Seq + BaseEvery
 		s.mu.Unlock()
 		return nil
 	}
@@ -111,14 +111,14 @@ func (s *accountStore) writeBase(ctx context.Context, now bool) error {
 	if err := st.Store(ctx, s.keys.base(), buf.Bytes()); err != nil {
 		return err
 	}
-	b, _ := json.Marshal(storeHead{Seq: hdr.Seq, Epoch: hdr.Epoch})
+	b, _ := json.Marshal(Head{Seq: hdr.Seq, Epoch: hdr.Epoch})
 	if err := st.Store(ctx, s.keys.baseSeq(), b); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.baseNext = hdr.Seq + baseEvery
+	s.baseNext = hdr.Seq + BaseEvery
 	s.mu.Unlock()
-	logger.Info("store base written", zap.String("store", s.name), zap.Int("accounts", hdr.Accounts),
+	logger.Info("store base written", zap.String("store", s.Name), zap.Int("accounts", hdr.Accounts),
 		zap.Uint64("seq", hdr.Seq), zap.Int("bytes", buf.Len()))
 	return nil
 }
@@ -130,12 +130,12 @@ func (s *accountStore) writeBase(ctx context.Context, now bool) error {
 // listed, when not nil, are the accounts that have a record: an account of
 // the base without one is not served (dropped lists them), as the records
 // and not the base are the store.
-func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64, listed map[string]bool) (uint64, []string, error) {
+func (s *Store) loadBase(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head Head, gen0 uint64, listed map[string]bool) (uint64, []string, error) {
 	b, err := st.Load(ctx, s.keys.base())
 	if err != nil {
 		return 0, nil, err
 	}
-	hdr, accounts, err := readAccountLines(bufio.NewReader(bytes.NewReader(b)), s.name)
+	hdr, accounts, err := readAccountLines(bufio.NewReader(bytes.NewReader(b)), s.Name)
 	switch {
 	case err != nil:
 		return 0, nil, fmt.Errorf("%s: %v", s.keys.base(), err)
@@ -157,12 +157,12 @@ func (s *accountStore) loadBase(ctx context.Context, st certmagic.Storage, logge
 	if refused == nil {
 		refused = map[string]string{}
 	}
-	s.install(logger, accounts, refused, storeHead{Seq: hdr.Seq, Epoch: hdr.Epoch}, gen0)
+	s.install(logger, accounts, refused, Head{Seq: hdr.Seq, Epoch: hdr.Epoch}, gen0)
 	s.mu.Lock()
-	s.baseNext = hdr.Seq + baseEvery
+	s.baseNext = hdr.Seq + BaseEvery
 	s.recheckRefused(hdr.Refused)
 	s.mu.Unlock()
-	logger.Info("store loaded from its base", zap.String("store", s.name), zap.Int("accounts", len(accounts)),
+	logger.Info("store loaded from its base", zap.String("store", s.Name), zap.Int("accounts", len(accounts)),
 		zap.Uint64("base_seq", hdr.Seq), zap.Uint64("seq", head.Seq))
 	return hdr.Seq, dropped, nil
 }

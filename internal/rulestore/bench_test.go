@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"bytes"
@@ -35,7 +35,7 @@ func BenchmarkStoreLookup100k(b *testing.B) {
 	for i := range 300 {
 		v = v.with(map[string]*policy.Account{fmt.Sprintf("edit-%d", i): {}})
 	}
-	s := &accountStore{}
+	s := &Store{}
 	s.view.Store(v)
 	b.ResetTimer()
 	for i := range b.N {
@@ -61,16 +61,16 @@ func BenchmarkStoreIdlePoll(b *testing.B) {
 	for _, n := range []int{1000, 100_000} {
 		b.Run(fmt.Sprintf("accounts=%d", n), func(b *testing.B) {
 			b.Setenv("XDG_DATA_HOME", b.TempDir())
-			s := openStore("bench", fmt.Sprintf("bench\n%d", n), newMemStorage(), zap.NewNop(), time.Hour)
+			s := Open("bench", fmt.Sprintf("bench\n%d", n), dataDirFromEnv(), newMemStorage(), zap.NewNop(), time.Hour)
 			defer func() { _ = s.Destruct() }()
 			ctx := context.Background()
 			rules := []policy.Rule{{Origin: "https://a.example", Methods: []string{"GET"}}}
 			for lo := 0; lo < n; lo += 5000 {
-				var batch []change
+				var batch []Change
 				for i := lo; i < min(lo+5000, n); i++ {
 					batch = append(batch, writeOf(b, s, fmt.Sprintf("account-%06d", i), rules...))
 				}
-				if _, err := s.commit(ctx, batch); err != nil {
+				if _, err := s.Commit(ctx, batch); err != nil {
 					b.Fatal(err)
 				}
 			}

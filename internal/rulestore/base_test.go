@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 // The store's shared base (docs/store.md, "How the store works"): a
 // server that starts without a snapshot reads the base and the log
@@ -29,7 +29,7 @@ import (
 // it from the base, and one serving the new origin read the record. (A
 // base is checked against which records exist, not against their
 // content: docs/store.md, "Faults".)
-func baseFixture(t *testing.T) (dir string, a *accountStore) {
+func baseFixture(t *testing.T) (dir string, a *Store) {
 	t.Helper()
 	dir = t.TempDir()
 	a = testStores(t, dir, 1)[0]
@@ -44,7 +44,7 @@ func baseFixture(t *testing.T) (dir string, a *accountStore) {
 	}
 	put(t, a, "acct-new", policy.Rule{Origin: "https://new.example"})
 	put(t, a, "acct-03", policy.Rule{Origin: "https://replaced.example"})
-	if _, err := a.commit(context.Background(), []change{{id: "acct-05", delete: true}}); err != nil {
+	if _, err := a.Commit(context.Background(), []Change{{ID: "acct-05", Delete: true}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "atomsphere_cors", "t", "accounts", "acct-07"),
@@ -55,10 +55,10 @@ func baseFixture(t *testing.T) (dir string, a *accountStore) {
 }
 
 // freshServer opens the store as a server without a snapshot would.
-func freshServer(t *testing.T, dir string) *accountStore {
+func freshServer(t *testing.T, dir string) *Store {
 	t.Helper()
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
-	s := openStore("t", "t\nfresh", &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
+	s := Open("t", "t\nfresh", dataDirFromEnv(), &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
 	t.Cleanup(func() { _ = s.Destruct() })
 	return s
 }
@@ -79,7 +79,7 @@ func TestStoreBaseStartsANewServer(t *testing.T) {
 	if allows(s, "acct-05", "https://a5.example") {
 		t.Error("an account deleted after the base is still served")
 	}
-	if st := s.status(); st.Serving != "store" || st.Accounts != 30 || st.Seq != 33 {
+	if st := s.Status(); st.Serving != "store" || st.Accounts != 30 || st.Seq != 33 {
 		t.Errorf("status %+v, want serving store, 30 accounts, seq 33", st)
 	}
 }
@@ -129,25 +129,25 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 		if err != nil {
 			return 0, err
 		}
-		var h storeHead
+		var h Head
 		_, err = fmt.Sscanf(string(b), `{"seq":%d`, &h.Seq)
 		return h.Seq, err
 	}
-	for i := range baseEvery - 1 {
+	for i := range BaseEvery - 1 {
 		put(t, a, fmt.Sprintf("acct-%03d", i), policy.Rule{Origin: "https://a.example"})
 	}
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a.maybeWriteBase(false)
+	a.MaybeWriteBase(false)
 	// Let a first base of the store be written, then no other until
 	// baseEvery changes more.
 	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error { _, err := baseSeq(); return err }); err != nil {
 		t.Fatalf("no base written: %v", err)
 	}
 	first, _ := baseSeq()
-	if first != baseEvery-1 {
-		t.Fatalf("base at %d, want %d", first, baseEvery-1)
+	if first != BaseEvery-1 {
+		t.Fatalf("base at %d, want %d", first, BaseEvery-1)
 	}
 	put(t, a, "acct-x", policy.Rule{Origin: "https://x.example"})
 	a.mu.Lock()
@@ -164,12 +164,12 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 	if err := a.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a.maybeWriteBase(false)
+	a.MaybeWriteBase(false)
 	time.Sleep(200 * time.Millisecond)
 	if got, _ := baseSeq(); got != first {
 		t.Fatalf("base rewritten at %d after one change", got)
 	}
-	for i := range baseEvery {
+	for i := range BaseEvery {
 		put(t, a, fmt.Sprintf("acct-y%03d", i), policy.Rule{Origin: "https://y.example"})
 	}
 	if err := a.poll(ctx); err != nil {
@@ -178,8 +178,8 @@ func TestStoreBaseWrittenEveryHundredChanges(t *testing.T) {
 	a.mu.Lock()
 	a.baseAt = time.Time{}
 	a.mu.Unlock()
-	a.maybeWriteBase(false)
-	want := uint64(2 * baseEvery)
+	a.MaybeWriteBase(false)
+	want := uint64(2 * BaseEvery)
 	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error {
 		if got, _ := baseSeq(); got != want {
 			return fmt.Errorf("base at %d, want %d", got, want)
@@ -199,13 +199,13 @@ func TestStoreFullReadDuringWrites(t *testing.T) {
 	ss := testStores(t, dir, 2)
 	writer := ss[0]
 	ctx := context.Background()
-	commitRange := func(s *accountStore, prefix string, lo, hi int) {
+	commitRange := func(s *Store, prefix string, lo, hi int) {
 		t.Helper()
-		var batch []change
+		var batch []Change
 		for i := lo; i < hi; i++ {
 			batch = append(batch, writeOf(t, s, fmt.Sprintf("%s-%05d", prefix, i), policy.Rule{Origin: fmt.Sprintf("https://a%d.example", i)}))
 		}
-		if _, err := s.commit(ctx, batch); err != nil {
+		if _, err := s.Commit(ctx, batch); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -240,7 +240,7 @@ func TestStoreFullReadDuringWrites(t *testing.T) {
 				t.Fatalf("round %d: %s missing after a full read during writes (%d accounts served)", round, id, reader.view.Load().count)
 			}
 		}
-		if st := reader.status(); len(st.Refused) > 0 {
+		if st := reader.Status(); len(st.Refused) > 0 {
 			close(stop)
 			<-wrote
 			t.Fatalf("round %d: records refused: %v", round, st.Refused)
@@ -274,7 +274,7 @@ func TestStoreBaseAfterImportsInARow(t *testing.T) {
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	a.maybeWriteBase(true) // the first import
+	a.MaybeWriteBase(true) // the first import
 	if err := testkit.Until(10*time.Second, 10*time.Millisecond, func() error {
 		if baseSeq() == "" {
 			return errors.New("no base")
@@ -288,7 +288,7 @@ func TestStoreBaseAfterImportsInARow(t *testing.T) {
 	if err := a.poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	a.maybeWriteBase(true) // a second import, at once
+	a.MaybeWriteBase(true) // a second import, at once
 	time.Sleep(200 * time.Millisecond)
 	if err := idle(); err != nil || baseSeq() != first {
 		t.Errorf("the base was rewritten by an import right after another (%q, then %q)", first, baseSeq())
@@ -318,7 +318,7 @@ func TestStoreNumericAccountIDs(t *testing.T) {
 		}
 	}
 	if s := freshServer(t, dir); !allows(s, "4242", "https://n.example") {
-		t.Errorf("a new server from the base does not serve account 4242: %+v", s.status())
+		t.Errorf("a new server from the base does not serve account 4242: %+v", s.Status())
 	}
 	// A corrupt record of a digits ID: refused and reported by a full read.
 	rec := filepath.Join(dir, "atomsphere_cors", "t", "accounts", "777")
@@ -332,7 +332,7 @@ func TestStoreNumericAccountIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := freshServer(t, dir)
-	if st := s.status(); st.Refused["777"] == "" {
+	if st := s.Status(); st.Refused["777"] == "" {
 		t.Errorf("the corrupt record of account 777 is not reported as refused: %+v", st)
 	}
 	if allows(s, "777", "https://m.example") {

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"bufio"
@@ -17,9 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/quote"
 )
 
 // The local snapshot: the last state of a store this server read, in
@@ -48,7 +47,7 @@ const snapshotEvery = time.Minute
 const snapshotFormat = "lines-1"
 
 // snapshotHeader is the first line of a snapshot, and of the store's
-// shared base (storebase.go), which has the same format.
+// shared base (base.go), which has the same format.
 type snapshotHeader struct {
 	Store    string            `json:"store"`
 	Format   string            `json:"format"`
@@ -59,8 +58,8 @@ type snapshotHeader struct {
 }
 
 // linesHeader is the header of the accounts of v; s.mu is held.
-func (s *accountStore) linesHeader(v *accountsView) snapshotHeader {
-	return snapshotHeader{Store: s.name, Format: snapshotFormat, Seq: s.seq, Epoch: s.epoch,
+func (s *Store) linesHeader(v *accountsView) snapshotHeader {
+	return snapshotHeader{Store: s.Name, Format: snapshotFormat, Seq: s.seq, Epoch: s.epoch,
 		Accounts: v.count, Refused: maps.Clone(s.refused)}
 }
 
@@ -70,10 +69,10 @@ func writeAccountLines(w *bufio.Writer, hdr snapshotHeader, v *accountsView) {
 	_ = json.NewEncoder(w).Encode(hdr)
 	var after string
 	for {
-		ids, more := v.idsAfter(after, 4096)
+		ids, more := v.IDsAfter(after, 4096)
 		for _, id := range ids {
-			a, _ := v.get(id)
-			w.WriteString(escapeID(id))
+			a, _ := v.Get(id)
+			w.WriteString(EscapeID(id))
 			for _, ao := range a.Origins {
 				w.WriteByte('\t')
 				w.WriteString(ao.Origin)
@@ -98,20 +97,20 @@ func readAccountLines(r *bufio.Reader, store string) (snapshotHeader, map[string
 		return hdr, nil, errors.New("no header")
 	}
 	if hdr.Format != snapshotFormat {
-		return hdr, nil, fmt.Errorf("format %s, not %s", q(hdr.Format), snapshotFormat)
+		return hdr, nil, fmt.Errorf("format %s, not %s", quote.Value(hdr.Format), snapshotFormat)
 	}
 	accounts, err := readSnapshotLines(r, hdr.Accounts)
 	return hdr, accounts, err
 }
 
-func (s *accountStore) snapshotPath() string {
-	sum := sha256.Sum256([]byte(s.key))
-	return filepath.Join(caddy.AppDataDir(), "atomsphere_cors", s.name+"-"+hex.EncodeToString(sum[:6])+".ndjson")
+func (s *Store) snapshotPath() string {
+	sum := sha256.Sum256([]byte(s.Key))
+	return filepath.Join(s.DataDir, "atomsphere_cors", s.Name+"-"+hex.EncodeToString(sum[:6])+".ndjson")
 }
 
 // writeSnapshot writes the accounts served now, atomically (a temporary
 // file renamed over the last snapshot).
-func (s *accountStore) writeSnapshot() error {
+func (s *Store) writeSnapshot() error {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
 	s.mu.Lock()
@@ -147,7 +146,7 @@ func (s *accountStore) writeSnapshot() error {
 // The lines are read in blocks that the CPUs parse and compile in
 // parallel; one bad line, or a count that differs from the header's,
 // refuses the whole snapshot.
-func (s *accountStore) loadSnapshot() error {
+func (s *Store) loadSnapshot() error {
 	f, err := os.Open(s.snapshotPath())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -156,7 +155,7 @@ func (s *accountStore) loadSnapshot() error {
 		return err
 	}
 	defer f.Close()
-	hdr, accounts, err := readAccountLines(bufio.NewReaderSize(f, 1<<16), s.name)
+	hdr, accounts, err := readAccountLines(bufio.NewReaderSize(f, 1<<16), s.Name)
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %v", f.Name(), err)
 	}
@@ -257,15 +256,15 @@ func readSnapshotLines(r *bufio.Reader, want int) (map[string]policy.Account, er
 // parseSnapshotLine reads and compiles one account line.
 func parseSnapshotLine(line []byte, cache *policy.MethodCache) (string, policy.Account, error) {
 	fields := strings.Split(strings.TrimSuffix(string(line), "\n"), "\t")
-	id, err := unescapeID(fields[0])
+	id, err := UnescapeID(fields[0])
 	if err != nil {
-		return "", policy.Account{}, fmt.Errorf("account ID %s: %v", q(fields[0]), err)
+		return "", policy.Account{}, fmt.Errorf("account ID %s: %v", quote.Value(fields[0]), err)
 	}
 	rules := make([]policy.Rule, 0, len(fields)-1)
 	for _, f := range fields[1:] {
 		origin, methods, ok := strings.Cut(f, " ")
 		if !ok {
-			return "", policy.Account{}, fmt.Errorf("account %s: rule %s has no methods", q(id), q(f))
+			return "", policy.Account{}, fmt.Errorf("account %s: rule %s has no methods", quote.Value(id), quote.Value(f))
 		}
 		rules = append(rules, policy.Rule{Origin: origin, Methods: strings.Split(methods, ",")})
 	}

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"fmt"
@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -21,17 +20,19 @@ import (
 // next server to start on that data directory removes it
 // (docs/store.md, "Admin routes").
 
-// spoolDir is the spool directory: atomsphere_cors/import-spool in
-// Caddy's data directory, next to the stores' snapshots.
-func spoolDir() string { return filepath.Join(caddy.AppDataDir(), "atomsphere_cors", "import-spool") }
+// spoolDir is the spool directory: atomsphere_cors/import-spool in the
+// data directory (Caddy's), next to the stores' snapshots.
+func spoolDir(dataDir string) string {
+	return filepath.Join(dataDir, "atomsphere_cors", "import-spool")
+}
 
 const spoolPrefix = "import-"
 
-// createSpool creates a spool file for one import, readable by this
+// CreateSpool creates a spool file for one import, readable by this
 // user alone (it holds tenants' rules).
-func createSpool() (*os.File, error) {
-	cleanSpool.Do(func() { removeStaleSpools(zap.NewNop()) })
-	dir := spoolDir()
+func CreateSpool(dataDir string) (*os.File, error) {
+	cleanSpool.Do(func() { removeStaleSpools(dataDir, zap.NewNop()) })
+	dir := spoolDir(dataDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -49,8 +50,8 @@ var cleanSpool sync.Once
 // validation and writes take (minutes at 10^6 accounts).
 const spoolAbandoned = 6 * time.Hour
 
-func removeStaleSpools(logger *zap.Logger) {
-	dir := spoolDir()
+func removeStaleSpools(dataDir string, logger *zap.Logger) {
+	dir := spoolDir(dataDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return

@@ -8,240 +8,22 @@ package atomspherecors
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
-	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 	"atomspherecors/internal/testkit"
 )
-
-func TestAccountsViewMatchesAMap(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	want := map[string]bool{}
-	v := newView(nil)
-	one := policy.Account{Origins: []policy.AllowedOrigin{{Origin: "https://a.example", Methods: &policy.MethodSet{List: []string{"GET"}}}}}
-	for step := range 5000 {
-		batch := map[string]*policy.Account{}
-		for range 1 + rng.IntN(3) {
-			id := fmt.Sprintf("acct-%04d", rng.IntN(1500))
-			if rng.IntN(3) == 0 {
-				batch[id] = nil
-				delete(want, id)
-			} else {
-				batch[id] = &one
-				want[id] = true
-			}
-		}
-		v = v.with(batch)
-		if v.count != len(want) {
-			t.Fatalf("step %d: count %d, want %d", step, v.count, len(want))
-		}
-		if step%500 == 0 {
-			var got []string
-			after := ""
-			for range 1000 {
-				ids, more := v.idsAfter(after, 7)
-				got = append(got, ids...)
-				if !more {
-					break
-				}
-				after = ids[len(ids)-1]
-			}
-			wantIDs := make([]string, 0, len(want))
-			for id := range want {
-				wantIDs = append(wantIDs, id)
-			}
-			slices.Sort(wantIDs)
-			if !slices.Equal(got, wantIDs) {
-				t.Fatalf("step %d: listed %d IDs, want %d", step, len(got), len(wantIDs))
-			}
-		}
-	}
-	for i := range 1500 {
-		id := fmt.Sprintf("acct-%04d", i)
-		if _, ok := v.get(id); ok != want[id] {
-			t.Fatalf("%s: present %v, want %v", id, ok, want[id])
-		}
-	}
-}
-
-// testStores opens n stores on one file_system directory, as n servers
-// sharing it would; the snapshots go to a temporary data directory.
-func testStores(t *testing.T, dir string, n int) []*accountStore {
-	t.Helper()
-	t.Setenv("XDG_DATA_HOME", t.TempDir())
-	out := make([]*accountStore, n)
-	for i := range out {
-		st := &certmagic.FileStorage{Path: dir}
-		out[i] = openStore("t", fmt.Sprintf("t\n%d", i), st, zap.NewNop(), time.Hour)
-		s := out[i]
-		t.Cleanup(func() { _ = s.Destruct() })
-	}
-	return out
-}
-
-// writeOf is the change that writes rules to account id, compiled as an
-// admin write's are.
-func writeOf(tb testing.TB, s *accountStore, id string, rules ...policy.Rule) change {
-	tb.Helper()
-	a, err := s.compile(id, rules)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return change{id: id, rules: rules, acct: a}
-}
-
-func put(t *testing.T, s *accountStore, id string, rules ...policy.Rule) {
-	t.Helper()
-	if _, err := s.commit(context.Background(), []change{writeOf(t, s, id, rules...)}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func allows(s *accountStore, id, origin string) bool {
-	a := s.Account(id)
-	return a.Find(origin) != nil
-}
-
-func TestStoreWritesConverge(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
-	ctx := context.Background()
-	put(t, a, "acct-1", policy.Rule{Origin: "https://one.example"})
-	if !allows(a, "acct-1", "https://one.example") {
-		t.Fatal("the writing server does not serve its write")
-	}
-	if allows(b, "acct-1", "https://one.example") {
-		t.Fatal("served before a poll")
-	}
-	if err := b.poll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !allows(b, "acct-1", "https://one.example") {
-		t.Fatal("the other server did not pick the write up")
-	}
-	// Writes to different accounts from both servers at once: none lost.
-	var wg sync.WaitGroup
-	for i, s := range ss {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range 20 {
-				put(t, s, fmt.Sprintf("s%d-%d", i, j), policy.Rule{Origin: fmt.Sprintf("https://s%d-%d.example", i, j)})
-			}
-		}()
-	}
-	wg.Wait()
-	for _, s := range ss {
-		if err := s.poll(ctx); err != nil {
-			t.Fatal(err)
-		}
-		for i := range ss {
-			for j := range 20 {
-				if !allows(s, fmt.Sprintf("s%d-%d", i, j), fmt.Sprintf("https://s%d-%d.example", i, j)) {
-					t.Errorf("%s lacks s%d-%d", s.key, i, j)
-				}
-			}
-		}
-	}
-	// A deletion reaches the other server.
-	if _, err := b.commit(ctx, []change{{id: "acct-1", delete: true}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.poll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := a.view.Load().get("acct-1"); ok {
-		t.Error("deleted account still served by the other server")
-	}
-}
-
-func TestStoreCorruptRecordAndInterruptedWrite(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
-	ctx := context.Background()
-	put(t, a, "good", policy.Rule{Origin: "https://good.example"})
-	put(t, a, "bad", policy.Rule{Origin: "https://bad.example"})
-	// A writer killed after its log entry and part of its accounts.
-	st := &certmagic.FileStorage{Path: dir}
-	head, _ := readHead(ctx, st, a.keys)
-	_ = st.Store(ctx, a.keys.log(head.Seq+1), mustJSON(logEntry{Accounts: []string{"bad"}}))
-	_ = st.Store(ctx, a.keys.account("bad"), []byte(`{"account":"bad","rules":[{"origin":"https://bad.example/x"}]}`))
-	// The next writer adopts the entry: every server reads "bad" again.
-	put(t, a, "other", policy.Rule{Origin: "https://other.example"})
-	if err := b.poll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if allows(b, "bad", "https://bad.example") {
-		t.Error("an invalid record is served")
-	}
-	if !allows(b, "good", "https://good.example") || !allows(b, "other", "https://other.example") {
-		t.Error("other accounts stopped working")
-	}
-	if st := b.status(); !strings.Contains(st.Refused["bad"], "must not have a path") {
-		t.Errorf("status does not report the refused record: %+v", st)
-	}
-	// Written again correctly, it is served again.
-	put(t, a, "bad", policy.Rule{Origin: "https://bad.example"})
-	if err := b.poll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !allows(b, "bad", "https://bad.example") || len(b.status().Refused) != 0 {
-		t.Error("a record written again is not served")
-	}
-}
-
-func TestStoreSameAccountLastWriterWins(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 3)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for i, s := range ss {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range 10 {
-				put(t, s, "shared", policy.Rule{Origin: fmt.Sprintf("https://w%d-%d.example", i, j)})
-			}
-		}()
-	}
-	wg.Wait()
-	b, err := os.ReadFile(filepath.Join(dir, "atomsphere_cors", "t", "accounts", "shared"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec record
-	if err := json.Unmarshal(b, &rec); err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range ss {
-		if err := s.poll(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if got := rulesOf(s.Account("shared")); !reflect.DeepEqual(got[0].Origin, rec.Rules[0].Origin) {
-			t.Errorf("%s serves %v, the store holds %v", s.key, got, rec.Rules)
-		}
-	}
-}
 
 func TestStoreConfigRefusals(t *testing.T) {
 	for _, tc := range []struct{ name, cfg, want string }{
@@ -351,11 +133,11 @@ func TestStoreAdminRoutesInProcess(t *testing.T) {
 	if st, _ := storeCall(t, storeAdmin, "PUT", "/atomsphere_cors/main/accounts/"+strings.Repeat("x", 200), `[]`); st != http.StatusCreated {
 		t.Errorf("PUT of a 200-byte ID: %d", st)
 	}
-	seqBefore := lookupStore("main").status().Seq
+	seqBefore := rulestore.Lookup("main").Status().Seq
 	if st, _ := storeCall(t, storeAdmin, "DELETE", "/atomsphere_cors/main/accounts/never-there", ""); st != http.StatusNotFound {
 		t.Errorf("DELETE of a missing account: %d", st)
 	}
-	if got := lookupStore("main").status().Seq; got != seqBefore {
+	if got := rulestore.Lookup("main").Status().Seq; got != seqBefore {
 		t.Errorf("a DELETE answered 404 wrote a change (seq %d -> %d)", seqBefore, got)
 	}
 	if st, _ := storeCall(t, storeAdmin, "DELETE", "/atomsphere_cors/main/accounts/"+strings.Repeat("x", 200), ""); st != http.StatusNoContent {
@@ -398,8 +180,8 @@ func TestStoreAdminRoutesInProcess(t *testing.T) {
 	// The import left a base with its accounts for new servers to start
 	// from (docs/store.md, "How the store works").
 	if err := testkit.Until(10*time.Second, 20*time.Millisecond, func() error {
-		var head, base storeHead
-		for key, into := range map[string]*storeHead{"head": &head, "base-seq": &base} {
+		var head, base rulestore.Head
+		for key, into := range map[string]*rulestore.Head{"head": &head, "base-seq": &base} {
 			b, err := os.ReadFile(filepath.Join(dir, "atomsphere_cors", "main", key))
 			if err != nil {
 				return err
@@ -459,11 +241,11 @@ func TestStoreAdminRoutesInProcess(t *testing.T) {
 	check("after DELETE", preflightProbe(storeHTTP, "a1", "https://a.example", "GET", ""))
 
 	// A reload that keeps the store settings reuses the loaded store.
-	before := lookupStore("main")
+	before := rulestore.Lookup("main")
 	if err := caddy.Load([]byte(strings.Replace(cfg, `"body":"ok"`, `"body":"ok2"`, 1)), true); err != nil {
 		t.Fatal(err)
 	}
-	if lookupStore("main") != before {
+	if rulestore.Lookup("main") != before {
 		t.Error("a reload with the same store settings opened the store again")
 	}
 	check("after reload", preflightProbe(storeHTTP, "imp-249", "https://imp-249.example", "GET", "GET"))

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 // Writing the rules store: a commit of changes under the storage lock
 // (log entry, then accounts, then head; see the layout in store.go).
@@ -15,25 +15,25 @@ import (
 	"sync/atomic"
 	"time"
 
-	"atomspherecors/internal/policy"
-
 	"github.com/caddyserver/certmagic"
+
+	"atomspherecors/internal/policy"
 )
 
-// change is one account to write: rules, or a deletion.
-type change struct {
-	id     string
-	rules  []policy.Rule
-	acct   *policy.Account // compiled rules; nil deletes
-	delete bool
-	// check, when set, is called under the store's lock with the
+// Change is one account to write: rules, or a deletion.
+type Change struct {
+	ID     string
+	Rules  []policy.Rule
+	Acct   *policy.Account // compiled rules; nil deletes
+	Delete bool
+	// Check, when set, is called under the store's lock with the
 	// account as stored (nil without a valid record) before anything
 	// is written; its error refuses the whole commit (an If-Match
-	// precondition, storeedit.go).
-	check func(stored *policy.Account) error
-	// by, when set, records the change in the account's history, as
-	// made by this user (storeedit.go).
-	by string
+	// precondition, edit.go).
+	Check func(stored *policy.Account) error
+	// By, when set, records the change in the account's history, as
+	// made by this user (edit.go).
+	By string
 }
 
 var errStoreBusy = errors.New("the store's lock was not obtained in time")
@@ -45,55 +45,55 @@ func errHeadMissing(k storageKeys) error {
 // lastOfEach returns changes with one change per account, the last
 // given, in the order of their first mention: the accounts of a commit
 // are written side by side, so two writes of one key would race.
-func lastOfEach(changes []change) []change {
+func lastOfEach(changes []Change) []Change {
 	at := make(map[string]int, len(changes))
-	out := make([]change, 0, len(changes))
+	out := make([]Change, 0, len(changes))
 	for _, c := range changes {
-		if i, ok := at[c.id]; ok {
+		if i, ok := at[c.ID]; ok {
 			out[i] = c
 			continue
 		}
-		at[c.id] = len(out)
+		at[c.ID] = len(out)
 		out = append(out, c)
 	}
 	return out
 }
 
-// commitError is a commit the storage failed part way through: written
+// CommitError is a commit the storage failed part way through: written
 // of its accounts were written, and published (served by every server
 // from its next poll) unless the storage failed before that too; the
 // others are unchanged.
-type commitError struct {
+type CommitError struct {
 	written   int
 	published bool
 	err       error
 }
 
-func (e *commitError) Error() string {
+func (e *CommitError) Error() string {
 	if !e.published {
 		return fmt.Sprintf("%d accounts written but not yet served (they are once the next write to the store succeeds): %v", e.written, e.err)
 	}
 	return fmt.Sprintf("%d accounts written and served, the others unchanged: %v", e.written, e.err)
 }
 
-func (e *commitError) Unwrap() error { return e.err }
+func (e *CommitError) Unwrap() error { return e.err }
 
-// commit persists a batch of changes under the storage lock, then
+// Commit persists a batch of changes under the storage lock, then
 // applies it to this server's accounts. existed reports, for each
 // change, whether the account was in the store before.
-func (s *accountStore) commit(ctx context.Context, changes []change) (existed []bool, err error) {
+func (s *Store) Commit(ctx context.Context, changes []Change) (existed []bool, err error) {
 	start := time.Now()
 	defer func() {
 		if err == nil {
-			storeEdited(s.name, time.Since(start))
-			storeLoaded(s.name, s.view.Load().count)
+			storeEdited(s.Name, time.Since(start))
+			storeLoaded(s.Name, s.view.Load().count)
 		}
 	}()
 	changes = lastOfEach(changes)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	st, _ := s.storage()
-	lockName := "atomsphere_cors_" + s.name
+	lockName := "atomsphere_cors_" + s.Name
 	if err := lockStore(ctx, st, lockName); err != nil {
 		return nil, err
 	}
@@ -109,21 +109,21 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	seq := head.Seq + 1
 	existed = make([]bool, len(changes))
 	_ = inParallel(ctx, len(changes), func(i int) error {
-		existed[i] = st.Exists(ctx, s.keys.account(changes[i].id))
+		existed[i] = st.Exists(ctx, s.keys.account(changes[i].ID))
 		return nil
 	})
 	noop := true
 	for i, c := range changes {
-		noop = noop && c.delete && !existed[i]
+		noop = noop && c.Delete && !existed[i]
 	}
 	if noop { // deletes of accounts that are not there: nothing to write
 		return existed, nil
 	}
 	ids := make([]string, len(changes))
 	for i, c := range changes {
-		ids[i] = c.id
+		ids[i] = c.ID
 	}
-	entry, _ := json.Marshal(logEntry{Accounts: ids})
+	entry, _ := json.Marshal(LogEntry{Accounts: ids})
 	if err := st.Store(ctx, s.keys.log(seq), entry); err != nil {
 		return nil, err
 	}
@@ -140,7 +140,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 	head.Seq = seq
 	hb, _ := json.Marshal(head)
 	if err := st.Store(ctx, s.keys.head(), hb); err != nil {
-		return nil, &commitError{written: n, published: false, err: err}
+		return nil, &CommitError{written: n, published: false, err: err}
 	}
 	if seq > logRetain {
 		_ = st.Delete(ctx, s.keys.log(seq-logRetain))
@@ -153,7 +153,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 			}
 		}
 		changes = kept
-		defer func() { err = &commitError{written: n, published: true, err: werr} }()
+		defer func() { err = &CommitError{written: n, published: true, err: werr} }()
 	}
 	s.recordHistory(ctx, st, changes)
 	s.applyCommitted(changes, prior, head)
@@ -164,7 +164,7 @@ func (s *accountStore) commit(ctx context.Context, changes []change) (existed []
 // the head to write after (with a new epoch for a new store, and the log
 // entries of writers killed before they wrote head adopted), and prior,
 // the head as read.
-func (s *accountStore) nextHead(ctx context.Context, st certmagic.Storage) (head, prior storeHead, err error) {
+func (s *Store) nextHead(ctx context.Context, st certmagic.Storage) (head, prior Head, err error) {
 	head, err = readHead(ctx, st, s.keys)
 	if err != nil {
 		return head, head, err
@@ -195,19 +195,19 @@ func (s *accountStore) nextHead(ctx context.Context, st certmagic.Storage) (head
 
 // writeAccounts writes (or deletes) the changes' records in parallel;
 // written says which succeeded, n how many, err the first failure.
-func (s *accountStore) writeAccounts(ctx context.Context, st certmagic.Storage, changes []change, existed []bool) (written []bool, n int, err error) {
+func (s *Store) writeAccounts(ctx context.Context, st certmagic.Storage, changes []Change, existed []bool) (written []bool, n int, err error) {
 	written = make([]bool, len(changes))
 	err = inParallel(ctx, len(changes), func(i int) error {
 		c := changes[i]
-		if c.delete {
+		if c.Delete {
 			if existed[i] {
-				if err := st.Delete(ctx, s.keys.account(c.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				if err := st.Delete(ctx, s.keys.account(c.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return err
 				}
 			}
 		} else {
-			b, _ := json.Marshal(record{Account: c.id, Rules: c.rules})
-			if err := st.Store(ctx, s.keys.account(c.id), b); err != nil {
+			b, _ := json.Marshal(Record{Account: c.ID, Rules: c.Rules})
+			if err := st.Store(ctx, s.keys.account(c.ID), b); err != nil {
 				return err
 			}
 		}
@@ -224,7 +224,7 @@ func (s *accountStore) writeAccounts(ctx context.Context, st certmagic.Storage, 
 
 // applyCommitted serves committed changes on this server from its next
 // request on; prior is the head the commit read, head the one it wrote.
-func (s *accountStore) applyCommitted(changes []change, prior, head storeHead) {
+func (s *Store) applyCommitted(changes []Change, prior, head Head) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.source == "store" && s.seq == prior.Seq && s.epoch == prior.Epoch && head.Seq == prior.Seq+1 {
@@ -236,9 +236,9 @@ func (s *accountStore) applyCommitted(changes []change, prior, head storeHead) {
 	s.gen++
 	batch := make(map[string]*policy.Account, len(changes))
 	for _, c := range changes {
-		s.local[c.id] = s.gen
-		delete(s.refused, c.id)
-		batch[c.id] = c.acct
+		s.local[c.ID] = s.gen
+		delete(s.refused, c.ID)
+		batch[c.ID] = c.Acct
 	}
 	s.view.Store(s.view.Load().with(batch))
 	s.dirty = true

@@ -1,6 +1,6 @@
 //go:build unix
 
-package atomspherecors
+package rulestore
 
 import (
 	"errors"

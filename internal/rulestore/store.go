@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"context"
@@ -20,9 +20,9 @@ import (
 //	head            {"seq": N, "epoch": "..."}: the last committed change
 //	log/<seq>       {"accounts": [...]}: the accounts change seq touched
 //	accounts/<id>   {"account": "<id>", "rules": [...]}: one account
-//	base            every account as of one seq (storebase.go)
+//	base            every account as of one seq (base.go)
 //	base-seq        {"seq": N, "epoch": "..."}: the seq of base
-//	history/<id>    an account's last changes by a user (storeedit.go)
+//	history/<id>    an account's last changes by a user (edit.go)
 //
 // A poll reads head alone when nothing changed; otherwise the log
 // entries since the last seen seq, and the accounts they name. A server
@@ -31,20 +31,28 @@ import (
 // holds the storage lock atomsphere_cors_<name> and writes the log
 // entry, then the accounts, then head, so a writer killed half way
 // leaves a log entry past head that the next writer adopts.
-type storeHead struct {
+type Head struct {
 	Seq   uint64 `json:"seq"`
 	Epoch string `json:"epoch"`
 }
 
-type logEntry struct {
+type LogEntry struct {
 	Accounts []string `json:"accounts"`
 }
 
-// record is one account as stored, and one line of import and export.
-type record struct {
+// Record is one account as stored, and one line of import and export.
+type Record struct {
 	Account string        `json:"account"`
 	Rules   []policy.Rule `json:"rules"`
 }
+
+// MaxRulesBody bounds one account's rules as written: a PUT body, and
+// one line of an import or export.
+const MaxRulesBody = 1 << 20
+
+// DefaultMaxImportSize is an import's largest body unless the store's
+// max_import_size says otherwise: 256 MiB, about 10^6 accounts of 3 rules.
+const DefaultMaxImportSize = 256 << 20
 
 // logRetain is the number of log entries kept: a server further behind
 // than that reads every account again.
@@ -56,19 +64,19 @@ type storageKeys string
 func (k storageKeys) head() string        { return string(k) + "head" }
 func (k storageKeys) accountsDir() string { return string(k) + "accounts" }
 func (k storageKeys) account(id string) string {
-	return string(k) + "accounts/" + escapeID(id)
+	return string(k) + "accounts/" + EscapeID(id)
 }
 func (k storageKeys) log(seq uint64) string { return string(k) + "log/" + fmt.Sprintf("%020d", seq) }
 func (k storageKeys) history(id string) string {
-	return string(k) + "history/" + escapeID(id)
+	return string(k) + "history/" + EscapeID(id)
 }
 func (k storageKeys) base() string    { return string(k) + "base" }
 func (k storageKeys) baseSeq() string { return string(k) + "base-seq" }
 
-// escapeID makes an account ID one safe storage key segment: bytes
+// EscapeID makes an account ID one safe storage key segment: bytes
 // other than letters, digits, "-", "_" and "." are percent-encoded, as
 // is a leading ".".
-func escapeID(id string) string {
+func EscapeID(id string) string {
 	var b strings.Builder
 	for i := 0; i < len(id); i++ {
 		c := id[i]
@@ -81,18 +89,19 @@ func escapeID(id string) string {
 	return b.String()
 }
 
-func unescapeID(seg string) (string, error) { return url.PathUnescape(seg) }
+func UnescapeID(seg string) (string, error) { return url.PathUnescape(seg) }
 
-// accountStore is the live state of one store on this server, shared by
+// Store is the live state of one store on this server, shared by
 // every handler that uses it.
-type accountStore struct {
-	name string
-	key  string // the pool key
-	keys storageKeys
+type Store struct {
+	Name    string
+	DataDir string // holds the snapshot and the import spool (Caddy's data directory)
+	Key     string // the pool key
+	keys    storageKeys
 
 	view atomic.Pointer[accountsView]
 
-	maxImport atomic.Int64 // an import's largest body, as the newest handler sets it
+	MaxImport atomic.Int64 // an import's largest body, as the newest handler sets it
 
 	mu       sync.Mutex // everything below, and applying changes
 	users    []storeUser
@@ -139,9 +148,9 @@ type storeUser struct {
 }
 
 // newAccountStore is a store that serves no account yet, read from st.
-func newAccountStore(name, key string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *accountStore {
-	s := &accountStore{
-		name: name, key: key, keys: storageKeys("atomsphere_cors/" + name + "/"),
+func newAccountStore(name, key, dataDir string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *Store {
+	s := &Store{
+		Name: name, Key: key, DataDir: dataDir, keys: storageKeys("atomsphere_cors/" + name + "/"),
 		interval: interval, source: "none",
 		local: map[string]uint64{}, refused: map[string]string{}, unreadable: map[string]int{},
 		cache:    policy.NewMethodCache(),
@@ -150,16 +159,16 @@ func newAccountStore(name, key string, st certmagic.Storage, logger *zap.Logger,
 		openedAt: time.Now(),
 	}
 	s.view.Store(newView(nil))
-	s.maxImport.Store(defaultMaxImportSize)
+	s.MaxImport.Store(DefaultMaxImportSize)
 	return s
 }
 
-// openStore starts a store: from the local snapshot if there is one,
+// Open starts a store: from the local snapshot if there is one,
 // then one read of the store (bounded in time), then the poller.
-func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *accountStore {
-	s := newAccountStore(name, key, st, logger, interval)
+func Open(name, key, dataDir string, st certmagic.Storage, logger *zap.Logger, interval time.Duration) *Store {
+	s := newAccountStore(name, key, dataDir, st, logger, interval)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	cleanSpool.Do(func() { removeStaleSpools(logger) })
+	cleanSpool.Do(func() { removeStaleSpools(dataDir, logger) })
 	if err := s.loadSnapshot(); err != nil {
 		logger.Warn("local snapshot of the store not used", zap.String("store", name), zap.Error(err))
 	}
@@ -182,7 +191,7 @@ func openStore(name, key string, st certmagic.Storage, logger *zap.Logger, inter
 	return s
 }
 
-func (s *accountStore) addUser(owner any, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
+func (s *Store) AddUser(owner any, st certmagic.Storage, logger *zap.Logger, interval time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.users) == 1 && s.users[0].owner == nil {
@@ -193,7 +202,7 @@ func (s *accountStore) addUser(owner any, st certmagic.Storage, logger *zap.Logg
 	registerStore(s)
 }
 
-func (s *accountStore) removeUser(owner any) {
+func (s *Store) RemoveUser(owner any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, u := range s.users {
@@ -206,39 +215,39 @@ func (s *accountStore) removeUser(owner any) {
 
 // storage is the storage of the newest handler using the store (each
 // config loads its own, with the same settings).
-func (s *accountStore) storage() (certmagic.Storage, *zap.Logger) {
+func (s *Store) storage() (certmagic.Storage, *zap.Logger) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u := s.users[len(s.users)-1]
 	return u.st, u.logger
 }
 
-func (s *accountStore) logger() *zap.Logger { _, l := s.storage(); return l }
+func (s *Store) logger() *zap.Logger { _, l := s.storage(); return l }
 
-// loaded reports whether the store serves accounts read from the
+// Loaded reports whether the store serves accounts read from the
 // storage or a snapshot, rather than none yet.
-func (s *accountStore) loaded() bool {
+func (s *Store) Loaded() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.source != "none"
 }
 
-// reasonStoreNotLoaded is explain's reason for a denial by a handler whose
+// ReasonNotLoaded is explain's reason for a denial by a handler whose
 // store has never been loaded on this server (docs/store.md, "Faults").
-const reasonStoreNotLoaded = "store not loaded: no account is served until the store's first read (account has no rules)"
+const ReasonNotLoaded = "store not loaded: no account is served until the store's first read (account has no rules)"
 
 // Account is the per-request lookup (policy.Source): lock-free.
-func (s *accountStore) Account(id string) policy.Account {
-	a, _ := s.view.Load().get(id)
+func (s *Store) Account(id string) policy.Account {
+	a, _ := s.view.Load().Get(id)
 	return a
 }
 
 // Destruct stops the poller and writes the snapshot.
-func (s *accountStore) Destruct() error {
+func (s *Store) Destruct() error {
 	s.cancel()
 	<-s.done
 	if unregisterStore(s) {
-		storeMetricsClose(s.name)
+		storeMetricsClose(s.Name)
 	}
 	s.snapMu.Lock() // a snapshot being written in the background ends first
 	s.snapMu.Unlock()
@@ -248,7 +257,7 @@ func (s *accountStore) Destruct() error {
 	s.mu.Unlock()
 	if dirty {
 		if err := s.writeSnapshot(); err != nil {
-			s.logger().Error("writing the local snapshot of the store", zap.String("store", s.name), zap.Error(err))
+			s.logger().Error("writing the local snapshot of the store", zap.String("store", s.Name), zap.Error(err))
 		}
 	}
 	return nil
@@ -256,7 +265,7 @@ func (s *accountStore) Destruct() error {
 
 // run polls until the store is destructed, backing off while the
 // storage fails, and writes the snapshot now and then.
-func (s *accountStore) run() {
+func (s *Store) run() {
 	defer close(s.done)
 	t := time.NewTimer(s.pollDelay())
 	defer t.Stop()
@@ -273,11 +282,11 @@ func (s *accountStore) run() {
 		if s.ctx.Err() != nil {
 			return
 		}
-		storePolled(s.name, time.Since(start))
-		storeSynced(s.name, time.Now(), err)
+		storePolled(s.Name, time.Since(start))
+		storeSynced(s.Name, time.Now(), err)
 		if err == nil {
-			storeLoaded(s.name, s.view.Load().count)
-			s.maybeWriteBase(false)
+			storeLoaded(s.Name, s.view.Load().count)
+			s.MaybeWriteBase(false)
 		}
 		s.afterPoll(err)
 		s.maybeWriteSnapshot()
@@ -297,7 +306,7 @@ const (
 // maybeWriteSnapshot writes the snapshot in the background when the
 // accounts changed and the last one is snapshotEvery old, so that polls
 // are not held up by it.
-func (s *accountStore) maybeWriteSnapshot() {
+func (s *Store) maybeWriteSnapshot() {
 	s.mu.Lock()
 	due := s.dirty && s.source == "store" && !s.snapBusy && time.Since(s.snapAt) >= snapshotEvery
 	if due {
@@ -309,7 +318,7 @@ func (s *accountStore) maybeWriteSnapshot() {
 	}
 	go func() {
 		if err := s.writeSnapshot(); err != nil {
-			s.logger().Error("writing the local snapshot of the store", zap.String("store", s.name), zap.Error(err))
+			s.logger().Error("writing the local snapshot of the store", zap.String("store", s.Name), zap.Error(err))
 		}
 		s.mu.Lock()
 		s.snapBusy = false
@@ -320,7 +329,7 @@ func (s *accountStore) maybeWriteSnapshot() {
 // maxBackoff bounds the wait between polls of a failing storage.
 const maxBackoff = 30 * time.Second
 
-func (s *accountStore) pollDelay() time.Duration {
+func (s *Store) pollDelay() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d := s.interval
@@ -333,7 +342,7 @@ func (s *accountStore) pollDelay() time.Duration {
 // afterPoll records a poll's outcome and logs changes of state, never
 // once per poll: the first failure as a warning, then an error at most
 // once a minute, and the recovery.
-func (s *accountStore) afterPoll(err error) {
+func (s *Store) afterPoll(err error) {
 	s.mu.Lock()
 	failures, since, source, seq := s.failures, s.loadedAt, s.source, s.seq
 	if err == nil {
@@ -345,7 +354,7 @@ func (s *accountStore) afterPoll(err error) {
 	}
 	s.mu.Unlock()
 	logger := s.logger()
-	fields := []zap.Field{zap.String("store", s.name), zap.String("serving", source), zap.Uint64("seq", seq)}
+	fields := []zap.Field{zap.String("store", s.Name), zap.String("serving", source), zap.Uint64("seq", seq)}
 	switch {
 	case err == nil && failures > 0:
 		logger.Info("store readable again", append(fields, zap.Int("failed_polls", failures))...)
@@ -360,8 +369,8 @@ func (s *accountStore) afterPoll(err error) {
 	}
 }
 
-// storeStatus is the admin API's view of a store on this server.
-type storeStatus struct {
+// Status is the admin API's view of a store on this server.
+type Status struct {
 	Name                string            `json:"name"`
 	Serving             string            `json:"serving"` // none, snapshot, store
 	Accounts            int               `json:"accounts"`
@@ -382,11 +391,11 @@ type storeStatus struct {
 	IgnoredKeys []string `json:"ignored_keys,omitempty"`
 }
 
-func (s *accountStore) status() storeStatus {
+func (s *Store) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := storeStatus{
-		Name: s.name, Serving: s.source, Accounts: s.view.Load().count, Seq: s.seq, Epoch: s.epoch,
+	st := Status{
+		Name: s.Name, Serving: s.source, Accounts: s.view.Load().count, Seq: s.seq, Epoch: s.epoch,
 		PollInterval: s.interval.String(), ConsecutiveFailures: s.failures, LastError: s.lastErr,
 		Stale:        s.failures > 0 || s.source != "store",
 		BaseMismatch: s.baseMismatch, IgnoredKeys: s.ignoredKeys,
@@ -420,45 +429,45 @@ func (s *accountStore) status() storeStatus {
 // for a moment).
 var registry struct {
 	sync.Mutex
-	byName map[string][]*accountStore
+	byName map[string][]*Store
 }
 
-func registerStore(s *accountStore) {
+func registerStore(s *Store) {
 	registry.Lock()
 	defer registry.Unlock()
 	if registry.byName == nil {
-		registry.byName = map[string][]*accountStore{}
+		registry.byName = map[string][]*Store{}
 	}
-	list := registry.byName[s.name]
+	list := registry.byName[s.Name]
 	for i, o := range list {
 		if o == s {
 			list = append(list[:i:i], list[i+1:]...)
 			break
 		}
 	}
-	registry.byName[s.name] = append(list, s)
+	registry.byName[s.Name] = append(list, s)
 }
 
 // unregisterStore removes s from the registry and reports whether it was
 // the last store of its name.
-func unregisterStore(s *accountStore) bool {
+func unregisterStore(s *Store) bool {
 	registry.Lock()
 	defer registry.Unlock()
-	list := registry.byName[s.name]
+	list := registry.byName[s.Name]
 	for i, o := range list {
 		if o == s {
-			registry.byName[s.name] = append(list[:i:i], list[i+1:]...)
+			registry.byName[s.Name] = append(list[:i:i], list[i+1:]...)
 			break
 		}
 	}
-	if len(registry.byName[s.name]) == 0 {
-		delete(registry.byName, s.name)
+	if len(registry.byName[s.Name]) == 0 {
+		delete(registry.byName, s.Name)
 		return true
 	}
 	return false
 }
 
-func lookupStore(name string) *accountStore {
+func Lookup(name string) *Store {
 	registry.Lock()
 	defer registry.Unlock()
 	list := registry.byName[name]
@@ -466,4 +475,40 @@ func lookupStore(name string) *accountStore {
 		return nil
 	}
 	return list[len(list)-1]
+}
+
+// Registered is how many stores of name this process has open.
+func Registered(name string) int {
+	registry.Lock()
+	defer registry.Unlock()
+	return len(registry.byName[name])
+}
+
+// Accounts is the state this server serves now: one consistent view of
+// every account, for lists and exports.
+func (s *Store) Accounts() *accountsView { return s.view.Load() }
+
+// State says what the store serves ("none", "snapshot" or "store") and
+// the error of its last failed read ("" when none).
+func (s *Store) State() (source, lastErr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.source, s.lastErr
+}
+
+// ReadOnce is a store read from st once, read-only, for the explain
+// command: no poller, no snapshot, nothing written, not registered for
+// the admin routes. A storage that cannot be read is an error; an empty
+// store has no accounts.
+func ReadOnce(ctx context.Context, name, dataDir string, st certmagic.Storage) (*Store, error) {
+	s := newAccountStore(name, "", dataDir, st, zap.NewNop(), 0)
+	rctx, cancel := context.WithTimeout(ctx, fullReadTimeout)
+	defer cancel()
+	if err := s.poll(rctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.source = "store"
+	s.mu.Unlock()
+	return s, nil
 }

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"context"

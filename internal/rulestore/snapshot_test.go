@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 // The local snapshot a server starts from (docs/store.md, "Faults"):
 // what it holds reads back exactly, and a damaged one is not used.
@@ -44,11 +44,11 @@ func writeTestSnapshot(t *testing.T) (key string, want map[string][]policy.Rule)
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
 	key = "snap\ntest"
 	st := newMemStorage()
-	s := openStore("snap", key, st, zap.NewNop(), time.Hour)
+	s := Open("snap", key, dataDirFromEnv(), st, zap.NewNop(), time.Hour)
 	want = map[string][]policy.Rule{}
 	for id, rules := range snapshotAccounts {
 		put(t, s, id, rules...)
-		want[id] = rulesOf(s.Account(id))
+		want[id] = RulesOf(s.Account(id))
 	}
 	if err := s.Destruct(); err != nil { // writes the snapshot
 		t.Fatal(err)
@@ -58,19 +58,19 @@ func writeTestSnapshot(t *testing.T) (key string, want map[string][]policy.Rule)
 
 func TestSnapshotReadsBackWhatWasServed(t *testing.T) {
 	key, want := writeTestSnapshot(t)
-	s := openStore("snap", key, downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
+	s := Open("snap", key, dataDirFromEnv(), downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
 	defer func() { _ = s.Destruct() }()
-	st := s.status()
+	st := s.Status()
 	if st.Serving != "snapshot" || st.Accounts != len(want) {
 		t.Fatalf("serving %q with %d accounts, want the snapshot's %d", st.Serving, st.Accounts, len(want))
 	}
 	for id, rules := range want {
-		a, ok := s.view.Load().get(id)
+		a, ok := s.view.Load().Get(id)
 		if !ok {
 			t.Errorf("account %q missing", id)
 			continue
 		}
-		if got := rulesOf(a); !reflect.DeepEqual(got, rules) && !(len(got) == 0 && len(rules) == 0) {
+		if got := RulesOf(a); !reflect.DeepEqual(got, rules) && !(len(got) == 0 && len(rules) == 0) {
 			t.Errorf("account %q: %v, want %v", id, got, rules)
 		}
 	}
@@ -103,7 +103,7 @@ func TestSnapshotDamagedIsNotUsed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key, _ := writeTestSnapshot(t)
-			s := &accountStore{name: "snap", key: key}
+			s := &Store{Name: "snap", Key: key, DataDir: dataDirFromEnv()}
 			b, err := os.ReadFile(s.snapshotPath())
 			if err != nil {
 				t.Fatal(err)
@@ -124,9 +124,9 @@ func TestSnapshotDamagedIsNotUsed(t *testing.T) {
 				t.Fatal("a damaged snapshot was served")
 			}
 			// A server that starts on it and cannot read the storage fails closed.
-			s2 := openStore("snap", key, downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
+			s2 := Open("snap", key, dataDirFromEnv(), downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
 			defer func() { _ = s2.Destruct() }()
-			if st := s2.status(); st.Serving != "none" || st.Accounts != 0 {
+			if st := s2.Status(); st.Serving != "none" || st.Accounts != 0 {
 				t.Fatalf("serving %q with %d accounts, want none", st.Serving, st.Accounts)
 			}
 		})

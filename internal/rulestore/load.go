@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 // Reading the rules store: polls, the log since the last seen change, a
 // full read, and the records that cannot be served (see the layout in
@@ -21,13 +21,14 @@ import (
 	"go.uber.org/zap"
 
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/quote"
 )
 
 // poll brings the accounts up to the store's head: nothing but one read
 // of head when nothing changed, the log entries and changed accounts
 // otherwise, every account when this server is too far behind (or has
 // never read the store).
-func (s *accountStore) poll(ctx context.Context) error {
+func (s *Store) poll(ctx context.Context) error {
 	st, logger := s.storage()
 	s.mu.Lock()
 	gen0, last, epoch, fromStore := s.gen, s.seq, s.epoch, s.source != "none"
@@ -62,7 +63,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 		base, dropped, err := s.loadBase(ctx, st, logger, head, gen0, listed)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
-				logger.Warn("store base not used: reading every account", zap.String("store", s.name), zap.Error(err))
+				logger.Warn("store base not used: reading every account", zap.String("store", s.Name), zap.Error(err))
 			}
 			return s.loadAll(ctx, st, logger, head, gen0)
 		}
@@ -71,7 +72,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 		var missing []string
 		s.mu.Lock()
 		for id := range listed {
-			if _, ok := v.get(id); !ok && s.refused[id] == "" {
+			if _, ok := v.Get(id); !ok && s.refused[id] == "" {
 				missing = append(missing, id)
 				s.unreadable[id] = max(s.unreadable[id], unreadableAfter)
 			}
@@ -91,7 +92,7 @@ func (s *accountStore) poll(ctx context.Context) error {
 // not the canonical escape of its ID (escapeID), such as one written by
 // hand as "lowerenc%c3%a9", is no record of this store: it is ignored,
 // and reported. Temporary files of file_system are skipped.
-func (s *accountStore) recordIDs(st certmagic.Storage, keys []string) (ids map[string]bool, ignored []string) {
+func (s *Store) recordIDs(st certmagic.Storage, keys []string) (ids map[string]bool, ignored []string) {
 	fileStorage, _ := st.(*certmagic.FileStorage)
 	ids = make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -99,8 +100,8 @@ func (s *accountStore) recordIDs(st certmagic.Storage, keys []string) (ids map[s
 		if isTempName(fileStorage, k) {
 			continue
 		}
-		id, err := unescapeID(seg)
-		if err != nil || escapeID(id) != seg {
+		id, err := UnescapeID(seg)
+		if err != nil || EscapeID(id) != seg {
 			ignored = append(ignored, seg)
 			continue
 		}
@@ -113,7 +114,7 @@ func (s *accountStore) recordIDs(st certmagic.Storage, keys []string) (ids map[s
 // accounts of the base without a record (not served), records the base
 // lacked (read), neither of them changed in the log since the base, and
 // keys that are not a record of this store (ignored).
-func (s *accountStore) noteBaseCheck(logger *zap.Logger, baseSeq uint64, dropped, missing, ignored []string, named map[string]bool) {
+func (s *Store) noteBaseCheck(logger *zap.Logger, baseSeq uint64, dropped, missing, ignored []string, named map[string]bool) {
 	var noRecord, notInBase []string
 	for _, id := range dropped {
 		if !named[id] {
@@ -132,10 +133,10 @@ func (s *accountStore) noteBaseCheck(logger *zap.Logger, baseSeq uint64, dropped
 	if len(noRecord)+len(notInBase) > 0 {
 		msg = fmt.Sprintf("the base (change %d) disagrees with the records: %d accounts in the base have no record (not served)%s, %d records are not in the base (read from the records)%s",
 			baseSeq, len(noRecord), someIDs(noRecord), len(notInBase), someIDs(notInBase))
-		logger.Error("store base disagrees with the records: serving the records", zap.String("store", s.name), zap.String("problem", msg))
+		logger.Error("store base disagrees with the records: serving the records", zap.String("store", s.Name), zap.String("problem", msg))
 	}
 	if len(ignored) > 0 {
-		logger.Error("store keys that are no record of this store ignored", zap.String("store", s.name), zap.Strings("keys", ignored[:min(len(ignored), 20)]))
+		logger.Error("store keys that are no record of this store ignored", zap.String("store", s.Name), zap.Strings("keys", ignored[:min(len(ignored), 20)]))
 	}
 	s.mu.Lock()
 	s.baseMismatch = msg
@@ -149,7 +150,7 @@ func someIDs(ids []string) string {
 	}
 	out := make([]string, 0, 5)
 	for _, id := range ids[:min(len(ids), 5)] {
-		out = append(out, q(id))
+		out = append(out, quote.Value(id))
 	}
 	more := ""
 	if len(ids) > 5 {
@@ -161,7 +162,7 @@ func someIDs(ids []string) string {
 // readChanges reads the changes after seq last up to head: the log
 // entries, then the accounts they name. Like loadAll it is one pipeline
 // over shared results (read, compile, sort, apply), kept in one function.
-func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, last, gen0 uint64, named map[string]bool) error {
+func (s *Store) readChanges(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head Head, last, gen0 uint64, named map[string]bool) error {
 	seen := named
 	if seen == nil {
 		seen = map[string]bool{}
@@ -175,9 +176,9 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 		if err != nil {
 			return err
 		}
-		var e logEntry
+		var e LogEntry
 		if err := json.Unmarshal(b, &e); err != nil {
-			logger.Error("store log entry unreadable: reading every account", zap.String("store", s.name), zap.Uint64("seq", seq), zap.Error(err))
+			logger.Error("store log entry unreadable: reading every account", zap.String("store", s.Name), zap.Uint64("seq", seq), zap.Error(err))
 			return s.loadAll(ctx, st, logger, head, gen0)
 		}
 		for _, id := range e.Accounts {
@@ -257,7 +258,7 @@ func (s *accountStore) readChanges(ctx context.Context, st certmagic.Storage, lo
 // records; read and compile them in parallel; sort what comes back into
 // accounts, refused records, unreadable ones and keys of no record;
 // install), kept in one function because the stages share that sorting.
-func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head storeHead, gen0 uint64) error {
+func (s *Store) loadAll(ctx context.Context, st certmagic.Storage, logger *zap.Logger, head Head, gen0 uint64) error {
 	keys, err := listAccounts(ctx, st, s.keys.accountsDir())
 	if err != nil {
 		return err
@@ -277,8 +278,8 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 	in := make(chan string)
 	out := compileEach(storageWorkers, in, func(cache *policy.MethodCache, k string, emit func(loaded)) {
 		seg := k[strings.LastIndexByte(k, '/')+1:]
-		id, err := unescapeID(seg)
-		if err != nil || escapeID(id) != seg {
+		id, err := UnescapeID(seg)
+		if err != nil || EscapeID(id) != seg {
 			// Not a key this store wrote: an account's record is at
 			// the canonical escape of its ID alone.
 			if !isTempName(fileStorage, k) {
@@ -350,19 +351,19 @@ func (s *accountStore) loadAll(ctx context.Context, st certmagic.Storage, logger
 		}
 	}
 	s.mu.Unlock()
-	logger.Info("store loaded", zap.String("store", s.name), zap.Int("accounts", len(accounts)), zap.Uint64("seq", head.Seq))
+	logger.Info("store loaded", zap.String("store", s.Name), zap.Int("accounts", len(accounts)), zap.Uint64("seq", head.Seq))
 	return nil
 }
 
 // install makes accounts, as the store held them at head, the accounts
 // served, keeping what this server wrote since gen0.
-func (s *accountStore) install(logger *zap.Logger, accounts map[string]policy.Account, refused map[string]string, head storeHead, gen0 uint64) {
+func (s *Store) install(logger *zap.Logger, accounts map[string]policy.Account, refused map[string]string, head Head, gen0 uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.view.Load()
 	for id, g := range s.local {
 		if g > gen0 { // written here since the load began
-			if a, ok := cur.get(id); ok {
+			if a, ok := cur.Get(id); ok {
 				accounts[id] = a
 			} else {
 				delete(accounts, id)
@@ -381,7 +382,7 @@ func (s *accountStore) install(logger *zap.Logger, accounts map[string]policy.Ac
 // snapshot again: a record that could not be read when it was written
 // may be readable now, and one that still fails is refused afresh. s.mu
 // is held.
-func (s *accountStore) recheckRefused(refused map[string]string) {
+func (s *Store) recheckRefused(refused map[string]string) {
 	for id := range refused {
 		s.unreadable[id] = max(s.unreadable[id], unreadableAfter)
 	}
@@ -395,7 +396,7 @@ const unreadableAfter = 3
 
 // unreadableIDs are the accounts whose records failed to read, each
 // read again at every poll.
-func (s *accountStore) unreadableIDs() []string {
+func (s *Store) unreadableIDs() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var ids []string
@@ -413,7 +414,7 @@ func (s *accountStore) unreadableIDs() []string {
 // so that one record the storage cannot give, such as a key it cannot
 // hold, does not stop every server from following the store. Otherwise
 // the poll fails.
-func (s *accountStore) isolateUnreadable(failed map[string]error, total int, changes map[string]*policy.Account, refused map[string]string) error {
+func (s *Store) isolateUnreadable(failed map[string]error, total int, changes map[string]*policy.Account, refused map[string]string) error {
 	if len(failed) == 0 {
 		return nil
 	}
@@ -425,7 +426,7 @@ func (s *accountStore) isolateUnreadable(failed map[string]error, total int, cha
 			s.unreadable[id]++
 		}
 		if s.unreadable[id] < unreadableAfter && first == nil {
-			first = fmt.Errorf("reading account %s: %v", q(id), err)
+			first = fmt.Errorf("reading account %s: %v", quote.Value(id), err)
 		}
 	}
 	if first != nil {
@@ -435,7 +436,7 @@ func (s *accountStore) isolateUnreadable(failed map[string]error, total int, cha
 		if changes != nil {
 			changes[id] = nil
 		}
-		refused[id] = "record unreadable, read again at every poll: " + short(err.Error())
+		refused[id] = "record unreadable, read again at every poll: " + quote.Message(err.Error())
 	}
 	return nil
 }
@@ -496,14 +497,14 @@ const tempFileAge = time.Minute
 // caller uses; a record that does not read or does not validate is
 // refused (nil, and why).
 func compileRecord(id string, b []byte, cache *policy.MethodCache) (*policy.Account, string) {
-	var rec record
+	var rec Record
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rec); err != nil {
-		return nil, "unreadable record: " + short(err.Error())
+		return nil, "unreadable record: " + quote.Message(err.Error())
 	}
 	if rec.Account != id {
-		return nil, fmt.Sprintf("record names account %s", q(rec.Account))
+		return nil, fmt.Sprintf("record names account %s", quote.Value(rec.Account))
 	}
 	a, err := compileWith(id, rec.Rules, cache)
 	if err != nil {
@@ -512,14 +513,14 @@ func compileRecord(id string, b []byte, cache *policy.MethodCache) (*policy.Acco
 	return a, ""
 }
 
-// compile checks and compiles one account as a config's account is,
+// Compile checks and compiles one account as a config's account is,
 // sharing the store's method sets.
-func (s *accountStore) compile(id string, rules []policy.Rule) (*policy.Account, error) {
-	if n := len(escapeID(id)); n > maxKeySegment && policy.CheckAccountID(id) == nil {
+func (s *Store) Compile(id string, rules []policy.Rule) (*policy.Account, error) {
+	if n := len(EscapeID(id)); n > MaxKeySegment && policy.CheckAccountID(id) == nil {
 		var p policy.Problems
 		p.Add(policy.Place{Field: "accounts", Account: id, Rule: -1}, fmt.Errorf(
 			"account %s: account ID too long for a store: %d bytes as a storage key, at most %d (letters, digits, -, _ and . take one byte, other bytes three)",
-			q(id), n, maxKeySegment))
+			quote.Value(id), n, MaxKeySegment))
 		return nil, p.Err()
 	}
 	s.mu.Lock()
@@ -531,19 +532,19 @@ func (s *accountStore) compile(id string, rules []policy.Rule) (*policy.Account,
 	// What the store takes, its export gives back as one import line
 	// and its GET as one PUT body: both are bounded by maxRulesBody, so
 	// an account over it could be written but never restored.
-	if line, _ := json.Marshal(record{Account: id, Rules: rulesOf(*a)}); len(line)+1 > maxRulesBody {
+	if line, _ := json.Marshal(Record{Account: id, Rules: RulesOf(*a)}); len(line)+1 > MaxRulesBody {
 		var p policy.Problems
 		p.Add(policy.Place{Field: "accounts", Account: id, Rule: -1}, fmt.Errorf(
 			"account %s: its rules, as export writes them (methods included), take %d bytes, over the %d of one import line or PUT body",
-			q(id), len(line)+1, maxRulesBody))
+			quote.Value(id), len(line)+1, MaxRulesBody))
 		return nil, p.Err()
 	}
 	return a, nil
 }
 
-// maxKeySegment bounds an account's storage key segment (escapeID), within
+// MaxKeySegment bounds an account's storage key segment (escapeID), within
 // the 255 bytes a file name can have.
-const maxKeySegment = 200
+const MaxKeySegment = 200
 
 // compileWith is compile with a method cache that only its caller uses,
 // so that loads can compile accounts in parallel.
@@ -561,11 +562,11 @@ func compileWith(id string, rules []policy.Rule, cache *policy.MethodCache) (*po
 }
 
 // noteRefused logs newly refused records; s.mu is held.
-func (s *accountStore) noteRefused(logger *zap.Logger, refused map[string]string) {
+func (s *Store) noteRefused(logger *zap.Logger, refused map[string]string) {
 	for id, why := range refused {
 		if s.refused[id] != why {
 			logger.Error("store record refused: the account allows no origin until it is written again",
-				zap.String("store", s.name), zap.String("account", id), zap.String("problem", why))
+				zap.String("store", s.Name), zap.String("account", id), zap.String("problem", why))
 		}
 		if len(s.refused) < 1000 {
 			s.refused[id] = why
@@ -575,7 +576,7 @@ func (s *accountStore) noteRefused(logger *zap.Logger, refused map[string]string
 
 // forgetLocal drops the marks of local writes that a poll begun after
 // them has read; s.mu is held.
-func (s *accountStore) forgetLocal(gen0 uint64) {
+func (s *Store) forgetLocal(gen0 uint64) {
 	for id, g := range s.local {
 		if g <= gen0 {
 			delete(s.local, id)
@@ -583,8 +584,8 @@ func (s *accountStore) forgetLocal(gen0 uint64) {
 	}
 }
 
-func readHead(ctx context.Context, st certmagic.Storage, keys storageKeys) (storeHead, error) {
-	var h storeHead
+func readHead(ctx context.Context, st certmagic.Storage, keys storageKeys) (Head, error) {
+	var h Head
 	b, err := st.Load(ctx, keys.head())
 	if errors.Is(err, fs.ErrNotExist) {
 		return h, nil

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/quote"
 )
 
 // One account's edits, by the CORS page and the admin routes alike:
@@ -23,11 +24,11 @@ import (
 // store's lock, the account's history kept in the store, and the audit
 // log entry of each write.
 
-// etagOf is the strong entity tag of an account's rules as served
+// ETag is the strong entity tag of an account's rules as served
 // (rulesOf): the same rules give the same tag on every server.
-func etagOf(rules []Rule) string {
+func ETag(rules []policy.Rule) string {
 	if rules == nil {
-		rules = []Rule{}
+		rules = []policy.Rule{}
 	}
 	b, _ := json.Marshal(rules)
 	sum := sha256.Sum256(b)
@@ -36,19 +37,19 @@ func etagOf(rules []Rule) string {
 
 // servedRules are the rules of a stored account as served: none for an
 // account without a valid record.
-func servedRules(a *policy.Account) []Rule {
+func servedRules(a *policy.Account) []policy.Rule {
 	if a == nil {
-		return []Rule{}
+		return []policy.Rule{}
 	}
-	return rulesOf(*a)
+	return RulesOf(*a)
 }
 
-// errPrecondition is a write refused because its If-Match names another
+// ErrPrecondition is a write refused because its If-Match names another
 // version of the account than the stored one: 412 (RFC 9110 §13.1.1).
-type errPrecondition struct{ account string }
+type ErrPrecondition struct{ account string }
 
-func (e errPrecondition) Error() string {
-	return fmt.Sprintf("account %s was changed since it was read (If-Match does not match its current ETag): nothing written; read it again", q(e.account))
+func (e ErrPrecondition) Error() string {
+	return fmt.Sprintf("account %s was changed since it was read (If-Match does not match its current ETag): nothing written; read it again", quote.Value(e.account))
 }
 
 // ifMatches evaluates an If-Match field value against the current
@@ -69,37 +70,37 @@ func ifMatches(field string, etag string, exists bool) bool {
 	return false
 }
 
-// edit is one write of one account through the page or the admin
+// Edit is one write of one account through the page or the admin
 // routes: its If-Match and, once the commit has read it under the
 // store's lock, the account as it was.
-type edit struct {
-	id      string
-	ifMatch []string // the request's If-Match lines; nil: unconditional
-	// absentIsEmpty: an account without a record is an account
+type Edit struct {
+	ID      string
+	IfMatch []string // the request's If-Match lines; nil: unconditional
+	// AbsentIsEmpty: an account without a record is an account
 	// without rules (the page, whose GET always shows the account)
 	// rather than no representation (the admin routes' 404).
-	absentIsEmpty bool
-	before        []Rule // the rules as stored before the write
-	// after, when set, is the rules the write stores, as served: a
+	AbsentIsEmpty bool
+	Before        []policy.Rule // the rules as stored before the write
+	// After, when set, is the rules the write stores, as served: a
 	// write of the stored rules is then refused with errUnchanged.
-	after []Rule
+	After []policy.Rule
 }
 
-// errUnchanged is a write whose rules are the stored ones: the commit
+// ErrUnchanged is a write whose rules are the stored ones: the commit
 // writes nothing (no log entry, no history entry) and the caller answers
 // as if it had.
-var errUnchanged = errors.New("the rules are unchanged: nothing written")
+var ErrUnchanged = errors.New("the rules are unchanged: nothing written")
 
-// check is the change's check: it records the stored rules and
+// Check is the change's check: it records the stored rules and
 // evaluates If-Match against them.
-func (e *edit) check(stored *policy.Account) error {
-	e.before = servedRules(stored)
-	exists := stored != nil || e.absentIsEmpty
-	if e.ifMatch != nil && !ifMatches(strings.Join(e.ifMatch, ","), etagOf(e.before), exists) {
-		return errPrecondition{account: e.id}
+func (e *Edit) Check(stored *policy.Account) error {
+	e.Before = servedRules(stored)
+	exists := stored != nil || e.AbsentIsEmpty
+	if e.IfMatch != nil && !ifMatches(strings.Join(e.IfMatch, ","), ETag(e.Before), exists) {
+		return ErrPrecondition{account: e.ID}
 	}
-	if e.after != nil && exists && slices.EqualFunc(e.before, e.after, sameRule) {
-		return errUnchanged
+	if e.After != nil && exists && slices.EqualFunc(e.Before, e.After, sameRule) {
+		return ErrUnchanged
 	}
 	return nil
 }
@@ -108,21 +109,21 @@ func (e *edit) check(stored *policy.Account) error {
 // account as stored, before the commit writes anything; s.writeMu and
 // the storage lock are held, so the stored account cannot change
 // between a check and the write.
-func (s *accountStore) checkChanges(ctx context.Context, st certmagic.Storage, changes []change) error {
+func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes []Change) error {
 	for _, c := range changes {
-		if c.check == nil {
+		if c.Check == nil {
 			continue
 		}
 		var stored *policy.Account
-		b, err := st.Load(ctx, s.keys.account(c.id))
+		b, err := st.Load(ctx, s.keys.account(c.ID))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			return err
 		default:
-			stored, _ = compileRecord(c.id, b, policy.NewMethodCache())
+			stored, _ = compileRecord(c.ID, b, policy.NewMethodCache())
 		}
-		if err := c.check(stored); err != nil {
+		if err := c.Check(stored); err != nil {
 			return err
 		}
 	}
@@ -140,22 +141,22 @@ const (
 
 // historyEntry is one change of an account as GET /history shows it.
 type historyEntry struct {
-	Time  string `json:"time"` // RFC 3339
-	By    string `json:"by"`
-	Rules []Rule `json:"rules"`
+	Time  string        `json:"time"` // RFC 3339
+	By    string        `json:"by"`
+	Rules []policy.Rule `json:"rules"`
 }
 
-// accountHistory is the stored history of one account, newest first.
-type accountHistory struct {
+// History is the stored history of one account, newest first.
+type History struct {
 	Account string         `json:"account"`
 	Changes []historyEntry `json:"changes"`
 }
 
-// readHistory reads an account's history from the storage (so that
+// ReadHistory reads an account's history from the storage (so that
 // every server shows the same); an account never edited has none.
-func (s *accountStore) readHistory(ctx context.Context, id string) (accountHistory, error) {
+func (s *Store) ReadHistory(ctx context.Context, id string) (History, error) {
 	st, _ := s.storage()
-	h := accountHistory{Account: id, Changes: []historyEntry{}}
+	h := History{Account: id, Changes: []historyEntry{}}
 	b, err := st.Load(ctx, s.keys.history(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return h, nil
@@ -163,9 +164,9 @@ func (s *accountStore) readHistory(ctx context.Context, id string) (accountHisto
 	if err != nil {
 		return h, err
 	}
-	var stored accountHistory
+	var stored History
 	if err := json.Unmarshal(b, &stored); err != nil || stored.Account != id {
-		return h, fmt.Errorf("history of account %s unreadable", q(id))
+		return h, fmt.Errorf("history of account %s unreadable", quote.Value(id))
 	}
 	if stored.Changes != nil {
 		h.Changes = stored.Changes
@@ -177,32 +178,34 @@ func (s *accountStore) readHistory(ctx context.Context, id string) (accountHisto
 // accounts' histories, under the store's lock that the commit holds. A
 // history is a record of the rules, not the rules: a history the
 // storage fails to take is logged, and the commit stands.
-func (s *accountStore) recordHistory(ctx context.Context, st certmagic.Storage, changes []change) {
+func (s *Store) recordHistory(ctx context.Context, st certmagic.Storage, changes []Change) {
 	now := time.Now().UTC().Format(time.RFC3339)
 	for _, c := range changes {
-		if c.by == "" {
+		if c.By == "" {
 			continue
 		}
-		h, err := s.readHistory(ctx, c.id)
+		h, err := s.ReadHistory(ctx, c.ID)
 		if err != nil {
-			s.logger().Warn("account history unreadable: starting it again", zap.String("store", s.name), zap.String("account", c.id), zap.Error(err))
+			s.logger().Warn("account history unreadable: starting it again", zap.String("store", s.Name), zap.String("account", c.ID), zap.Error(err))
 		}
-		rules := []Rule{}
-		if c.acct != nil {
-			rules = rulesOf(*c.acct)
+		rules := []policy.Rule{}
+		if c.Acct != nil {
+			rules = RulesOf(*c.Acct)
 		}
-		h.Changes = slices.Insert(h.Changes, 0, historyEntry{Time: now, By: c.by, Rules: rules})
+		h.Changes = slices.Insert(h.Changes, 0, historyEntry{Time: now, By: c.By, Rules: rules})
 		h.Changes = h.Changes[:min(len(h.Changes), historyKeep)]
 		b, _ := json.Marshal(h)
 		for len(b) > historyMaxBytes && len(h.Changes) > historyMinKeep {
 			h.Changes = h.Changes[:len(h.Changes)-1]
 			b, _ = json.Marshal(h)
 		}
-		if err := st.Store(ctx, s.keys.history(c.id), b); err != nil {
-			s.logger().Warn("account history not written", zap.String("store", s.name), zap.String("account", c.id), zap.Error(err))
+		if err := st.Store(ctx, s.keys.history(c.ID), b); err != nil {
+			s.logger().Warn("account history not written", zap.String("store", s.Name), zap.String("account", c.ID), zap.Error(err))
 		}
 	}
 }
 
 // sameRule reports whether two served rules are the same.
-func sameRule(a, b Rule) bool { return a.Origin == b.Origin && slices.Equal(a.Methods, b.Methods) }
+func sameRule(a, b policy.Rule) bool {
+	return a.Origin == b.Origin && slices.Equal(a.Methods, b.Methods)
+}

@@ -1,4 +1,4 @@
-package atomspherecors
+package rulestore
 
 // Store faults found by a review that saw only the docs (docs/store.md,
 // "Faults"): a record the storage cannot give, a commit the storage
@@ -37,7 +37,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 		t.Fatalf("b did not follow: %v", err)
 	}
 	// A change naming "blocked", whose record is a directory.
-	var h storeHead
+	var h Head
 	raw, _ := os.ReadFile(filepath.Join(storeDir(dir, "t"), "head"))
 	if err := json.Unmarshal(raw, &h); err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(storeDir(dir, "t"), "log", fmt.Sprintf("%020d", h.Seq+1)), []byte(`{"accounts":["blocked"]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.commit(ctx, []change{{id: "acct-1", delete: true}}); err != nil { // adopts the entry
+	if _, err := a.Commit(ctx, []Change{{ID: "acct-1", Delete: true}}); err != nil { // adopts the entry
 		t.Fatal(err)
 	}
 	put(t, a, "acct-2", policy.Rule{Origin: "https://two.example"})
@@ -68,7 +68,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 	if !allows(b, "acct-2", "https://two.example") {
 		t.Error("acct-2 created, not served by b")
 	}
-	if why := b.status().Refused["blocked"]; !strings.Contains(why, "record unreadable") {
+	if why := b.Status().Refused["blocked"]; !strings.Contains(why, "record unreadable") {
 		t.Errorf("b's status does not list the unreadable record: %q", why)
 	}
 	// Once the record can be read, it is served.
@@ -76,8 +76,8 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, a, "blocked", policy.Rule{Origin: "https://unblocked.example"})
-	if err := b.poll(ctx); err != nil || !allows(b, "blocked", "https://unblocked.example") || b.status().Refused["blocked"] != "" {
-		t.Errorf("the repaired record is not served: %v %v", err, b.status().Refused)
+	if err := b.poll(ctx); err != nil || !allows(b, "blocked", "https://unblocked.example") || b.Status().Refused["blocked"] != "" {
+		t.Errorf("the repaired record is not served: %v %v", err, b.Status().Refused)
 	}
 }
 
@@ -92,12 +92,12 @@ func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(storeDir(dir, "t"), "accounts", "zz-blocked", "x"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	var batch []change
+	var batch []Change
 	for _, id := range []string{"victim", "new-1", "zz-blocked"} {
 		batch = append(batch, writeOf(t, a, id, policy.Rule{Origin: "https://new.example"}))
 	}
-	_, err := a.commit(ctx, batch)
-	var ce *commitError
+	_, err := a.Commit(ctx, batch)
+	var ce *CommitError
 	if !errors.As(err, &ce) || ce.written != 2 || !ce.published {
 		t.Fatalf("commit: %v, want 2 accounts written and published", err)
 	}
@@ -107,12 +107,12 @@ func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
 	if err := b.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []*accountStore{a, b} {
+	for _, s := range []*Store{a, b} {
 		if !allows(s, "victim", "https://new.example") || !allows(s, "new-1", "https://new.example") || allows(s, "victim", "https://old.example") {
-			t.Errorf("store %s does not serve the two accounts written", s.key)
+			t.Errorf("store %s does not serve the two accounts written", s.Key)
 		}
 		if allows(s, "zz-blocked", "https://new.example") {
-			t.Errorf("store %s serves the account that was not written", s.key)
+			t.Errorf("store %s serves the account that was not written", s.Key)
 		}
 	}
 }
@@ -123,13 +123,13 @@ func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
 	dir := t.TempDir()
 	ss := testStores(t, dir, 2)
 	a, b := ss[0], ss[1]
-	var batch []change
+	var batch []Change
 	for i := range 300 {
 		for _, o := range []string{"https://old.example", "https://new.example"} {
 			batch = append(batch, writeOf(t, a, fmt.Sprintf("dup-%03d", i), policy.Rule{Origin: o}))
 		}
 	}
-	existed, err := a.commit(context.Background(), batch)
+	existed, err := a.Commit(context.Background(), batch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,9 +144,9 @@ func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
 	}
 	for i := range 300 {
 		id := fmt.Sprintf("dup-%03d", i)
-		for _, s := range []*accountStore{a, b} {
+		for _, s := range []*Store{a, b} {
 			if allows(s, id, "https://old.example") || !allows(s, id, "https://new.example") {
-				t.Fatalf("%s on %s: the first of two rules lists won", id, s.key)
+				t.Fatalf("%s on %s: the first of two rules lists won", id, s.Key)
 			}
 		}
 	}
@@ -175,9 +175,9 @@ func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 	if !allows(b, "acct-1", "https://one.example") {
 		t.Error("the rules read were dropped")
 	}
-	for _, c := range []change{{id: "acct-1", delete: true}, writeOf(t, b, "acct-2", policy.Rule{Origin: "https://two.example"})} {
-		if _, err := b.commit(ctx, []change{c}); err == nil || !strings.Contains(err.Error(), "missing") {
-			t.Errorf("write of %s to a store without head: %v, want it refused", c.id, err)
+	for _, c := range []Change{{ID: "acct-1", Delete: true}, writeOf(t, b, "acct-2", policy.Rule{Origin: "https://two.example"})} {
+		if _, err := b.Commit(ctx, []Change{c}); err == nil || !strings.Contains(err.Error(), "missing") {
+			t.Errorf("write of %s to a store without head: %v, want it refused", c.ID, err)
 		}
 	}
 	if _, err := os.Stat(storeDir(dir, "t")); err == nil {
@@ -196,7 +196,7 @@ func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("XDG_DATA_HOME", t.TempDir())
-	fresh := openStore("t", "t\nfresh", &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
+	fresh := Open("t", "t\nfresh", dataDirFromEnv(), &certmagic.FileStorage{Path: dir}, zap.NewNop(), time.Hour)
 	defer func() { _ = fresh.Destruct() }()
 	put(t, fresh, "acct-3", policy.Rule{Origin: "https://three.example"})
 	if err := b.poll(ctx); err != nil || !allows(b, "acct-3", "https://three.example") || allows(b, "acct-1", "https://one.example") {
@@ -225,14 +225,14 @@ func TestStoreRefusedInBaseReadAgain(t *testing.T) {
 	if err := a.writeSnapshot(); err != nil {
 		t.Fatal(err)
 	}
-	fromSnap := openStore("t", a.key, downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
+	fromSnap := Open("t", a.Key, dataDirFromEnv(), downStorage{newMemStorage()}, zap.NewNop(), time.Hour)
 	defer func() { _ = fromSnap.Destruct() }()
-	if fromSnap.status().Serving != "snapshot" || len(fromSnap.unreadableIDs()) != 1 {
+	if fromSnap.Status().Serving != "snapshot" || len(fromSnap.unreadableIDs()) != 1 {
 		t.Errorf("serving %s; the snapshot's refused record is not read again at the next poll: %v",
-			fromSnap.status().Serving, fromSnap.unreadableIDs())
+			fromSnap.Status().Serving, fromSnap.unreadableIDs())
 	}
 	fromBase := freshServer(t, dir)
-	if !allows(fromBase, "acct-2", "https://two.example") || fromBase.status().Refused["acct-2"] != "" {
-		t.Errorf("a new server does not read the refused record again: %v", fromBase.status().Refused)
+	if !allows(fromBase, "acct-2", "https://two.example") || fromBase.Status().Refused["acct-2"] != "" {
+		t.Errorf("a new server does not read the refused record again: %v", fromBase.Status().Refused)
 	}
 }
