@@ -208,7 +208,15 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *rulestore.Stor
 		return apiErr(http.StatusBadRequest, "%s", err.Error())
 	}
 	e, audit := a.edit(r, id)
+	served := rulestore.RulesOf(*acct)
+	e.After = served
 	existed, err := s.Commit(r.Context(), []rulestore.Change{{ID: id, Rules: rules, Acct: acct, Check: e.Check, By: audit.by}})
+	if errors.Is(err, rulestore.ErrUnchanged) {
+		// The stored rules already: nothing written, no history entry.
+		audit.refused(http.StatusOK, "unchanged: nothing written")
+		w.Header().Set("ETag", rulestore.ETag(served))
+		return writeJSON(w, http.StatusOK, served)
+	}
 	if err != nil {
 		return editError(s, audit, err)
 	}
@@ -216,7 +224,6 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *rulestore.Stor
 	if existed[0] {
 		status = http.StatusOK
 	}
-	served := rulestore.RulesOf(*acct)
 	audit.written(e.Before, served)
 	w.Header().Set("ETag", rulestore.ETag(served))
 	return writeJSON(w, status, served)

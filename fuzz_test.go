@@ -465,6 +465,7 @@ func FuzzServeHTTP(f *testing.F) {
 			f.Add(methods[j%len(methods)], p, o, uint8(1), "", uint8(0), "", uint8(j))
 		}
 	}
+	f.Add("CONNECT", "/api/rest/v1/account-123456/ws", "https://evil.example", uint8(1), "", uint8(0), "", uint8(0))
 	for i, p := range paths {
 		f.Add("OPTIONS", p, "https://mydomain.com", uint8(1), "DELETE", uint8(1), "x-a, x-b", uint8(i))
 		f.Add("GET", p, "https://mydomain.com\nhttps://mydomain.com", uint8(2), "GET", uint8(2), "", uint8(i))
@@ -614,6 +615,12 @@ func FuzzServeHTTP(f *testing.F) {
 				if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
 					t.Fatalf("%s: denied preflight returned %v, want a 401 HandlerError", desc(), err)
 				}
+			}
+		} else if method == http.MethodConnect && len(origins) > 0 && !allowed {
+			// A denied protocol switch from a browser (docs/behaviour.md
+			// §3): refused with 403, the next handler not run.
+			if next.called || !errors.As(err, &he) || he.StatusCode != http.StatusForbidden {
+				t.Fatalf("%s: a denied CONNECT with Origin returned %v (next ran: %v), want a 403 HandlerError", desc(), err, next.called)
 			}
 		} else if !next.called {
 			t.Fatalf("%s: a normal request did not reach the next handler", desc())

@@ -200,6 +200,17 @@ var errAmbiguousPath error = caddyhttp.HandlerError{
 	Trace:      "atomsphere_cors",
 }
 
+// errHandshakeDenied refuses a connection upgrade (a WebSocket handshake)
+// from an origin the account does not allow. Browsers apply no CORS
+// check to a WebSocket: whatever the handshake's response says, the page
+// reads the socket, so the module refuses it instead (docs/behaviour.md
+// §3).
+var errHandshakeDenied error = caddyhttp.HandlerError{
+	StatusCode: http.StatusForbidden,
+	Err:        errors.New("connection upgrade refused: the account does not allow this origin"),
+	Trace:      "atomsphere_cors",
+}
+
 // newIndex checks the handler's config and compiles it (policy.NewIndex),
 // with the problems of its store settings in their place.
 func newIndex(h *Handler) (*policy.Index, error) {
@@ -255,8 +266,18 @@ func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return h.refuseDeferredCORS(below)
 	case d.Kind == policy.Preflight:
 		return h.preflight(w, r, d)
+	case d.Rule == nil && d.Reason != policy.NoOrigin && isUpgrade(r):
+		return h.refuse(w, r, errHandshakeDenied, "Origin")
 	}
 	return h.normal(w, r, next, d)
+}
+
+// isUpgrade reports whether r asks to leave HTTP for another protocol on
+// its connection: an Upgrade header (a WebSocket handshake over HTTP/1.1,
+// RFC 6455 §4.1) or CONNECT (over HTTP/2, RFC 8441). A browser sends
+// Origin with both and reads the connection whatever CORS says.
+func isUpgrade(r *http.Request) bool {
+	return len(r.Header["Upgrade"]) > 0 || r.Method == http.MethodConnect
 }
 
 // preflight answers a preflight: allowed, with preflight_status and the

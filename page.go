@@ -158,12 +158,26 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	hdr.Set("X-Frame-Options", "DENY")
 	hdr.Set("Referrer-Policy", "same-origin")
 
-	if underCORSHandler(w) {
+	// The page's answers carry no CORS headers, whoever set them: a site
+	// that reflects Origin with credentials would let any origin read
+	// every user's rules.
+	dropCORS(hdr)
+	below := deferredCORSWriter(w)
+	if underCORSHandler(w) || below != nil {
+		if below != nil {
+			// Answer below the deferring writer, so that its operations
+			// do not add their headers to this answer either.
+			w = below.(interface{ Unwrap() http.ResponseWriter }).Unwrap()
+			dropCORS(w.Header())
+		}
 		// The API's handler takes the page's path for an account path
 		// and would give the page's answers that account's CORS
-		// headers, letting its origins read every user's rules.
-		p.logger.Error("the CORS page is under a path prefix of atomsphere_cors: it refuses every request; " +
-			"move it outside the API's path prefixes (docs/page.md)")
+		// headers, letting its origins read every user's rules; header
+		// operations deferred to the response would add theirs after
+		// the page has written its own.
+		p.logger.Error("the CORS page is under a path prefix of atomsphere_cors, or under header operations " +
+			"deferred until the response that touch Access-Control-* headers: it refuses every request; " +
+			"move it outside the API's path prefixes and those operations (docs/page.md)")
 		return pageError(w, http.StatusInternalServerError, "the CORS page is misconfigured: see the server's log")
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)

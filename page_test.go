@@ -625,6 +625,16 @@ func TestPageAdminRoutesETag(t *testing.T) {
 	if res, body := call("PUT", `"x", `+tag, `[{"origin":"https://f.example"}]`); res.StatusCode != 200 {
 		t.Errorf("PUT with the current ETag in a list: %d %s, want 200", res.StatusCode, body)
 	}
+	// A PUT of the stored rules, in any spelling, writes nothing: no
+	// audit entry, no history entry (both counted below), the same ETag.
+	res, _ = call("GET", "", "")
+	current := res.Header.Get("ETag")
+	for range 2 {
+		res, body := call("PUT", "", `[{"origin":"HTTPS://F.example:443","methods":["get","post","delete"]}]`)
+		if res.StatusCode != 200 || res.Header.Get("ETag") != current {
+			t.Errorf("PUT of the stored rules: %d ETag %s (was %s) %s", res.StatusCode, res.Header.Get("ETag"), current, body)
+		}
+	}
 	if res, _ := call("DELETE", tag, ""); res.StatusCode != 412 {
 		t.Errorf("DELETE with the ETag before the PUT: %d, want 412", res.StatusCode)
 	}
@@ -798,6 +808,72 @@ http://127.0.0.1:9811 {
 		res, body := pageCall(t, "GET", base+route, "acct-a", http.Header{"Origin": {"http://localhost:9853"}}, "")
 		if res.StatusCode != 500 || strings.Contains(body, `"account"`) || strings.Contains(body, "<html") {
 			t.Errorf("GET %s from an origin the API allows for account settings: %d %s, want 500 and nothing of acct-a's", route, res.StatusCode, body)
+		}
+	}
+}
+
+// TestPageCarriesNoCORSHeaders: the page's answers carry no
+// Access-Control-* header, whoever sets it: a site that reflects Origin
+// with credentials would let any origin read every user's rules. Header
+// operations deferred to the response that touch them make the page
+// refuse every request. Ports: admin 127.0.0.1:2942, HTTP
+// 127.0.0.1:9812-9813.
+func TestPageCarriesNoCORSHeaders(t *testing.T) {
+	dir := t.TempDir()
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin 127.0.0.1:2942
+	storage file_system %s
+}
+
+http://127.0.0.1:9812 {
+	bind 127.0.0.1
+	header Access-Control-Allow-Origin {http.request.header.Origin}
+	header Access-Control-Allow-Credentials true
+	handle_path /settings/cors/* {
+		basic_auth {
+			acct-a %s
+		}
+		atomsphere_cors_page {
+			store nocors {
+				poll_interval 1h
+			}
+			account {http.auth.user.id}
+		}
+	}
+}
+
+http://127.0.0.1:9813 {
+	bind 127.0.0.1
+	header {
+		defer
+		Access-Control-Allow-Origin {http.request.header.Origin}
+	}
+	handle_path /settings/cors/* {
+		basic_auth {
+			acct-a %s
+		}
+		atomsphere_cors_page {
+			store nocors {
+				poll_interval 1h
+			}
+			account {http.auth.user.id}
+		}
+	}
+}
+`, filepath.Join(dir, "storage"), demoHash, demoHash))
+	evil := http.Header{"Origin": {"https://evil.example"}}
+	for _, route := range []string{"/rules", "/history", "/"} {
+		res, body := pageCall(t, "GET", "http://127.0.0.1:9812/settings/cors"+route, "acct-a", evil, "")
+		if res.StatusCode != 200 {
+			t.Errorf("GET %s: %d %s", route, res.StatusCode, body)
+		}
+		if h := corsHeaders(res.Header); len(h) > 0 {
+			t.Errorf("GET %s from another origin carries %v", route, h)
+		}
+		res, body = pageCall(t, "GET", "http://127.0.0.1:9813/settings/cors"+route, "acct-a", evil, "")
+		if res.StatusCode != 500 || strings.Contains(body, `"account"`) || len(corsHeaders(res.Header)) > 0 {
+			t.Errorf("GET %s under deferred Access-Control-* operations: %d %v %s, want 500 with nothing of acct-a's and no CORS header",
+				route, res.StatusCode, corsHeaders(res.Header), body)
 		}
 	}
 }

@@ -975,3 +975,63 @@ func TestSecurityEncodedSlashSnippet(t *testing.T) {
 		}
 	}
 }
+
+// TestWebSocketHandshakeFromADeniedOrigin: browsers apply no CORS check to
+// WebSockets, so a page of any origin would read a socket opened on an
+// account path with the user's cookies. A handshake (Upgrade) whose
+// Origin the account does not allow is refused with 403 before the next
+// handler; an allowed one, or one without Origin (no browser), goes on
+// (docs/behaviour.md §3). Port 127.0.0.1:9836.
+func TestWebSocketHandshakeFromADeniedOrigin(t *testing.T) {
+	startCaddy(t, "caddyfile", `{
+	admin off
+}
+
+http://127.0.0.1:9836 {
+	bind 127.0.0.1
+	atomsphere_cors {
+		account acct-1 {
+			origin https://app.example GET
+		}
+		account acct-2 {
+			origin https://app.example POST
+		}
+	}
+	respond "upstream reached" 200
+}
+`)
+	handshake := func(origin string) http.Header {
+		h := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"},
+			"Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+		if origin != "" {
+			h["Origin"] = []string{origin}
+		}
+		return h
+	}
+	for _, tc := range []struct {
+		desc, path, origin string
+		status             int
+	}{
+		{"another origin", "/api/rest/v1/acct-1/stream", "https://evil.example", 403},
+		{"an origin without GET", "/api/rest/v1/acct-2/stream", "https://app.example", 403},
+		{"an unknown account", "/api/rest/v1/nobody/stream", "https://app.example", 403},
+		{"a null origin", "/api/rest/v1/acct-1/stream", "null", 403},
+		{"the allowed origin", "/api/rest/v1/acct-1/stream", "https://app.example", 200},
+		{"no Origin (not a browser)", "/api/rest/v1/acct-1/stream", "", 200},
+		{"outside the prefixes", "/ws", "https://evil.example", 200},
+	} {
+		res, body := doRequest(t, "GET", "http://127.0.0.1:9836"+tc.path, handshake(tc.origin))
+		if res.StatusCode != tc.status {
+			t.Errorf("%s: %d %q, want %d", tc.desc, res.StatusCode, body, tc.status)
+		}
+		if tc.status == 403 && (strings.Contains(body, "upstream reached") || res.Header.Get("Access-Control-Allow-Origin") != "" ||
+			!strings.Contains(res.Header.Get("Vary"), "Origin")) {
+			t.Errorf("%s: refused, but %q, headers %v", tc.desc, body, res.Header)
+		}
+	}
+	// The same requests without Upgrade are denied normal requests that
+	// go on, as ever.
+	if res, body := doRequest(t, "GET", "http://127.0.0.1:9836/api/rest/v1/acct-1/x", http.Header{"Origin": {"https://evil.example"}}); res.StatusCode != 200 || body != "upstream reached" {
+		t.Errorf("a denied GET without Upgrade: %d %q, want the upstream's answer", res.StatusCode, body)
+	}
+}
