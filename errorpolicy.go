@@ -436,6 +436,7 @@ func (p *errorPolicy) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 	} else {
 		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, vary: true}
 		cw.v.vary[0] = "Origin"
+		noSwitch(r)
 		err = next.ServeHTTP(cw, r)
 		if cw.wroteHeader {
 			dropCORSTrailers(w.Header())

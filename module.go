@@ -272,6 +272,34 @@ func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp
 	return h.normal(w, r, next, d)
 }
 
+// noSwitch removes from r what asks to switch protocols (Upgrade, the
+// upgrade token of Connection, HTTP/2's :protocol), before error routes
+// run for a request on an account path: a reverse_proxy there would
+// otherwise complete a WebSocket handshake the module refused, or one
+// that failed before it.
+func noSwitch(r *http.Request) {
+	if !isUpgrade(r) && len(r.Header["Connection"]) == 0 {
+		return
+	}
+	delete(r.Header, "Upgrade")
+	delete(r.Header, ":protocol")
+	if lines := r.Header["Connection"]; len(lines) > 0 {
+		var keep []string
+		for _, line := range lines {
+			for token := range strings.SplitSeq(line, ",") {
+				if token = strings.TrimSpace(token); token != "" && !strings.EqualFold(token, "upgrade") {
+					keep = append(keep, token)
+				}
+			}
+		}
+		if len(keep) == 0 {
+			delete(r.Header, "Connection")
+		} else {
+			r.Header["Connection"] = []string{strings.Join(keep, ", ")}
+		}
+	}
+}
+
 // isUpgrade reports whether r asks to leave HTTP for another protocol on
 // its connection: an Upgrade header (a WebSocket handshake over HTTP/1.1,
 // RFC 6455 §4.1) or CONNECT (over HTTP/2, RFC 8441). A browser sends
@@ -389,6 +417,7 @@ func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
 		return err
 	}
 	restoreOriginal(r)
+	noSwitch(r)
 	er := h.errs.srv.Errors.WithError(r, err)
 	er = er.WithContext(context.WithValue(er.Context(), inModuleWriterKey{}, true))
 	err2 := h.errs.compiled().ServeHTTP(cw, er)

@@ -163,7 +163,7 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	// every user's rules.
 	dropCORS(hdr)
 	below := deferredCORSWriter(w)
-	if underCORSHandler(w) || below != nil {
+	if underCORSHandler(w) || below != nil || underBufferingRecorder(w) {
 		if below != nil {
 			// Answer below the deferring writer, so that its operations
 			// do not add their headers to this answer either.
@@ -175,9 +175,10 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		// headers, letting its origins read every user's rules; header
 		// operations deferred to the response would add theirs after
 		// the page has written its own.
-		p.logger.Error("the CORS page is under a path prefix of atomsphere_cors, or under header operations " +
-			"deferred until the response that touch Access-Control-* headers: it refuses every request; " +
-			"move it outside the API's path prefixes and those operations (docs/page.md)")
+		p.logger.Error("the CORS page is under a path prefix of atomsphere_cors, under header operations " +
+			"deferred until the response that touch Access-Control-* headers, or under a handler that " +
+			"buffers its answer to change it (intercept, templates): it refuses every request; " +
+			"move it out from under them (docs/page.md)")
 		return pageError(w, http.StatusInternalServerError, "the CORS page is misconfigured: see the server's log")
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -225,6 +226,19 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 func underCORSHandler(w http.ResponseWriter) bool {
 	for w := range writerChain(w) {
 		if _, ok := w.(*corsWriter); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// underBufferingRecorder reports whether a handler before the page
+// buffers its answer to change it afterwards (intercept's handle_response
+// routes, templates): what such a handler sets, the page cannot remove.
+// Caddy's own recorder for access logs buffers nothing.
+func underBufferingRecorder(w http.ResponseWriter) bool {
+	for w := range writerChain(w) {
+		if rr, ok := w.(caddyhttp.ResponseRecorder); ok && rr.Buffer() != nil {
 			return true
 		}
 	}

@@ -816,8 +816,9 @@ http://127.0.0.1:9811 {
 // Access-Control-* header, whoever sets it: a site that reflects Origin
 // with credentials would let any origin read every user's rules. Header
 // operations deferred to the response that touch them make the page
-// refuse every request. Ports: admin 127.0.0.1:2942, HTTP
-// 127.0.0.1:9812-9813.
+// refuse every request, as does a handler that buffers the page's answer
+// to change it (intercept). Ports: admin 127.0.0.1:2942, HTTP
+// 127.0.0.1:9812-9814.
 func TestPageCarriesNoCORSHeaders(t *testing.T) {
 	dir := t.TempDir()
 	startCaddy(t, "caddyfile", fmt.Sprintf(`{
@@ -827,8 +828,33 @@ func TestPageCarriesNoCORSHeaders(t *testing.T) {
 
 http://127.0.0.1:9812 {
 	bind 127.0.0.1
+	log {
+		output discard
+	}
 	header Access-Control-Allow-Origin {http.request.header.Origin}
 	header Access-Control-Allow-Credentials true
+	handle_path /settings/cors/* {
+		basic_auth {
+			acct-a %s
+		}
+		atomsphere_cors_page {
+			store nocors {
+				poll_interval 1h
+			}
+			account {http.auth.user.id}
+		}
+	}
+}
+
+http://127.0.0.1:9814 {
+	bind 127.0.0.1
+	intercept {
+		@any status 2xx 4xx
+		handle_response @any {
+			header Access-Control-Allow-Origin {http.request.header.Origin}
+			header Access-Control-Allow-Credentials true
+		}
+	}
 	handle_path /settings/cors/* {
 		basic_auth {
 			acct-a %s
@@ -860,7 +886,7 @@ http://127.0.0.1:9813 {
 		}
 	}
 }
-`, filepath.Join(dir, "storage"), demoHash, demoHash))
+`, filepath.Join(dir, "storage"), demoHash, demoHash, demoHash))
 	evil := http.Header{"Origin": {"https://evil.example"}}
 	for _, route := range []string{"/rules", "/history", "/"} {
 		res, body := pageCall(t, "GET", "http://127.0.0.1:9812/settings/cors"+route, "acct-a", evil, "")
@@ -874,6 +900,12 @@ http://127.0.0.1:9813 {
 		if res.StatusCode != 500 || strings.Contains(body, `"account"`) || len(corsHeaders(res.Header)) > 0 {
 			t.Errorf("GET %s under deferred Access-Control-* operations: %d %v %s, want 500 with nothing of acct-a's and no CORS header",
 				route, res.StatusCode, corsHeaders(res.Header), body)
+		}
+		// intercept's handle_response routes set headers after the page
+		// has written: the page refuses to answer under them.
+		res, body = pageCall(t, "GET", "http://127.0.0.1:9814/settings/cors"+route, "acct-a", evil, "")
+		if res.StatusCode != 500 || strings.Contains(body, `"account"`) || strings.Contains(body, "<html") {
+			t.Errorf("GET %s under intercept: %d %s, want 500 with nothing of acct-a's", route, res.StatusCode, body)
 		}
 	}
 }

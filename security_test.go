@@ -19,6 +19,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1033,5 +1034,74 @@ http://127.0.0.1:9836 {
 	// go on, as ever.
 	if res, body := doRequest(t, "GET", "http://127.0.0.1:9836/api/rest/v1/acct-1/x", http.Header{"Origin": {"https://evil.example"}}); res.StatusCode != 200 || body != "upstream reached" {
 		t.Errorf("a denied GET without Upgrade: %d %q, want the upstream's answer", res.StatusCode, body)
+	}
+}
+
+// TestWebSocketRefusedThroughErrorRoutes: a refused handshake goes
+// through the site's error routes; one that proxies must not complete
+// the upgrade there, nor may one that runs for an error raised before the
+// module. The upstream switches protocols whenever asked. Ports
+// 127.0.0.1:9837-9838.
+func TestWebSocketRefusedThroughErrorRoutes(t *testing.T) {
+	var upgrades atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			_, _ = io.WriteString(w, "error page")
+			return
+		}
+		upgrades.Add(1)
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nsecret")
+		_ = rw.Flush()
+	}))
+	defer up.Close()
+	startCaddy(t, "caddyfile", `{
+	admin off
+}
+
+http://127.0.0.1:9837 {
+	bind 127.0.0.1
+	atomsphere_cors {
+		account acct-1 {
+			origin https://app.example GET
+		}
+	}
+	reverse_proxy `+strings.TrimPrefix(up.URL, "http://")+`
+	handle_errors {
+		reverse_proxy `+strings.TrimPrefix(up.URL, "http://")+`
+	}
+}
+
+http://127.0.0.1:9838 {
+	bind 127.0.0.1
+	route {
+		error /api/* "failed before the module" 500
+		atomsphere_cors {
+			account acct-1 {
+				origin https://app.example GET
+			}
+		}
+		reverse_proxy `+strings.TrimPrefix(up.URL, "http://")+`
+	}
+	handle_errors {
+		reverse_proxy `+strings.TrimPrefix(up.URL, "http://")+`
+	}
+}
+`)
+	for _, target := range []string{"9837/api/rest/v1/acct-1/ws", "9837/api/rest/v1/acct-1/..%2facct-2/ws", "9838/api/rest/v1/acct-1/ws"} {
+		path := target
+		res, body := doRequest(t, "GET", "http://127.0.0.1:"+target, http.Header{
+			"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Origin": {"https://evil.example"},
+			"Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}})
+		if res.StatusCode == http.StatusSwitchingProtocols || strings.Contains(body, "secret") {
+			t.Errorf("%s: a refused handshake was completed by the error route: %d %q", path, res.StatusCode, body)
+		}
+	}
+	if n := upgrades.Load(); n != 0 {
+		t.Errorf("the upstream was asked to switch protocols %d times by the error routes", n)
 	}
 }

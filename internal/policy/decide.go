@@ -1,6 +1,9 @@
 package policy
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
 
 // The request headers Decide reads, in canonical form.
 const (
@@ -138,7 +141,7 @@ func (ix *Index) Decide(r *http.Request, guard bool) Decision {
 	// Each header is read once: a lookup hashes its name.
 	d := Decision{Kind: Normal, Account: id}
 	origin := r.Header[hdrOrigin]
-	method := r.Method
+	method := methodOf(r)
 	reqMethod := preflightMethods(r, origin)
 	if reqMethod != nil {
 		d.Kind = Preflight
@@ -167,6 +170,18 @@ func (ix *Index) Decide(r *http.Request, guard bool) Decision {
 func (d Decision) Method(r *http.Request) string {
 	if d.Kind == Preflight {
 		return r.Header[hdrReqMethod][0]
+	}
+	return methodOf(r)
+}
+
+// methodOf is the method a rule must allow for a normal request: its own,
+// except that a WebSocket over HTTP/2 or HTTP/3, an extended CONNECT
+// (RFC 8441, RFC 9220), is judged as the GET whose handshake it replaces.
+// Go's servers give its protocol as a ":protocol" header (HTTP/2) or as
+// the request's Proto.
+func methodOf(r *http.Request) string {
+	if r.Method == http.MethodConnect && (len(r.Header[":protocol"]) > 0 || r.Proto != "" && !strings.HasPrefix(r.Proto, "HTTP/")) {
+		return http.MethodGet
 	}
 	return r.Method
 }

@@ -30,6 +30,8 @@ func TestDecide(t *testing.T) {
 		{"an unknown account", "GET", "/api/rest/v1/nobody/x", hdr{"Origin": {"https://app.example"}}, Normal, NoRules, "nobody", ""},
 		{"another origin", "GET", "/api/rest/v1/account-1/x", hdr{"Origin": {"https://evil.example"}}, Normal, OriginNotAllowed, "account-1", ""},
 		{"a malformed Origin", "GET", "/api/rest/v1/account-1/x", hdr{"Origin": {"HTTPS://app.example/path"}}, Normal, MalformedOrigin, "account-1", ""},
+		{"a WebSocket over HTTP/2 (extended CONNECT) is judged as GET", "CONNECT", "/api/rest/v1/account-1/ws", hdr{"Origin": {"https://app.example"}, ":protocol": {"websocket"}}, Normal, Allowed, "account-1", "https://app.example"},
+		{"a plain CONNECT is not", "CONNECT", "/api/rest/v1/account-1/ws", hdr{"Origin": {"https://app.example"}}, Normal, MethodNotAllowed, "account-1", ""},
 		{"a method the rule lacks", "POST", "/api/rest/v1/account-1/x", hdr{"Origin": {"https://app.example"}}, Normal, MethodNotAllowed, "account-1", ""},
 		{"preflight allowed", "OPTIONS", "/api/rest/v1/account-1/x", hdr{"Origin": {"https://app.example"}, "Access-Control-Request-Method": {"DELETE"}}, Preflight, Allowed, "account-1", "https://app.example"},
 		{"preflight for a method the rule lacks", "OPTIONS", "/api/rest/v1/account-1/x", hdr{"Origin": {"https://app.example"}, "Access-Control-Request-Method": {"PUT"}}, Preflight, MethodNotAllowed, "account-1", ""},
