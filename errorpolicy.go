@@ -155,6 +155,44 @@ func (p *errorPolicy) sweep(ctx caddy.Context, srv *caddyhttp.Server) {
 	}
 	p.swept = true
 	p.coverServer(ctx, srv)
+	if serverRewrites(srv) {
+		p.markRewrittenErrors(srv)
+	}
+}
+
+// errorOnAccountPath is the request variable that says an error came
+// back from the server's routes on an account path.
+const errorOnAccountPath = "atomsphere_cors_error_on_account_path"
+
+// markRewrittenErrors wraps the server's routes so that an error coming
+// back from them on an account path, as the routes left the path (a
+// rewrite into an account path, then a handler failing before the
+// module), is marked in the request's variables: Caddy restores the
+// original target before it runs the error routes, and that one need not
+// be an account path. Caddy has no hook for it; the routes are read from
+// an unexported field at every request, so the field is replaced once,
+// before the server starts. If a Caddy version renames the field, the
+// error routes keep reading the original target alone, and a warning
+// says so.
+func (p *errorPolicy) markRewrittenErrors(srv *caddyhttp.Server) {
+	f := reflect.ValueOf(srv).Elem().FieldByName("primaryHandlerChain")
+	if !f.IsValid() || f.Type() != reflect.TypeFor[caddyhttp.Handler]() || !f.CanAddr() {
+		p.logger.Warn("this Caddy version gives no way to see the rewritten path of a request whose routes " +
+			"failed: error routes judge the original path alone (docs/behaviour.md §9)")
+		return
+	}
+	chain := (*caddyhttp.Handler)(unsafe.Pointer(f.UnsafeAddr()))
+	next := *chain
+	if next == nil {
+		return
+	}
+	*chain = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		err := next.ServeHTTP(w, r)
+		if err != nil && p.accountPath(r) {
+			caddyhttp.SetVar(r.Context(), errorOnAccountPath, true)
+		}
+		return err
+	})
 }
 
 // coverServer puts p at the head of the error routes of every subroute
@@ -417,6 +455,9 @@ func (p *errorPolicy) wrapCompiledErrors(srv *caddyhttp.Server) error {
 // prefixes, anywhere (a handler under handle_path or strip_prefix sees
 // a shorter path than the one the error routes see).
 func (p *errorPolicy) accountPath(r *http.Request) bool {
+	if on, _ := caddyhttp.GetVar(r.Context(), errorOnAccountPath).(bool); on {
+		return true
+	}
 	for _, h := range p.handlers {
 		if h.ix != nil && h.ix.MightOwn(r, !h.DisablePathGuard) {
 			return true
@@ -434,7 +475,7 @@ func (p *errorPolicy) ServeHTTP(w http.ResponseWriter, r *http.Request, next cad
 		// or the request is not on an account path.
 		err = next.ServeHTTP(w, r)
 	} else {
-		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, vary: true}
+		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, vary: true, errorRoutes: true}
 		cw.v.vary[0] = "Origin"
 		noSwitch(r)
 		err = next.ServeHTTP(cw, r)

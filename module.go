@@ -4,9 +4,11 @@
 package atomspherecors
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -418,6 +420,7 @@ func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
 	}
 	restoreOriginal(r)
 	noSwitch(r)
+	cw.errorRoutes = true
 	er := h.errs.srv.Errors.WithError(r, err)
 	er = er.WithContext(context.WithValue(er.Context(), inModuleWriterKey{}, true))
 	err2 := h.errs.compiled().ServeHTTP(cw, er)
@@ -538,6 +541,9 @@ type corsWriter struct {
 	vary        bool // add v.vary to Vary unless Vary names it already
 	allowed     bool
 	wroteHeader bool
+	// errorRoutes: the writer runs error routes on an account path,
+	// which never switch protocols (see Hijack).
+	errorRoutes bool
 	// The bools come last, together: the writer is allocated once per
 	// request, and this order keeps it in a smaller size class.
 }
@@ -663,6 +669,9 @@ func varyHas(lines []string, token string) bool {
 }
 
 func (cw *corsWriter) WriteHeader(status int) {
+	if status == http.StatusSwitchingProtocols && cw.errorRoutes {
+		status = http.StatusForbidden
+	}
 	if !cw.wroteHeader {
 		// 1xx responses are not final, but send the header map too.
 		if status >= 200 || status == http.StatusSwitchingProtocols {
@@ -678,6 +687,20 @@ func (cw *corsWriter) Write(b []byte) (int, error) {
 		cw.WriteHeader(http.StatusOK)
 	}
 	return cw.ResponseWriterWrapper.Write(b)
+}
+
+// errNoSwitch refuses a protocol switch that error routes attempt.
+var errNoSwitch = errors.New("atomsphere_cors: error routes on an account path do not switch protocols")
+
+// Hijack hands the connection over (a WebSocket an allowed origin
+// opened), except to error routes on an account path: whatever they do
+// (a reverse_proxy given back the Upgrade headers, say), they cannot
+// complete a handshake the module refused or that failed before it.
+func (cw *corsWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if cw.errorRoutes {
+		return nil, nil, errNoSwitch
+	}
+	return http.NewResponseController(cw.ResponseWriter).Hijack()
 }
 
 // ReadFrom must not bypass WriteHeader (ResponseWriterWrapper's goes

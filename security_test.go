@@ -1105,3 +1105,97 @@ http://127.0.0.1:9838 {
 		t.Errorf("the upstream was asked to switch protocols %d times by the error routes", n)
 	}
 }
+
+// TestErrorRoutesSeeTheRewrittenAccountPath: a route that rewrites into
+// an account path and then fails before the module (a matcher error the
+// client chooses) runs the error routes on the original target, which is
+// no account path; they must still let out no Access-Control-* header
+// and switch no protocol. And error routes that put the upgrade headers
+// back themselves still cannot complete a refused handshake. The upstream
+// reflects every Origin with credentials, and switches protocols
+// whenever asked. Ports 127.0.0.1:9839-9840.
+func TestErrorRoutesSeeTheRewrittenAccountPath(t *testing.T) {
+	var upgrades atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
+			w.Header().Set("Access-Control-Allow-Credentials", "true")
+			_, _ = io.WriteString(w, "account data")
+			return
+		}
+		upgrades.Add(1)
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nsecret")
+		_ = rw.Flush()
+	}))
+	defer up.Close()
+	upstream := strings.TrimPrefix(up.URL, "http://")
+	startCaddy(t, "caddyfile", `{
+	admin off
+}
+
+http://127.0.0.1:9839 {
+	bind 127.0.0.1
+	route {
+		rewrite /v1-beta/* /api/rest/v1/{http.request.uri.path.1}/{http.request.uri.path.2}
+		@bad expression `+"`int({query.n}) > 5`"+`
+		header @bad X-A 1
+		atomsphere_cors {
+			account account-123456 {
+				origin https://good.example GET
+			}
+		}
+	}
+	reverse_proxy `+upstream+`
+	handle_errors {
+		reverse_proxy `+upstream+` {
+			header_up Connection {http.request.header.Connection}
+			header_up Upgrade {http.request.header.Upgrade}
+		}
+	}
+}
+
+http://127.0.0.1:9840 {
+	bind 127.0.0.1
+	atomsphere_cors {
+		account account-123456 {
+			origin https://good.example GET
+		}
+	}
+	reverse_proxy `+upstream+`
+	handle_errors {
+		reverse_proxy `+upstream+` {
+			header_up Connection Upgrade
+			header_up Upgrade websocket
+		}
+	}
+}
+`)
+	handshake := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Origin": {"https://evil.example"},
+		"Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+	evil := http.Header{"Origin": {"https://evil.example"}}
+	for _, tc := range []struct {
+		desc, url string
+		hdr       http.Header
+	}{
+		{"a GET whose route fails after the rewrite", "http://127.0.0.1:9839/v1-beta/account-123456/data?n=abc", evil},
+		{"a handshake whose route fails after the rewrite", "http://127.0.0.1:9839/v1-beta/account-123456/ws?n=abc", handshake},
+		{"a refused handshake, error routes that add the upgrade headers", "http://127.0.0.1:9840/api/rest/v1/account-123456/ws", handshake},
+	} {
+		res, body := doRequest(t, "GET", tc.url, tc.hdr.Clone())
+		if res.StatusCode == http.StatusSwitchingProtocols || strings.Contains(body, "secret") {
+			t.Errorf("%s: the protocol was switched: %d %q", tc.desc, res.StatusCode, body)
+		}
+		if acao := res.Header.Get("Access-Control-Allow-Origin"); acao != "" {
+			t.Errorf("%s: %d with Access-Control-Allow-Origin %q from the error route", tc.desc, res.StatusCode, acao)
+		}
+	}
+	// The same route without the failure: the module decides, and denies.
+	if res, _ := doRequest(t, "GET", "http://127.0.0.1:9839/v1-beta/account-123456/data?n=1", evil.Clone()); res.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("the rewritten request without a failure: Access-Control-Allow-Origin %q", res.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
