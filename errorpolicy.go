@@ -1,9 +1,12 @@
 package atomspherecors
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"slices"
@@ -470,19 +473,27 @@ func (p *errorPolicy) accountPath(r *http.Request) bool {
 // writer that lets no Access-Control-* header out.
 func (p *errorPolicy) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	var err error
-	if r.Context().Value(inModuleWriterKey{}) != nil || !p.accountPath(r) {
-		// The handler runs these routes itself, inside its own writer,
-		// or the request is not on an account path.
+	if r.Context().Value(inModuleWriterKey{}) != nil {
+		// The handler runs these routes itself, inside its own writer.
 		err = next.ServeHTTP(w, r)
 	} else {
-		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, vary: true, errorRoutes: true}
+		// On an account path, as the request is now or as the error
+		// routes leave it (they may rewrite into one).
+		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, vary: true}
 		cw.v.vary[0] = "Origin"
-		noSwitch(r)
-		err = next.ServeHTTP(cw, r)
-		if cw.wroteHeader {
-			dropCORSTrailers(w.Header())
+		ew := newErrorWriter(cw, r)
+		if p.accountPath(r) {
+			noSwitch(r)
 		} else {
-			cw.finish()
+			ew.lazy = func() bool { return p.accountPath(r) }
+		}
+		err = next.ServeHTTP(ew, r)
+		if ew.decide(); !ew.off {
+			if cw.wroteHeader {
+				dropCORSTrailers(w.Header())
+			} else {
+				cw.finish()
+			}
 		}
 	}
 	if !p.userRoutes {
@@ -510,3 +521,95 @@ func (p *errorPolicy) logAsCaddy(r *http.Request) {
 
 // Interface guards
 var _ caddyhttp.MiddlewareHandler = (*errorPolicy)(nil)
+
+// errorWriter is the writer of error routes for a request on an account
+// path: the module's corsWriter, which lets out no Access-Control-* header
+// but its own, and no protocol switch, whatever the routes do (a
+// reverse_proxy given the upgrade headers back, say): a 101, or a 2xx to
+// a CONNECT (a WebSocket over HTTP/2 or HTTP/3), is sent as 403 with no
+// body, and the connection is not handed over. With lazy set, whether the
+// request is on an account path is decided when the routes first write
+// (they may have rewritten it into one); off, everything passes through.
+type errorWriter struct {
+	cw      *corsWriter
+	w       http.ResponseWriter // the writer below cw
+	lazy    func() bool
+	connect bool // the request is a CONNECT
+	off     bool // not on an account path: pass everything through
+	blocked bool // a protocol switch was refused: no body
+}
+
+func newErrorWriter(cw *corsWriter, r *http.Request) *errorWriter {
+	return &errorWriter{cw: cw, w: cw.ResponseWriter, connect: r.Method == http.MethodConnect}
+}
+
+// errNoSwitch refuses a protocol switch that error routes attempt.
+var errNoSwitch = errors.New("atomsphere_cors: error routes on an account path do not switch protocols")
+
+// decide makes the lazy decision, once.
+func (ew *errorWriter) decide() {
+	if ew.lazy != nil {
+		ew.off = !ew.lazy()
+		ew.lazy = nil
+	}
+}
+
+func (ew *errorWriter) Header() http.Header { return ew.w.Header() }
+
+func (ew *errorWriter) WriteHeader(status int) {
+	if ew.decide(); ew.off {
+		ew.w.WriteHeader(status)
+		return
+	}
+	if status == http.StatusSwitchingProtocols || ew.connect && status >= 200 && status < 300 {
+		status, ew.blocked = http.StatusForbidden, true
+	}
+	ew.cw.WriteHeader(status)
+}
+
+func (ew *errorWriter) Write(b []byte) (int, error) {
+	if ew.decide(); ew.off {
+		return ew.w.Write(b)
+	}
+	if !ew.cw.wroteHeader {
+		ew.WriteHeader(http.StatusOK)
+	}
+	if ew.blocked {
+		return 0, errNoSwitch
+	}
+	return ew.cw.Write(b)
+}
+
+func (ew *errorWriter) ReadFrom(src io.Reader) (int64, error) {
+	if ew.decide(); ew.off {
+		return io.Copy(ew.w, src)
+	}
+	if !ew.cw.wroteHeader {
+		ew.WriteHeader(http.StatusOK)
+	}
+	if ew.blocked {
+		return 0, errNoSwitch
+	}
+	return ew.cw.ReadFrom(src)
+}
+
+func (ew *errorWriter) FlushError() error {
+	if ew.decide(); ew.off {
+		return http.NewResponseController(ew.w).Flush()
+	}
+	if !ew.cw.wroteHeader {
+		ew.WriteHeader(http.StatusOK)
+	}
+	return ew.cw.FlushError()
+}
+
+func (ew *errorWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if ew.decide(); ew.off {
+		return http.NewResponseController(ew.w).Hijack()
+	}
+	return nil, nil, errNoSwitch
+}
+
+// Unwrap gives http.ResponseController the writer below (deadlines and
+// the like); flushing and hijacking go through the methods above.
+func (ew *errorWriter) Unwrap() http.ResponseWriter { return ew.w }

@@ -4,12 +4,11 @@
 package atomspherecors
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,6 +284,11 @@ func noSwitch(r *http.Request) {
 	}
 	delete(r.Header, "Upgrade")
 	delete(r.Header, ":protocol")
+	if r.Method == http.MethodConnect && !strings.HasPrefix(r.Proto, "HTTP/") {
+		// HTTP/3 gives an extended CONNECT's protocol as Proto, which
+		// reverse_proxy takes for a WebSocket.
+		r.Proto = "HTTP/" + strconv.Itoa(r.ProtoMajor) + ".0"
+	}
 	if lines := r.Header["Connection"]; len(lines) > 0 {
 		var keep []string
 		for _, line := range lines {
@@ -420,10 +424,9 @@ func (h *Handler) serveError(cw *corsWriter, r *http.Request, err error) error {
 	}
 	restoreOriginal(r)
 	noSwitch(r)
-	cw.errorRoutes = true
 	er := h.errs.srv.Errors.WithError(r, err)
 	er = er.WithContext(context.WithValue(er.Context(), inModuleWriterKey{}, true))
-	err2 := h.errs.compiled().ServeHTTP(cw, er)
+	err2 := h.errs.compiled().ServeHTTP(newErrorWriter(cw, r), er)
 
 	status, msg, herr := statusOf(err)
 	if err2 == nil {
@@ -541,9 +544,6 @@ type corsWriter struct {
 	vary        bool // add v.vary to Vary unless Vary names it already
 	allowed     bool
 	wroteHeader bool
-	// errorRoutes: the writer runs error routes on an account path,
-	// which never switch protocols (see Hijack).
-	errorRoutes bool
 	// The bools come last, together: the writer is allocated once per
 	// request, and this order keeps it in a smaller size class.
 }
@@ -669,9 +669,6 @@ func varyHas(lines []string, token string) bool {
 }
 
 func (cw *corsWriter) WriteHeader(status int) {
-	if status == http.StatusSwitchingProtocols && cw.errorRoutes {
-		status = http.StatusForbidden
-	}
 	if !cw.wroteHeader {
 		// 1xx responses are not final, but send the header map too.
 		if status >= 200 || status == http.StatusSwitchingProtocols {
@@ -687,20 +684,6 @@ func (cw *corsWriter) Write(b []byte) (int, error) {
 		cw.WriteHeader(http.StatusOK)
 	}
 	return cw.ResponseWriterWrapper.Write(b)
-}
-
-// errNoSwitch refuses a protocol switch that error routes attempt.
-var errNoSwitch = errors.New("atomsphere_cors: error routes on an account path do not switch protocols")
-
-// Hijack hands the connection over (a WebSocket an allowed origin
-// opened), except to error routes on an account path: whatever they do
-// (a reverse_proxy given back the Upgrade headers, say), they cannot
-// complete a handshake the module refused or that failed before it.
-func (cw *corsWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if cw.errorRoutes {
-		return nil, nil, errNoSwitch
-	}
-	return http.NewResponseController(cw.ResponseWriter).Hijack()
 }
 
 // ReadFrom must not bypass WriteHeader (ResponseWriterWrapper's goes

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"golang.org/x/net/idna"
 )
 
@@ -1113,7 +1114,8 @@ http://127.0.0.1:9838 {
 // and switch no protocol. And error routes that put the upgrade headers
 // back themselves still cannot complete a refused handshake. The upstream
 // reflects every Origin with credentials, and switches protocols
-// whenever asked. Ports 127.0.0.1:9839-9840.
+// whenever asked. The same holds when the error routes themselves rewrite
+// into an account path. Ports 127.0.0.1:9839-9841.
 func TestErrorRoutesSeeTheRewrittenAccountPath(t *testing.T) {
 	var upgrades atomic.Int32
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -1159,6 +1161,27 @@ http://127.0.0.1:9839 {
 	}
 }
 
+http://127.0.0.1:9841 {
+	bind 127.0.0.1
+	@bad expression `+"`int({query.n} + \"0\") > 5`"+`
+	vars @bad x y
+	handle_path /t/* {
+		rewrite * /api/rest/v1{path}
+		atomsphere_cors {
+			account account-123456 {
+				origin https://good.example GET
+			}
+		}
+		reverse_proxy `+upstream+`
+	}
+	handle_errors {
+		handle_path /t/* {
+			rewrite * /api/rest/v1{path}
+			reverse_proxy `+upstream+`
+		}
+	}
+}
+
 http://127.0.0.1:9840 {
 	bind 127.0.0.1
 	atomsphere_cors {
@@ -1185,6 +1208,8 @@ http://127.0.0.1:9840 {
 		{"a GET whose route fails after the rewrite", "http://127.0.0.1:9839/v1-beta/account-123456/data?n=abc", evil},
 		{"a handshake whose route fails after the rewrite", "http://127.0.0.1:9839/v1-beta/account-123456/ws?n=abc", handshake},
 		{"a refused handshake, error routes that add the upgrade headers", "http://127.0.0.1:9840/api/rest/v1/account-123456/ws", handshake},
+		{"a GET whose error routes rewrite into an account path", "http://127.0.0.1:9841/t/account-123456/x?n=abc", evil},
+		{"a handshake whose error routes rewrite into an account path", "http://127.0.0.1:9841/t/account-123456/ws?n=abc", handshake},
 	} {
 		res, body := doRequest(t, "GET", tc.url, tc.hdr.Clone())
 		if res.StatusCode == http.StatusSwitchingProtocols || strings.Contains(body, "secret") {
@@ -1197,5 +1222,59 @@ http://127.0.0.1:9840 {
 	// The same route without the failure: the module decides, and denies.
 	if res, _ := doRequest(t, "GET", "http://127.0.0.1:9839/v1-beta/account-123456/data?n=1", evil.Clone()); res.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Errorf("the rewritten request without a failure: Access-Control-Allow-Origin %q", res.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
+
+// TestErrorRoutesSwitchNoProtocol: the writer of error routes on an
+// account path refuses every protocol switch, whatever the routes do: a
+// 101, or a 2xx to a CONNECT (a WebSocket over HTTP/2 or HTTP/3, which
+// switches with a 200 and streams the body), is sent as 403 with no
+// body, and the connection is not handed over. And a request freed of its
+// upgrade headers is freed of HTTP/3's protocol too, which Go gives as
+// Proto.
+func TestErrorRoutesSwitchNoProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		status int
+	}{
+		{"GET", http.StatusSwitchingProtocols},
+		{"CONNECT", http.StatusOK},
+	} {
+		rec := httptest.NewRecorder()
+		cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: rec}, vary: true}
+		cw.v.vary[0] = "Origin"
+		ew := newErrorWriter(cw, httptest.NewRequest(tc.method, "/api/rest/v1/a/ws", nil))
+		ew.Header().Set("Access-Control-Allow-Origin", "https://evil.example")
+		ew.WriteHeader(tc.status)
+		n, err := ew.Write([]byte("SECRET"))
+		if rec.Code != http.StatusForbidden || n != 0 || err == nil || strings.Contains(rec.Body.String(), "SECRET") {
+			t.Errorf("%s answered %d in error routes: sent %d, body %q, write %d %v; want 403, no body",
+				tc.method, tc.status, rec.Code, rec.Body.String(), n, err)
+		}
+		if rec.Header().Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s: Access-Control-Allow-Origin got out", tc.method)
+		}
+		if _, _, err := http.NewResponseController(ew).Hijack(); err == nil {
+			t.Errorf("%s: the connection was handed over", tc.method)
+		}
+	}
+	// Not on an account path (lazy, decided no): everything passes.
+	rec := httptest.NewRecorder()
+	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: rec}}
+	ew := newErrorWriter(cw, httptest.NewRequest("CONNECT", "/elsewhere", nil))
+	ew.lazy = func() bool { return false }
+	ew.Header().Set("Access-Control-Allow-Origin", "*")
+	ew.WriteHeader(http.StatusOK)
+	_, _ = ew.Write([]byte("tunnel"))
+	if rec.Code != 200 || rec.Body.String() != "tunnel" || rec.Header().Get("Access-Control-Allow-Origin") != "*" {
+		t.Errorf("off an account path: %d %q %v, want everything passed through", rec.Code, rec.Body.String(), rec.Header())
+	}
+
+	r := httptest.NewRequest("CONNECT", "/api/rest/v1/a/ws", nil)
+	r.Proto, r.ProtoMajor = "websocket", 3
+	r.Header.Set(":protocol", "websocket")
+	noSwitch(r)
+	if r.Proto != "HTTP/3.0" || r.Header.Get(":protocol") != "" {
+		t.Errorf("after noSwitch: Proto %q, :protocol %q", r.Proto, r.Header.Get(":protocol"))
 	}
 }
