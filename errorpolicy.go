@@ -557,12 +557,29 @@ func (ew *errorWriter) decide() {
 func (ew *errorWriter) Header() http.Header { return ew.w.Header() }
 
 func (ew *errorWriter) WriteHeader(status int) {
+	if ew.lazy != nil && status >= 100 && status < 200 && status != http.StatusSwitchingProtocols {
+		// An informational answer (103 Early Hints) is not the final
+		// one: decide for it alone, and again at the final answer,
+		// after whatever rewrite comes in between.
+		if ew.lazy() {
+			ew.cw.finish()
+		}
+		ew.w.WriteHeader(status)
+		return
+	}
 	if ew.decide(); ew.off {
 		ew.w.WriteHeader(status)
 		return
 	}
 	if status == http.StatusSwitchingProtocols || ew.connect && status >= 200 && status < 300 {
 		status, ew.blocked = http.StatusForbidden, true
+		// What the upstream said of the switch, and the length of a
+		// body that is not sent, do not belong on the refusal.
+		hdr := ew.w.Header()
+		for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Accept", "Sec-Websocket-Protocol",
+			"Sec-Websocket-Extensions", "Content-Length"} {
+			delete(hdr, k)
+		}
 	}
 	ew.cw.WriteHeader(status)
 }

@@ -1270,6 +1270,34 @@ func TestErrorRoutesSwitchNoProtocol(t *testing.T) {
 		t.Errorf("off an account path: %d %q %v, want everything passed through", rec.Code, rec.Body.String(), rec.Header())
 	}
 
+	// An informational answer first (103 Early Hints), then a rewrite
+	// into an account path, then a switch: decided at the final answer,
+	// refused, and without the upstream's upgrade headers or length.
+	fr := &finalRecorder{h: http.Header{}}
+	cw = &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: fr}, vary: true}
+	cw.v.vary[0] = "Origin"
+	ew = newErrorWriter(cw, httptest.NewRequest("GET", "/early", nil))
+	onPath := false
+	ew.lazy = func() bool { return onPath }
+	ew.WriteHeader(http.StatusEarlyHints)
+	onPath = true // the error routes rewrite into an account path
+	for k, v := range map[string]string{"Upgrade": "websocket", "Connection": "Upgrade", "Sec-Websocket-Accept": "x",
+		"Content-Length": "6", "Access-Control-Allow-Origin": "*"} {
+		ew.Header().Set(k, v)
+	}
+	ew.WriteHeader(http.StatusSwitchingProtocols)
+	if fr.code != http.StatusForbidden {
+		t.Errorf("103, a rewrite into an account path, then 101: sent %d, want 403", fr.code)
+	}
+	for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Accept", "Content-Length", "Access-Control-Allow-Origin"} {
+		if v := fr.final.Get(k); v != "" {
+			t.Errorf("the refused switch carries %s: %q", k, v)
+		}
+	}
+	if _, _, err := http.NewResponseController(ew).Hijack(); err == nil {
+		t.Error("after a 103 and a rewrite, the connection was handed over")
+	}
+
 	r := httptest.NewRequest("CONNECT", "/api/rest/v1/a/ws", nil)
 	r.Proto, r.ProtoMajor = "websocket", 3
 	r.Header.Set(":protocol", "websocket")
@@ -1277,4 +1305,24 @@ func TestErrorRoutesSwitchNoProtocol(t *testing.T) {
 	if r.Proto != "HTTP/3.0" || r.Header.Get(":protocol") != "" {
 		t.Errorf("after noSwitch: Proto %q, :protocol %q", r.Proto, r.Header.Get(":protocol"))
 	}
+}
+
+// finalRecorder records the final status of a response and its header
+// then, letting informational answers (1xx but 101) go by as a server
+// does.
+type finalRecorder struct {
+	h     http.Header
+	code  int
+	final http.Header
+}
+
+func (f *finalRecorder) Header() http.Header { return f.h }
+func (f *finalRecorder) WriteHeader(code int) {
+	if f.code == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		f.code, f.final = code, f.h.Clone()
+	}
+}
+func (f *finalRecorder) Write(b []byte) (int, error) {
+	f.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
