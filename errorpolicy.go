@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -574,11 +575,16 @@ func (ew *errorWriter) WriteHeader(status int) {
 	if status == http.StatusSwitchingProtocols || ew.connect && status >= 200 && status < 300 {
 		status, ew.blocked = http.StatusForbidden, true
 		// What the upstream said of the switch, and the length of a
-		// body that is not sent, do not belong on the refusal.
+		// body that is not sent, do not belong on the refusal. Keys are
+		// compared in any case: reverse_proxy spells the WebSocket ones
+		// as RFC 6455 does (Sec-WebSocket-Accept), not as Go would.
 		hdr := ew.w.Header()
-		for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Accept", "Sec-Websocket-Protocol",
-			"Sec-Websocket-Extensions", "Content-Length"} {
-			delete(hdr, k)
+		for k := range hdr {
+			switch strings.ToLower(k) {
+			case "upgrade", "connection", "content-length", "sec-websocket-accept", "sec-websocket-protocol",
+				"sec-websocket-extensions":
+				delete(hdr, k)
+			}
 		}
 	}
 	ew.cw.WriteHeader(status)

@@ -1281,13 +1281,18 @@ func TestErrorRoutesSwitchNoProtocol(t *testing.T) {
 	ew.lazy = func() bool { return onPath }
 	ew.WriteHeader(http.StatusEarlyHints)
 	onPath = true // the error routes rewrite into an account path
-	for k, v := range map[string]string{"Upgrade": "websocket", "Connection": "Upgrade", "Sec-Websocket-Accept": "x",
-		"Content-Length": "6", "Access-Control-Allow-Origin": "*"} {
+	for k, v := range map[string]string{"Upgrade": "websocket", "Connection": "Upgrade", "Content-Length": "6",
+		"Access-Control-Allow-Origin": "*"} {
 		ew.Header().Set(k, v)
 	}
+	// reverse_proxy spells it as RFC 6455 does, a key Go would not.
+	ew.Header()["Sec-WebSocket-Accept"] = []string{"x"}
 	ew.WriteHeader(http.StatusSwitchingProtocols)
 	if fr.code != http.StatusForbidden {
 		t.Errorf("103, a rewrite into an account path, then 101: sent %d, want 403", fr.code)
+	}
+	if v := fr.final["Sec-WebSocket-Accept"]; v != nil {
+		t.Errorf("the refused switch carries Sec-WebSocket-Accept: %q", v)
 	}
 	for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Accept", "Content-Length", "Access-Control-Allow-Origin"} {
 		if v := fr.final.Get(k); v != "" {
