@@ -1044,22 +1044,7 @@ http://127.0.0.1:9836 {
 // module. The upstream switches protocols whenever asked. Ports
 // 127.0.0.1:9837-9838.
 func TestWebSocketRefusedThroughErrorRoutes(t *testing.T) {
-	var upgrades atomic.Int32
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") == "" {
-			_, _ = io.WriteString(w, "error page")
-			return
-		}
-		upgrades.Add(1)
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nsecret")
-		_ = rw.Flush()
-	}))
-	defer up.Close()
+	up, upgrades := switchingUpstream(t)
 	startCaddy(t, "caddyfile", `{
 	admin off
 }
@@ -1117,24 +1102,7 @@ http://127.0.0.1:9838 {
 // whenever asked. The same holds when the error routes themselves rewrite
 // into an account path. Ports 127.0.0.1:9839-9841.
 func TestErrorRoutesSeeTheRewrittenAccountPath(t *testing.T) {
-	var upgrades atomic.Int32
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") == "" {
-			w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
-			w.Header().Set("Access-Control-Allow-Credentials", "true")
-			_, _ = io.WriteString(w, "account data")
-			return
-		}
-		upgrades.Add(1)
-		conn, rw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nsecret")
-		_ = rw.Flush()
-	}))
-	defer up.Close()
+	up, _ := switchingUpstream(t)
 	upstream := strings.TrimPrefix(up.URL, "http://")
 	startCaddy(t, "caddyfile", `{
 	admin off
@@ -1330,4 +1298,30 @@ func (f *finalRecorder) WriteHeader(code int) {
 func (f *finalRecorder) Write(b []byte) (int, error) {
 	f.WriteHeader(http.StatusOK)
 	return len(b), nil
+}
+
+// switchingUpstream is an upstream that switches protocols whenever asked
+// (101, then "secret" on the connection), counting the switches, and
+// otherwise answers "account data" with the request's Origin allowed
+// with credentials, as a careless API would.
+func switchingUpstream(t *testing.T) (*httptest.Server, *atomic.Int32) {
+	upgrades := new(atomic.Int32)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
+			w.Header().Set("Access-Control-Allow-Credentials", "true")
+			_, _ = io.WriteString(w, "account data")
+			return
+		}
+		upgrades.Add(1)
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nsecret")
+		_ = rw.Flush()
+	}))
+	t.Cleanup(up.Close)
+	return up, upgrades
 }
