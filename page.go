@@ -163,7 +163,7 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	// every user's rules.
 	dropCORS(hdr)
 	below := deferredCORSWriter(w)
-	if underCORSHandler(w) || below != nil || underBufferingRecorder(w) {
+	if below != nil || misplaced(w) {
 		if below != nil {
 			// Answer below the deferring writer, so that its operations
 			// do not add their headers to this answer either.
@@ -221,23 +221,17 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	return pageError(w, http.StatusNotFound, "not found: %s", path)
 }
 
-// underCORSHandler reports whether w is, or wraps, the response writer of
-// an atomsphere_cors handler that took the request for an account path.
-func underCORSHandler(w http.ResponseWriter) bool {
+// misplaced reports whether w is, or wraps, a writer that would put
+// headers on the page's answers it cannot remove: an atomsphere_cors
+// handler's, which took the request for an account path, or one that
+// buffers the answer to change it afterwards (intercept's handle_response
+// routes, templates). Caddy's own recorder for access logs buffers
+// nothing.
+func misplaced(w http.ResponseWriter) bool {
 	for w := range writerChain(w) {
 		if _, ok := w.(*corsWriter); ok {
 			return true
 		}
-	}
-	return false
-}
-
-// underBufferingRecorder reports whether a handler before the page
-// buffers its answer to change it afterwards (intercept's handle_response
-// routes, templates): what such a handler sets, the page cannot remove.
-// Caddy's own recorder for access logs buffers nothing.
-func underBufferingRecorder(w http.ResponseWriter) bool {
-	for w := range writerChain(w) {
 		if rr, ok := w.(caddyhttp.ResponseRecorder); ok && rr.Buffer() != nil {
 			return true
 		}

@@ -821,19 +821,8 @@ http://127.0.0.1:9811 {
 // 127.0.0.1:9812-9814.
 func TestPageCarriesNoCORSHeaders(t *testing.T) {
 	dir := t.TempDir()
-	startCaddy(t, "caddyfile", fmt.Sprintf(`{
-	admin 127.0.0.1:2942
-	storage file_system %s
-}
-
-http://127.0.0.1:9812 {
-	bind 127.0.0.1
-	log {
-		output discard
-	}
-	header Access-Control-Allow-Origin {http.request.header.Origin}
-	header Access-Control-Allow-Credentials true
-	handle_path /settings/cors/* {
+	// The same page in each site, under what the site puts around it.
+	page := fmt.Sprintf(`	handle_path /settings/cors/* {
 		basic_auth {
 			acct-a %s
 		}
@@ -844,7 +833,20 @@ http://127.0.0.1:9812 {
 			account {http.auth.user.id}
 		}
 	}
+`, demoHash)
+	startCaddy(t, "caddyfile", fmt.Sprintf(`{
+	admin 127.0.0.1:2942
+	storage file_system %[1]s
 }
+
+http://127.0.0.1:9812 {
+	bind 127.0.0.1
+	log {
+		output discard
+	}
+	header Access-Control-Allow-Origin {http.request.header.Origin}
+	header Access-Control-Allow-Credentials true
+%[2]s}
 
 http://127.0.0.1:9814 {
 	bind 127.0.0.1
@@ -855,18 +857,7 @@ http://127.0.0.1:9814 {
 			header Access-Control-Allow-Credentials true
 		}
 	}
-	handle_path /settings/cors/* {
-		basic_auth {
-			acct-a %s
-		}
-		atomsphere_cors_page {
-			store nocors {
-				poll_interval 1h
-			}
-			account {http.auth.user.id}
-		}
-	}
-}
+%[2]s}
 
 http://127.0.0.1:9813 {
 	bind 127.0.0.1
@@ -874,19 +865,8 @@ http://127.0.0.1:9813 {
 		defer
 		Access-Control-Allow-Origin {http.request.header.Origin}
 	}
-	handle_path /settings/cors/* {
-		basic_auth {
-			acct-a %s
-		}
-		atomsphere_cors_page {
-			store nocors {
-				poll_interval 1h
-			}
-			account {http.auth.user.id}
-		}
-	}
-}
-`, filepath.Join(dir, "storage"), demoHash, demoHash, demoHash))
+%[2]s}
+`, filepath.Join(dir, "storage"), page))
 	evil := http.Header{"Origin": {"https://evil.example"}}
 	for _, route := range []string{"/rules", "/history", "/"} {
 		res, body := pageCall(t, "GET", "http://127.0.0.1:9812/settings/cors"+route, "acct-a", evil, "")
