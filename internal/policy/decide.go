@@ -124,45 +124,53 @@ func preflightMethods(r *http.Request, origin []string) []string {
 // when guard is set (§5); then the account's rule for the one Origin, and
 // whether it lists the method (§2, §3).
 func (ix *Index) Decide(r *http.Request, guard bool) Decision {
-	var id string
-	var ok bool
-	plain := plainPath(r.URL.Path)
-	if plain {
-		id, ok, _ = ix.accountAtStart(r.URL.Path) // as accountOf, with nothing to clean
-	} else {
+	var d Decision
+	ix.DecideTo(&d, r, guard)
+	return d
+}
+
+// DecideTo is Decide into d, which must be the zero Decision: a caller on
+// the request path keeps the decision on its own stack, not copied back.
+func (ix *Index) DecideTo(d *Decision, r *http.Request, guard bool) {
+	// A plain path reads as AccountOf reads it, with nothing to clean.
+	id, ok, _, skip := ix.startOf(r.URL.Path)
+	plain := plainPath(r.URL.Path, skip)
+	if !plain {
 		id, ok = ix.AccountOf(r.URL.Path)
 	}
 	if guard && (guardedTarget(r, plain) && ix.ambiguous(r, id, ok) || ix.Rewrites && ix.originalReadsOther(r, id, ok)) {
-		return Decision{Kind: KindOf(r), Reason: AmbiguousPath, Account: id}
+		d.Kind, d.Reason, d.Account = KindOf(r), AmbiguousPath, id
+		return
 	}
 	if !ok {
-		return Decision{}
+		return
 	}
 	// Each header is read once: a lookup hashes its name.
-	d := Decision{Kind: Normal, Account: id}
+	d.Kind, d.Account = Normal, id
 	origin := r.Header[hdrOrigin]
-	method := methodOf(r)
 	reqMethod := preflightMethods(r, origin)
 	if reqMethod != nil {
 		d.Kind = Preflight
 	}
 	d.Rule, d.Reason = ix.match(id, origin)
 	if d.Rule == nil {
-		return d
+		return
 	}
+	var method string
 	if d.Kind == Preflight {
 		if len(reqMethod) > 1 {
 			d.Rule, d.Reason = nil, RepeatedRequestMethod
-			return d
+			return
 		}
 		method = reqMethod[0]
+	} else {
+		method = methodOf(r)
 	}
 	if !d.Rule.Methods.allows(method) {
 		d.Rule, d.Reason = nil, MethodNotAllowed
-		return d
+		return
 	}
 	d.Origin = origin[0]
-	return d
 }
 
 // Method is the method the decision is about: the requested one of a

@@ -3,6 +3,7 @@ package policy
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -88,21 +89,29 @@ func TestDecideIsPure(t *testing.T) {
 // FuzzPlainPath: Decide reads a plain path (plainPath) with
 // accountAtStart alone and does not scan it for the path guard, so a
 // plain path must be one that needs neither cleaning nor the guard, and
-// accountAtStart must read it as AccountOf does.
+// accountAtStart must read it as AccountOf does. Decide skips the bytes
+// of a prefix the path starts with: that must change nothing, whether the
+// prefix is plain itself or not (a dot, a ';').
 func FuzzPlainPath(f *testing.F) {
 	for _, p := range []string{
 		"/api/rest/v1/account-123456/Atom/3456", "/static/app.js", "/api/rest/v1/account-A/index.php",
 		"/index.php/api/rest/v1/account-A", "/api/rest/v1/account-A/x.", "/.well-known/x.json",
 		"/api/rest/v1//a", "/api/rest/v1/a/../b", "/api/rest/v1/a/%2e", "/API/REST/V1/a.b/c",
+		"/api/v1.0/a/b", "/api/v1.0/a/b.json", "/semi;colon/a", "/api/rest/v1/", "/api/rest/v1/a.b/c",
 	} {
 		f.Add(p)
 	}
-	ix, err := NewIndex(testConfig(Config{}))
+	ix, err := NewIndex(testConfig(Config{PathPrefixes: []string{"/api/rest/v1/", "/api/v1.0/", "/semi;colon/"}}))
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, p string) {
-		if !plainPath(p) {
+		_, _, _, skip := ix.startOf(p)
+		plain := plainPath(p, skip)
+		if want := plainByDefinition(p); plain != want {
+			t.Fatalf("path %q: plainPath(p, %d) = %v, want %v", p, skip, plain, want)
+		}
+		if !plain {
 			return
 		}
 		if needsCleaning(p) || scanPath(p) {
@@ -113,4 +122,19 @@ func FuzzPlainPath(f *testing.F) {
 			t.Fatalf("path %q: plain, accountAtStart = %q, %v; AccountOf = %q, %v", p, id2, ok2, id, ok)
 		}
 	})
+}
+
+// plainByDefinition is plainPath as its comment defines it, one rule at
+// a time.
+func plainByDefinition(p string) bool {
+	for i := range len(p) {
+		if guardedByte(p[i]) {
+			return false
+		}
+	}
+	if strings.Contains(p, "//") {
+		return false
+	}
+	dot := strings.IndexByte(p, '.')
+	return dot < 0 || !strings.Contains(p[dot:], "/") && !strings.HasSuffix(p, ".")
 }

@@ -18,6 +18,11 @@ import (
 // A config reload builds a new Handler with a new index.
 type Index struct {
 	prefixes []string // lower-cased, in configured order
+	// plainPrefix is, for each prefix with no dot and no guarded byte,
+	// how many leading bytes of a path that starts with it exactly need no
+	// look by plainPath: all but its final "/", so that a "//" after it is
+	// seen; 0 for any other prefix.
+	plainPrefix []int
 	// prefixSegs are the segments of each prefix, for the path guard.
 	prefixSegs [][]string
 	// foldKeys counts, by fold key, the configured account IDs that are
@@ -118,20 +123,28 @@ func (ix *Index) AccountOf(p string) (id string, ok bool) {
 // accountAtStart reads the account of a cleaned path that starts with a
 // prefix; found is false when none matches.
 func (ix *Index) accountAtStart(p string) (id string, ok, found bool) {
-	for _, pre := range ix.prefixes {
+	id, ok, found, _ = ix.startOf(p)
+	return id, ok, found
+}
+
+// startOf is accountAtStart, and how many leading bytes of p are known to
+// be plain (plainPath): those of a prefix p starts with exactly, as
+// plainPrefix says.
+func (ix *Index) startOf(p string) (id string, ok, found bool, plain int) {
+	for i, pre := range ix.prefixes {
 		n := len(pre)
-		if !strings.HasPrefix(p, pre) { // paths are nearly always lower case already
-			if n, ok = foldedPrefix(p, pre); !ok {
-				continue
-			}
+		if strings.HasPrefix(p, pre) { // paths are nearly always lower case already
+			plain = ix.plainPrefix[i]
+		} else if n, ok = foldedPrefix(p, pre); !ok {
+			continue
 		}
 		rest := p[n:]
 		if i := strings.IndexByte(rest, '/'); i >= 0 {
 			rest = rest[:i]
 		}
-		return rest, rest != "", true
+		return rest, rest != "", true, plain
 	}
-	return "", false, false
+	return "", false, false, 0
 }
 
 // PrefixOf returns the configured prefix that path falls under, as
@@ -364,6 +377,11 @@ func NewIndex(h Config) (*Index, error) {
 	ix.prefixes = checkPathPrefixes(prefixes, &p)
 	for _, pre := range ix.prefixes {
 		ix.prefixSegs = append(ix.prefixSegs, strings.Split(strings.Trim(pre, "/"), "/"))
+		plain := 0
+		if strings.IndexByte(pre, '.') < 0 && plainPath(pre, 0) {
+			plain = len(pre) - 1
+		}
+		ix.plainPrefix = append(ix.plainPrefix, plain)
 	}
 
 	allow := h.AllowHeaders

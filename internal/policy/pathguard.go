@@ -33,7 +33,7 @@ import (
 // as a segment, or one such as "..." or "x.", which a trimming backend
 // reads as another) or a PHP script's PATH_INFO (see scanPath).
 func guardedPath(r *http.Request) bool {
-	return guardedTarget(r, plainPath(r.URL.Path))
+	return guardedTarget(r, plainPath(r.URL.Path, 0))
 }
 
 // guardedTarget is guardedPath for a request whose path is known to be
@@ -55,10 +55,11 @@ func guardedTarget(r *http.Request, plain bool) bool {
 // nearly every path ("/api/rest/v1/acct/items", "/static/app.js"). Such
 // a path needs no cleaning (needsCleaning), has no script with PATH_INFO
 // after it (phpScriptEnd) and nothing for scanPath to find, so that one
-// scan of it tells all three.
-func plainPath(p string) bool {
+// scan of it tells all three. The first skip bytes of p are known to be
+// plain and to have no dot: the scan starts after them.
+func plainPath(p string, skip int) bool {
 	t := &byteClasses
-	q := p
+	q := p[skip:]
 	// Eight bytes at a time while they are all plain; c's length is
 	// known, so its reads need no bounds checks.
 	for len(q) >= 8 {
@@ -85,7 +86,7 @@ func plainPath(p string) bool {
 			}
 		}
 	}
-	return !strings.Contains(p, "//")
+	return !strings.Contains(p[skip:], "//")
 }
 
 // sentPath is the path of the request target as the client sent it, or
