@@ -158,7 +158,7 @@ func benchHandler(tb testing.TB, n int) *Handler {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		h.logger = zap.NewNop()
+		h.setLogger(zap.NewNop())
 		runtime.GC()
 	}
 	if benchHandlers.m == nil {

@@ -118,7 +118,7 @@ func TestCaddyfileProvisioned(t *testing.T) {
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h.logger = zap.NewNop()
+	h.setLogger(zap.NewNop())
 	for _, tc := range []struct{ origin, methods string }{
 		{"http://localhost:8080", "GET, DELETE"},
 		{mydomain, "GET, POST, DELETE"},

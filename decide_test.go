@@ -34,7 +34,7 @@ func TestReasonsDocumented(t *testing.T) {
 	for _, d := range []policy.Decision{
 		{Kind: policy.Preflight}, {Kind: policy.Normal}, {Kind: policy.Normal, Reason: policy.AmbiguousPath}, {Kind: policy.Preflight, Reason: policy.DeferredHeaders},
 	} {
-		if msg := "`" + debugMessage(d) + "`"; !strings.Contains(logging, msg) {
+		if msg := "`" + debugMessage(&d) + "`"; !strings.Contains(logging, msg) {
 			t.Errorf("docs/behaviour.md §8 does not list the debug message %s", msg)
 		}
 	}

@@ -19,20 +19,41 @@ type observation struct {
 	// srv is the server the handler runs in, whose access log config
 	// says whether a request is logged; nil outside a server.
 	srv *caddyhttp.Server
+	// logs is set when a decision may go further than the counters: the
+	// server has an access log config, or the handler's logger writes
+	// debug entries. Both are fixed for the life of a config.
+	logs bool
 }
 
-// provisionObservability registers the metrics in the config's registry
-// and finds the server whose access log the decisions go to.
+// provisionObservability registers the metrics in the config's registry,
+// finds the server whose access log the decisions go to and sets the
+// handler's logger.
 func (h *Handler) provisionObservability(ctx caddy.Context) error {
 	h.obs.srv, _ = ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	h.setLogger(ctx.Logger())
 	return registerMetrics(ctx)
+}
+
+// setLogger sets the handler's logger, and whether observe has more to
+// do than count.
+func (h *Handler) setLogger(l *zap.Logger) {
+	h.logger = l
+	h.obs.logs = h.obs.srv != nil && h.obs.srv.Logs != nil || l.Core().Enabled(zapcore.DebugLevel)
 }
 
 // observe records one decision on an account path: it counts it, puts
 // it in the request's access log entry when the server logs the
 // request, and writes the debug entry.
-func (h *Handler) observe(r *http.Request, d policy.Decision) {
+func (h *Handler) observe(r *http.Request, d *policy.Decision) {
 	decisions.count(d)
+	if h.obs.logs {
+		h.log(r, d)
+	}
+}
+
+// log puts a decision in the request's access log entry and the debug
+// log.
+func (h *Handler) log(r *http.Request, d *policy.Decision) {
 	if srv := h.obs.srv; srv != nil && srv.Logs != nil {
 		accessLogDecision(srv.Logs, r, d)
 	}
@@ -56,7 +77,7 @@ func (h *Handler) observe(r *http.Request, d policy.Decision) {
 
 // debugMessage is the message of a decision's debug entry: the kind of
 // request, or the check that refused it before it was told apart.
-func debugMessage(d policy.Decision) string {
+func debugMessage(d *policy.Decision) string {
 	switch {
 	case d.Reason == policy.AmbiguousPath:
 		return "path guard"
@@ -71,7 +92,7 @@ func debugMessage(d policy.Decision) string {
 // accessLogDecision adds the decision to the request's access log entry,
 // as the field atomsphere_cors: {account, outcome, reason}, when the
 // server logs the request.
-func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec policy.Decision) {
+func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec *policy.Decision) {
 	if !logsHost(logs, r.Host) {
 		return
 	}

@@ -292,7 +292,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 		// a handler that serves requests.
 		x := *h
 		x.errs = nil
-		err = x.respond(w, r, next, d, nil)
+		err = x.respond(w, r, next, &d, nil)
 	}
 	e.Status = w.Code
 	if err != nil {

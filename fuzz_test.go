@@ -479,8 +479,8 @@ func FuzzServeHTTP(f *testing.F) {
 	}
 	// Debug logging on, so every decision builds its log entry (which
 	// must not panic either), written nowhere.
-	h.logger = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
-		zapcore.AddSync(io.Discard), zapcore.DebugLevel))
+	h.setLogger(zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
+		zapcore.AddSync(io.Discard), zapcore.DebugLevel)))
 	model := newRefModel(f, fuzzAccounts)
 	prefixes := policy.DefaultPathPrefixes
 

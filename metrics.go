@@ -62,7 +62,7 @@ type decisionCollector struct {
 }
 
 // count counts one decision.
-func (c *decisionCollector) count(d policy.Decision) { c.n[d.Kind][d.Reason].Add(1) }
+func (c *decisionCollector) count(d *policy.Decision) { c.n[d.Kind][d.Reason].Add(1) }
 
 func (c *decisionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 

@@ -135,7 +135,6 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks the config and compiles it into the lookup index.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
 	h.errLogger = ctx.Logger(errorLog{})
 	h.warnDeferred = new(sync.Once)
 	if err := h.provisionObservability(ctx); err != nil {
@@ -238,7 +237,8 @@ func newIndex(h *Handler) (*policy.Index, error) {
 // ServeHTTP implements caddyhttp.MiddlewareHandler: decide, observe,
 // respond.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	d := h.ix.Decide(r, !h.DisablePathGuard)
+	var d policy.Decision
+	h.ix.DecideTo(&d, r, !h.DisablePathGuard)
 	if d.Kind == policy.Untouched {
 		return next.ServeHTTP(w, r)
 	}
@@ -251,15 +251,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			d.Rule, d.Reason = nil, policy.DeferredHeaders
 		}
 	}
-	h.observe(r, d)
-	return h.respond(w, r, next, d, below)
+	h.observe(r, &d)
+	return h.respond(w, r, next, &d, below)
 }
 
 // respond answers a decision on an account path: a refusal, a
 // preflight, or a normal request that goes on to next. below is the
 // deferring writer of a DeferredHeaders refusal. The explain command
 // calls it too, with a recorder.
-func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d policy.Decision, below http.ResponseWriter) error {
+func (h *Handler) respond(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *policy.Decision, below http.ResponseWriter) error {
 	switch {
 	case d.Reason == policy.AmbiguousPath:
 		return h.refuse(w, r, errAmbiguousPath, "Origin")
@@ -316,14 +316,14 @@ func isUpgrade(r *http.Request) bool {
 
 // preflight answers a preflight: allowed, with preflight_status and the
 // Access-Control-* headers; denied, with 401 through the error routes.
-func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d policy.Decision) error {
+func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d *policy.Decision) error {
 	if d.Rule == nil {
 		return h.refuse(w, r, errPreflightDenied, varyPreflight)
 	}
 	// Only this handler's CORS headers go out on a preflight, not those
 	// that handlers before it set (a site-level header directive).
 	hdr := w.Header()
-	dropCORS(hdr)
+	hasVary := dropCORS(hdr)
 	// One allocation for every value this response sets (see
 	// preflightValues).
 	v := &preflightValues{
@@ -342,8 +342,8 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d policy.Dec
 		hdr[hdrAllowHeaders] = v.allowHeaders[:]
 	}
 	// Add to Vary, never replace it.
-	if old := hdr[hdrVary]; old != nil {
-		hdr[hdrVary] = append(old, varyPreflight)
+	if hasVary {
+		hdr[hdrVary] = append(hdr[hdrVary], varyPreflight)
 	} else {
 		hdr[hdrVary] = v.vary[:]
 	}
@@ -353,7 +353,7 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d policy.Dec
 
 // normal runs the next handler through a writer that makes the module's
 // CORS headers the only ones on the response.
-func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d policy.Decision) error {
+func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *policy.Decision) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	if d.Rule != nil {
 		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = d.Origin, "true", h.ix.ExposeHeaders
@@ -388,9 +388,10 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error, vary
 	if h.errs == nil {
 		// No error routes: the server writes the status alone, from the
 		// header map as it is now.
-		dropCORS(w.Header())
+		hdr := w.Header()
+		hasVary := dropCORS(hdr)
 		if vary != "" {
-			addVary(w.Header(), []string{vary})
+			setVary(hdr, []string{vary}, hasVary)
 		}
 		return err
 	}
@@ -552,7 +553,7 @@ type corsWriter struct {
 // not) and sets this handler's.
 func (cw *corsWriter) finish() {
 	hdr := cw.ResponseWriter.Header()
-	dropCORS(hdr)
+	hasVary := dropCORS(hdr)
 	if cw.allowed {
 		hdr[hdrAllowOrigin] = cw.v.allowOrigin[:]
 		hdr[hdrAllowCreds] = cw.v.allowCreds[:]
@@ -561,7 +562,7 @@ func (cw *corsWriter) finish() {
 		}
 	}
 	if cw.vary {
-		addVary(hdr, cw.v.vary[:])
+		setVary(hdr, cw.v.vary[:], hasVary)
 	}
 	cw.keys = len(hdr)
 }
@@ -576,9 +577,13 @@ func isCORS(k string) bool {
 // dropCORS removes every Access-Control-* header from hdr, the trailers
 // announced for later (http.TrailerPrefix keys), and Access-Control-*
 // names from the Trailer header, so none is sent as a trailer either.
-func dropCORS(hdr http.Header) {
+// It reports whether hdr has a Vary key, which spares the callers that
+// add to Vary a lookup when it has none (setVary).
+func dropCORS(hdr http.Header) (hasVary bool) {
 	for k, v := range hdr {
 		switch {
+		case k == hdrVary:
+			hasVary = true
 		case isCORS(k):
 			delete(hdr, k)
 		case len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix:
@@ -593,6 +598,7 @@ func dropCORS(hdr http.Header) {
 			}
 		}
 	}
+	return hasVary
 }
 
 // dropCORSTrailers removes the Access-Control-* trailers set after the
@@ -650,6 +656,16 @@ func addVary(hdr http.Header, value []string) {
 			hdr[hdrVary] = append(v, value[0])
 			return
 		}
+	}
+}
+
+// setVary is addVary for a header map that has a Vary key or not, as
+// dropCORS told: without one, value is set without a lookup.
+func setVary(hdr http.Header, value []string, hasVary bool) {
+	if hasVary {
+		addVary(hdr, value)
+	} else {
+		hdr[hdrVary] = value
 	}
 }
 

@@ -768,7 +768,7 @@ func TestDecisionLog(t *testing.T) {
 	}
 
 	core, logs := observer.New(zapcore.DebugLevel)
-	h.logger = zap.New(core)
+	h.setLogger(zap.New(core))
 	send("OPTIONS", preflightHdr("https://evil.example", "GET"))
 	send("OPTIONS", preflightHdr(mydomain, "PUT"))
 	send("GET", originHdr(mydomain))
@@ -799,7 +799,7 @@ func TestDecisionLog(t *testing.T) {
 	}
 
 	core, logs = observer.New(zapcore.InfoLevel)
-	h.logger = zap.New(core)
+	h.setLogger(zap.New(core))
 	send("OPTIONS", preflightHdr("https://evil.example", "GET"))
 	send("OPTIONS", preflightHdr(mydomain, "GET"))
 	send("GET", originHdr(mydomain))

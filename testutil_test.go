@@ -104,7 +104,7 @@ func loadHandler(tb testing.TB, cfg string, core zapcore.Core) (*Handler, error)
 	}
 	// A context without a config gives a development logger (debug
 	// level); use what a real config gives.
-	h.logger = zap.New(core)
+	h.setLogger(zap.New(core))
 	return h, nil
 }
 
