@@ -108,6 +108,9 @@ type Handler struct {
 	// warnDeferred logs once that deferred header operations before
 	// this handler make it refuse requests (see outerheaders.go).
 	warnDeferred *sync.Once
+	// warnVary logs once that deferred header operations before this
+	// handler take out its Vary (see outerheaders.go).
+	warnVary *sync.Once
 
 	// errs are the error routes of the server, which this handler runs
 	// itself on account paths; nil when the server has none.
@@ -137,6 +140,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.errLogger = ctx.Logger(errorLog{})
 	h.warnDeferred = new(sync.Once)
+	h.warnVary = new(sync.Once)
 	if err := h.provisionObservability(ctx); err != nil {
 		return err
 	}
@@ -220,6 +224,7 @@ func newIndex(h *Handler) (*policy.Index, error) {
 		AllowHeaders:    h.AllowHeaders,
 		ExposeHeaders:   h.ExposeHeaders,
 		PreflightStatus: h.PreflightStatus,
+		PathGuard:       !h.DisablePathGuard,
 		Check:           func(p *policy.Problems) { checkStore(h, p) },
 		CleanPath:       func(p string) string { return caddyhttp.CleanPath(p, true) },
 		OriginalRequest: func(r *http.Request) (http.Request, bool) {
@@ -247,8 +252,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// request is refused below it (outerheaders.go).
 	var below http.ResponseWriter
 	if !d.Refused() {
-		if below = deferredCORSWriter(w); below != nil {
+		var vary bool
+		if below, vary = deferredWriters(w); below != nil {
 			d.Rule, d.Reason = nil, policy.DeferredHeaders
+		} else if vary {
+			h.warnVary.Do(func() { h.logger.Warn("serving account paths without Vary: Origin", zap.Error(errDeferredVary)) })
 		}
 	}
 	h.observe(r, &d)
@@ -341,12 +349,8 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d *policy.De
 	if h.ix.AllowHeaders != "" {
 		hdr[hdrAllowHeaders] = v.allowHeaders[:]
 	}
-	// Add to Vary, never replace it.
-	if hasVary {
-		hdr[hdrVary] = append(hdr[hdrVary], varyPreflight)
-	} else {
-		hdr[hdrVary] = v.vary[:]
-	}
+	// Add to Vary, never replace it, as a denied preflight does.
+	setVary(hdr, v.vary[:], hasVary)
 	w.WriteHeader(h.ix.Status)
 	return nil
 }

@@ -45,9 +45,18 @@ func (nopWriter) Header() http.Header         { return http.Header{} }
 func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (nopWriter) WriteHeader(int)             {}
 
-// corsOpsCache remembers, per deferred *headers.HeaderOps, whether it
-// touches Access-Control-* headers: a config's operations never change.
-var corsOpsCache sync.Map // uintptr -> bool
+// deferredOpsCache remembers, per deferred *headers.HeaderOps, what it
+// touches: a config's operations never change.
+var deferredOpsCache sync.Map // uintptr -> touched
+
+// touched says which headers a header handler's deferred operations
+// change.
+type touched uint8
+
+const (
+	touchesCORS touched = 1 << iota // sets, adds or replaces an Access-Control-* header
+	touchesVary                     // sets, replaces or deletes Vary
+)
 
 // maxWriterDepth bounds the walk down a chain of response writers.
 const maxWriterDepth = 32
@@ -56,13 +65,24 @@ const maxWriterDepth = 32
 // apply deferred Access-Control-* header operations after this handler
 // has written its headers, or nil when there is none.
 func deferredCORSWriter(w http.ResponseWriter) http.ResponseWriter {
-	var found http.ResponseWriter
+	found, _ := deferredWriters(w)
+	return found
+}
+
+// deferredWriters is deferredCORSWriter, and whether a deferring writer
+// of the chain would also set, replace or delete Vary, which takes out
+// the module's Vary: Origin.
+func deferredWriters(w http.ResponseWriter) (cors http.ResponseWriter, vary bool) {
 	for w := range writerChain(w) {
-		if reflect.TypeOf(w) == deferredHeadersType && deferredTouchesCORS(w) {
-			found = w
+		if reflect.TypeOf(w) == deferredHeadersType {
+			t := deferredTouches(w)
+			if t&touchesCORS != 0 {
+				cors = w
+			}
+			vary = vary || t&touchesVary != 0
 		}
 	}
-	return found
+	return cors, vary
 }
 
 // writerChain yields w and each writer it wraps (Unwrap), outermost
@@ -82,39 +102,71 @@ func writerChain(w http.ResponseWriter) iter.Seq[http.ResponseWriter] {
 	}
 }
 
-// deferredTouchesCORS reports whether a header handler's deferring
-// writer would set, add or replace an Access-Control-* header (or one
-// whose name is a placeholder). It reads the writer's operations by
-// reflection; if it cannot, it answers true, so that a change in Caddy
-// fails closed.
-func deferredTouchesCORS(w http.ResponseWriter) bool {
+// deferredTouches says which headers a header handler's deferring
+// writer would change: whether it would set, add or replace an
+// Access-Control-* header (or one whose name is a placeholder or "*"),
+// and whether it would set, replace or delete Vary. It reads the writer's
+// operations by reflection; if it cannot, it answers both, so that a
+// change in Caddy fails closed.
+func deferredTouches(w http.ResponseWriter) touched {
 	v := reflect.ValueOf(w).Elem().FieldByName("headerOps")
 	if !v.IsValid() || v.Kind() != reflect.Pointer {
-		return true
+		return touchesCORS | touchesVary
 	}
 	if v.IsNil() {
-		return false
+		return 0
 	}
-	if known, ok := corsOpsCache.Load(v.Pointer()); ok {
-		return known.(bool)
+	if known, ok := deferredOpsCache.Load(v.Pointer()); ok {
+		return known.(touched)
 	}
 	ops := v.Elem()
-	touches := false
+	var t touched
 	for _, field := range []string{"Add", "Set", "Replace"} {
 		m := ops.FieldByName(field)
 		if !m.IsValid() || m.Kind() != reflect.Map {
-			touches = true
+			t = touchesCORS | touchesVary
 			break
 		}
 		for _, k := range m.MapKeys() {
 			name := k.String()
-			if isCORS(name) || name == "*" || strings.Contains(name, "{") {
-				touches = true
+			wild := name == "*" || strings.Contains(name, "{")
+			if isCORS(name) || wild {
+				t |= touchesCORS
+			}
+			if field != "Add" && (wild || strings.EqualFold(name, hdrVary)) {
+				t |= touchesVary
 			}
 		}
 	}
-	corsOpsCache.Store(v.Pointer(), touches)
-	return touches
+	if del := ops.FieldByName("Delete"); !del.IsValid() || del.Kind() != reflect.Slice {
+		t |= touchesVary
+	} else {
+		for i := range del.Len() {
+			if deletes(del.Index(i).String(), hdrVary) {
+				t |= touchesVary
+			}
+		}
+	}
+	deferredOpsCache.Store(v.Pointer(), t)
+	return t
+}
+
+// deletes reports whether a header handler's delete operation pattern
+// (a name, with "*" at its start or end as a wildcard, or a
+// placeholder) may delete the header name.
+func deletes(pattern, name string) bool {
+	pattern, name = strings.ToLower(pattern), strings.ToLower(name)
+	switch {
+	case strings.Contains(pattern, "{"), pattern == "*":
+		return true
+	case strings.HasPrefix(pattern, "*") && strings.HasSuffix(pattern, "*"):
+		return strings.Contains(name, pattern[1:len(pattern)-1])
+	case strings.HasPrefix(pattern, "*"):
+		return strings.HasSuffix(name, pattern[1:])
+	case strings.HasSuffix(pattern, "*"):
+		return strings.HasPrefix(name, pattern[:len(pattern)-1])
+	}
+	return pattern == name
 }
 
 // errDeferredCORSHeaders is the error logged when a request is refused
@@ -122,6 +174,13 @@ func deferredTouchesCORS(w http.ResponseWriter) bool {
 var errDeferredCORSHeaders = errors.New("a header handler before atomsphere_cors defers operations on " +
 	"Access-Control-* headers, which would override this handler's on account paths: remove them, " +
 	"apply them without defer, or order that header handler after atomsphere_cors")
+
+// errDeferredVary is the warning logged when a header handler before
+// this one defers operations that take out its Vary: Origin.
+var errDeferredVary = errors.New("a header handler before atomsphere_cors defers operations that set, replace " +
+	"or delete Vary (Caddy defers every operation of a header block that deletes a field), which take out " +
+	"Origin from Vary on account paths, so that a shared cache could serve one origin's answer to another: " +
+	"add to Vary instead (header +Vary ...), or order that header handler after atomsphere_cors")
 
 // refuseDeferredCORS answers 500 below the deferring writer below, so
 // none of its operations apply, and logs why once per handler.

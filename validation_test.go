@@ -172,6 +172,14 @@ func TestValidationRefusesWhatNeverMatches(t *testing.T) {
 			`path prefix "/api/rest/" is never used: the earlier prefix "/API/" matches every path it would`},
 		{"the same prefix twice", `{"path_prefixes":["/api/","/api/"],"accounts":{}}`,
 			`path prefix "/api/" is never used: the earlier prefix "/api/" matches every path it would`},
+		{"path parameter in a path prefix (the guard refuses every path under it)", `{"path_prefixes":["/x;y/"],"accounts":{}}`,
+			`path prefix "/x;y/" has a byte some backends read differently`},
+		{"backslash in a path prefix", `{"path_prefixes":["/a\\b/"],"accounts":{}}`,
+			`path prefix "/a\\b/" has a byte some backends read differently`},
+		{"non-ASCII path prefix", `{"path_prefixes":["/ünï/"],"accounts":{}}`,
+			`path prefix "/ünï/" has a byte some backends read differently`},
+		{"path prefix segment that ends in a dot", `{"path_prefixes":["/api/v1./"],"accounts":{}}`,
+			`path prefix "/api/v1./" has a byte some backends read differently (';', '#', '?', '\', a space, a control character, a byte over 0x7f) or a segment that ends in a dot: the path guard would refuse every request under it with 400; choose another prefix, or set disable_path_guard`},
 		{"max_age as a JSON number of seconds", `{"max_age":3600,"accounts":{}}`,
 			`max_age 3.6µs is under one second, and would be sent as 0: a JSON number is nanoseconds, so write a duration such as "3600s" or "1h"`},
 	} {
@@ -185,6 +193,8 @@ func TestValidationRefusesWhatNeverMatches(t *testing.T) {
 	// Controls: the same values where they can match are accepted.
 	for _, cfg := range []string{
 		`{"path_prefixes":["/api/rest/v1/","/api/"],"accounts":{}}`, // the longer first: both used
+		`{"path_prefixes":["/api/v1.0/"],"accounts":{}}`,            // a dot inside a segment
+		`{"path_prefixes":["/x;y/","/a./"],"disable_path_guard":true,"accounts":{}}`,
 		`{"max_age":"1s","accounts":{}}`,
 		`{"max_age":0,"accounts":{}}`,
 		`{"accounts":{"a":[{"origin":"https://x.example"}]}}`,

@@ -342,6 +342,10 @@ type Config struct {
 	ExposeHeaders   []string
 	MaxAge          *time.Duration // nil: defaultMaxAgeSeconds
 	PreflightStatus int            // 0: defaultPreflightStatus
+	// PathGuard says that requests are decided with the path guard on
+	// (Decide's guard): a prefix it would refuse every request under is
+	// then refused.
+	PathGuard bool
 	// Check adds the problems of settings the policy does not know (a
 	// rules store's), in their place in the report: after max_age,
 	// before the accounts.
@@ -374,7 +378,7 @@ func NewIndex(h Config) (*Index, error) {
 	} else if len(prefixes) == 0 {
 		p.Add(Place{Field: "path_prefixes"}, errors.New("path_prefixes is empty: no request would be checked"))
 	}
-	ix.prefixes = checkPathPrefixes(prefixes, &p)
+	ix.prefixes = checkPathPrefixes(prefixes, h.PathGuard, &p)
 	for _, pre := range ix.prefixes {
 		ix.prefixSegs = append(ix.prefixSegs, strings.Split(strings.Trim(pre, "/"), "/"))
 		plain := 0

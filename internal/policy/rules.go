@@ -95,7 +95,7 @@ func parseMethods(ms []string) ([]string, []error) {
 // checkPathPrefix refuses a prefix that a cleaned request path could
 // never start with as intended. Prefixes are compared with the decoded
 // path, so an escape or a wildcard in one could never match.
-func checkPathPrefix(p string) error {
+func checkPathPrefix(p string, guard bool) error {
 	switch {
 	case !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/"):
 		return fmt.Errorf("path prefix %s must start and end with /", q(p))
@@ -105,15 +105,22 @@ func checkPathPrefix(p string) error {
 		return fmt.Errorf("path prefix %s: placeholders are not expanded here (in a Caddyfile, {$VAR} reads an environment variable)", q(p))
 	case strings.ContainsAny(p, "%*"):
 		return fmt.Errorf("path prefix %s: prefixes are compared with the decoded path, so write it decoded, without %% escapes or * wildcards", q(p))
+	case guard && strings.IndexFunc(p, func(r rune) bool { return r > 0x7f || r < 0x80 && guardedByte(byte(r)) }) >= 0,
+		guard && strings.Contains(p, "./"):
+		return fmt.Errorf("path prefix %s has a byte some backends read differently (%s) or a segment that ends in a dot: "+
+			"the path guard would refuse every request under it with 400; choose another prefix, or set disable_path_guard", q(p), guardedBytesText)
 	}
 	return nil
 }
+
+// guardedBytesText names the bytes of guardedByte, for error messages.
+const guardedBytesText = "';', '#', '?', '\\', a space, a control character, a byte over 0x7f"
 
 // checkPathPrefixes checks each prefix and returns them lower-cased, in
 // order, less the refused ones. A prefix that an earlier one always
 // matches first (it starts with the earlier one, in any case) could
 // never be used, and is refused naming both.
-func checkPathPrefixes(prefixes []string, p *Problems) []string {
+func checkPathPrefixes(prefixes []string, guard bool, p *Problems) []string {
 	out := make([]string, 0, len(prefixes))
 	type entry struct {
 		lower string
@@ -121,7 +128,7 @@ func checkPathPrefixes(prefixes []string, p *Problems) []string {
 	}
 	var ok []entry
 	for i, pre := range prefixes {
-		if err := checkPathPrefix(pre); err != nil {
+		if err := checkPathPrefix(pre, guard); err != nil {
 			p.Add(Place{Field: "path_prefixes"}, err)
 			continue
 		}
