@@ -181,6 +181,13 @@ func withHeader(h http.Header, k, v string) http.Header {
 	return h
 }
 
+// withVary is h with its Vary lines replaced by vary.
+func withVary(h http.Header, vary ...string) http.Header {
+	h = h.Clone()
+	h["Vary"] = vary
+	return h
+}
+
 // guardOffCases: with the path guard off, the module reads the account
 // from the path as Caddy's path matchers do (docs/behaviour.md §1): dot
 // segments resolved, repeated slashes merged, %2F decoded first.
@@ -247,6 +254,14 @@ func upstreamAllowed(desc string, next func(http.ResponseWriter, *http.Request) 
 		wantBody: "next", wantNextCalled: true}
 }
 
+// upstreamUntouched: a GET from an allowed origin on path, no account
+// path, whose next sends CORS headers of its own: they reach the client
+// as next wrote them.
+func upstreamUntouched(desc, path string) behaviourCase {
+	return behaviourCase{desc: desc, method: "GET", path: path, reqHeaders: originHdr(mydomain),
+		next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true}
+}
+
 func upstreamDenied(desc string, next func(http.ResponseWriter, *http.Request) error) behaviourCase {
 	return behaviourCase{desc: desc, method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 		next: next, wantStatus: 200, wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}},
@@ -282,16 +297,37 @@ const behaviourConfig = `{
 	}
 }`
 
+// behaviourGroup is a part of the behaviour table: its cases run through
+// one handler loaded from config.
+type behaviourGroup struct {
+	name   string
+	config string
+	cases  []behaviourCase
+}
+
+// maxAgeGroup: one account allowing https://mydomain.com GET, max_age
+// given as the JSON value maxAge; its allowed preflight carries
+// Access-Control-Max-Age wantSeconds.
+func maxAgeGroup(name, maxAge, desc, wantSeconds string) behaviourGroup {
+	return behaviourGroup{name: name, config: `{
+			"max_age": ` + maxAge + `,
+			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
+		}`, cases: []behaviourCase{
+		{desc: desc, method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
+			next: nextOK, wantStatus: 204, wantHeaders: withHeader(wantPreflightOK(mydomain, "GET"), "Access-Control-Max-Age", wantSeconds)},
+	}}
+}
+
 // TestServeHTTP is the behaviour table: each case's name starts with the
 // section of docs/behaviour.md it checks (§1 which requests, §2
 // preflights, §3 normal requests, §4 the only CORS policy, §6 origins, §7
 // configuration), then says the rule in a sentence.
 func TestServeHTTP(t *testing.T) {
-	groups := []struct {
-		name   string
-		config string
-		cases  []behaviourCase
-	}{
+	// The allowed answers of the "custom" group.
+	customPreflightOK := withHeader(withHeader(wantPreflightOK(mydomain, "GET"),
+		"Access-Control-Allow-Headers", "x-custom,content-type"), "Access-Control-Max-Age", "90")
+	customNormalOK := withHeader(wantNormalOK(mydomain), "Access-Control-Expose-Headers", "x-request-id,x-total-count")
+	groups := []behaviourGroup{
 		{name: "defaults", config: behaviourConfig, cases: defaultCases()},
 		{name: "path guard off", config: strings.Replace(behaviourConfig, "{", `{"disable_path_guard": true,`, 1), cases: guardOffCases()},
 		{name: "custom", config: `{
@@ -304,44 +340,21 @@ func TestServeHTTP(t *testing.T) {
 		}`, cases: []behaviourCase{
 			{desc: "§7 custom prefix, allow_headers, max_age, preflight_status: allowed preflight is 200 with them",
 				method: "OPTIONS", path: "/custom/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Allow-Methods":     {"GET"},
-					"Access-Control-Allow-Headers":     {"x-custom,content-type"},
-					"Access-Control-Max-Age":           {"90"},
-					"Vary":                             {wantVaryPreflight},
-				}},
+				next: nextOK, wantStatus: 200, wantHeaders: customPreflightOK},
 			denyPreflight("§7 custom prefix: denied preflight is still a 401 error",
 				"/custom/acct/x", preflightHdr(mydomain, "POST")),
 			{desc: "§1 custom prefix given in upper case matches case-insensitively",
 				method: "OPTIONS", path: "/other/PREFIX/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Allow-Methods":     {"GET"},
-					"Access-Control-Allow-Headers":     {"x-custom,content-type"},
-					"Access-Control-Max-Age":           {"90"},
-					"Vary":                             {wantVaryPreflight},
-				}},
+				next: nextOK, wantStatus: 200, wantHeaders: customPreflightOK},
 			untouched("§1 with custom prefixes the default prefix is no account path: untouched",
 				"OPTIONS", "/api/rest/v1/acct/x", preflightHdr(mydomain, "GET")),
 			{desc: "§3 expose_headers configured: allowed normal response lists them, lower-cased",
 				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
-				next: nextOK, wantStatus: 200, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Expose-Headers":    {"x-request-id,x-total-count"},
-					"Vary":                             {"Origin"},
-				}, wantBody: "next", wantNextCalled: true},
+				next: nextOK, wantStatus: 200, wantHeaders: customNormalOK, wantBody: "next", wantNextCalled: true},
 			{desc: "§4 expose_headers configured: the upstream's Expose-Headers is replaced by ours",
 				method: "GET", path: "/custom/acct/x", reqHeaders: originHdr(mydomain),
-				next: nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Expose-Headers":    {"x-request-id,x-total-count"},
-					"Vary":                             {"Accept-Encoding", "Origin"},
-				}, wantBody: "next", wantNextCalled: true},
+				next: nextUpstreamCORS, wantStatus: 200, wantHeaders: withVary(customNormalOK, "Accept-Encoding", "Origin"),
+				wantBody: "next", wantNextCalled: true},
 			denyNormal("§3 expose_headers configured, origin not allowed: no Expose-Headers, only Vary: Origin",
 				"GET", "/custom/acct/x", originHdr("https://evil.example")),
 		}},
@@ -352,30 +365,13 @@ func TestServeHTTP(t *testing.T) {
 		}`, cases: []behaviourCase{
 			{desc: "§7 allow_headers empty: no Allow-Headers; max_age sent in whole seconds, rounded down",
 				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "POST"),
-				next: nextOK, wantStatus: 204, wantHeaders: http.Header{
-					"Access-Control-Allow-Origin":      {mydomain},
-					"Access-Control-Allow-Credentials": {"true"},
-					"Access-Control-Allow-Methods":     {"GET, POST, DELETE"},
-					"Access-Control-Max-Age":           {"1"},
-					"Vary":                             {wantVaryPreflight},
-				}},
+				next: nextOK, wantStatus: 204, wantHeaders: withHeader(withHeader(wantPreflightOK(mydomain, "GET, POST, DELETE"),
+					"Access-Control-Allow-Headers", ""), "Access-Control-Max-Age", "1")},
 		}},
-		{name: "max_age in integer nanoseconds, zero", config: `{
-			"max_age": 0,
-			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
-		}`, cases: []behaviourCase{
-			{desc: "§7 max_age 0 is sent as 0, not replaced by the default",
-				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 204, wantHeaders: withHeader(wantPreflightOK(mydomain, "GET"), "Access-Control-Max-Age", "0")},
-		}},
-		{name: "max_age 2m in integer nanoseconds", config: `{
-			"max_age": 120000000000,
-			"accounts": {"acct": [{"origin": "https://mydomain.com", "methods": ["GET"]}]}
-		}`, cases: []behaviourCase{
-			{desc: "§7 max_age as integer nanoseconds is sent in seconds",
-				method: "OPTIONS", path: "/api/rest/v1/acct/x", reqHeaders: preflightHdr(mydomain, "GET"),
-				next: nextOK, wantStatus: 204, wantHeaders: withHeader(wantPreflightOK(mydomain, "GET"), "Access-Control-Max-Age", "120")},
-		}},
+		maxAgeGroup("max_age in integer nanoseconds, zero", "0",
+			"§7 max_age 0 is sent as 0, not replaced by the default", "0"),
+		maxAgeGroup("max_age 2m in integer nanoseconds", "120000000000",
+			"§7 max_age as integer nanoseconds is sent in seconds", "120"),
 	}
 	for _, g := range groups {
 		h := mustLoadHandler(t, g.config, nil)
@@ -405,16 +401,12 @@ func defaultCases() []behaviourCase {
 		// §1: which requests it acts on.
 		untouched("§1 path outside every prefix: untouched, next runs, no CORS headers, no Vary",
 			"OPTIONS", "/other/account-123456/x", preflightHdr(mydomain, "DELETE")),
-		{desc: "§1 path outside every prefix: a later handler's CORS headers are left alone",
-			method: "GET", path: "/other/x", reqHeaders: originHdr(mydomain),
-			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
+		upstreamUntouched("§1 path outside every prefix: a later handler's CORS headers are left alone", "/other/x"),
 		untouched("§1 prefix without its trailing slash (/api/rest/v1) is no account path: untouched",
 			"OPTIONS", "/api/rest/v1", preflightHdr(mydomain, "GET")),
 		untouched("§1 empty account segment (/api/rest/v1/): untouched",
 			"OPTIONS", "/api/rest/v1/", preflightHdr(mydomain, "GET")),
-		{desc: "§1 empty account segment after merging slashes (/api/rest/v1//): untouched",
-			method: "GET", path: "/api/rest/v1//", reqHeaders: originHdr(mydomain),
-			next: nextUpstreamCORS, wantStatus: 200, wantHeaders: upstreamCORSUntouched(), wantBody: "next", wantNextCalled: true},
+		upstreamUntouched("§1 empty account segment after merging slashes (/api/rest/v1//): untouched", "/api/rest/v1//"),
 		refusedPath("§5 account segment removed by .. (/api/rest/v1/account-123456/../): a raw-path router reads account-123456",
 			"OPTIONS", "/api/rest/v1/account-123456/../", preflightHdr(mydomain, "GET")),
 		refusedPath("§5 .. escaping the prefix (/api/rest/v1/../account-123456/x): a raw-path router reads the account \"..\"",
@@ -577,11 +569,7 @@ func defaultCases() []behaviourCase {
 		{desc: "§3 allowed normal request extends an existing Vary, never replaces it",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			respBefore: http.Header{"Vary": {"Accept-Encoding"}},
-			next:       nextOK, wantStatus: 200, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {mydomain},
-				"Access-Control-Allow-Credentials": {"true"},
-				"Vary":                             {"Accept-Encoding", "Origin"},
-			}, wantBody: "next", wantNextCalled: true},
+			next:       nextOK, wantStatus: 200, wantHeaders: withVary(wantNormalOK(mydomain), "Accept-Encoding", "Origin"), wantBody: "next", wantNextCalled: true},
 		{desc: "§3 denied normal request extends an existing Vary; Origin already there is not repeated",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			respBefore: http.Header{"Vary": {"Accept-Encoding, origin"}},
@@ -600,36 +588,20 @@ func defaultCases() []behaviourCase {
 		{desc: "§4 existing Vary before and upstream Vary after are both kept, Origin added once",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
 			respBefore: http.Header{"Vary": {"Cookie"}},
-			next:       nextUpstreamCORS, wantStatus: 200, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {mydomain},
-				"Access-Control-Allow-Credentials": {"true"},
-				"Vary":                             {"Cookie", "Accept-Encoding", "Origin"},
-			}, wantBody: "next", wantNextCalled: true},
+			next:       nextUpstreamCORS, wantStatus: 200, wantHeaders: withVary(wantNormalOK(mydomain), "Cookie", "Accept-Encoding", "Origin"), wantBody: "next", wantNextCalled: true},
 		{desc: "§4 upstream's own Vary: Origin is not repeated",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextUpstreamVaryOrigin, wantStatus: 200, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {mydomain},
-				"Access-Control-Allow-Credentials": {"true"},
-				"Vary":                             {"Origin", "Accept-Encoding"},
-			}, wantBody: "next", wantNextCalled: true},
+			next: nextUpstreamVaryOrigin, wantStatus: 200, wantHeaders: withVary(wantNormalOK(mydomain), "Origin", "Accept-Encoding"), wantBody: "next", wantNextCalled: true},
 		{desc: "§4 allowed, error path: upstream headers set, then an error without writing: ours only",
 			method: "GET", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {mydomain},
-				"Access-Control-Allow-Credentials": {"true"},
-				"Vary":                             {"Accept-Encoding", "Origin"},
-			}, wantNextCalled: true},
+			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true, wantHeaders: withVary(wantNormalOK(mydomain), "Accept-Encoding", "Origin"), wantNextCalled: true},
 		{desc: "§4 denied, error path: upstream ACAO * removed",
 			method: "GET", path: pathA, reqHeaders: originHdr("https://evil.example"),
 			next: nextUpstreamCORSThenError, wantStatus: 502, wantErr: true,
 			wantHeaders: http.Header{"Vary": {"Accept-Encoding", "Origin"}}, wantNextCalled: true},
 		{desc: "§4 upstream writes the body without WriteHeader: headers still ours only",
 			method: "POST", path: pathA, reqHeaders: originHdr(mydomain),
-			next: nextUpstreamWriteOnly, wantStatus: 200, wantHeaders: http.Header{
-				"Access-Control-Allow-Origin":      {mydomain},
-				"Access-Control-Allow-Credentials": {"true"},
-				"Vary":                             {"Accept-Encoding", "Origin"},
-			}, wantBody: "next", wantNextCalled: true},
+			next: nextUpstreamWriteOnly, wantStatus: 200, wantHeaders: withVary(wantNormalOK(mydomain), "Accept-Encoding", "Origin"), wantBody: "next", wantNextCalled: true},
 		upstreamDenied("§4 upstream copies the body with io.Copy (ReadFrom): headers still ours only",
 			nextUpstreamReadFrom),
 		upstreamAllowed("§4 upstream flushes before writing: headers still ours only",
