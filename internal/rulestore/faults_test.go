@@ -28,9 +28,7 @@ func storeDir(dir, name string) string { return filepath.Join(dir, "atomsphere_c
 // alone after a few polls; the other changes, a delete among them,
 // still reach every server.
 func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
+	dir, a, b := twoStores(t)
 	ctx := context.Background()
 	put(t, a, "acct-1", policy.Rule{Origin: "https://partner.example"})
 	if err := b.poll(ctx); err != nil || !allows(b, "acct-1", "https://partner.example") {
@@ -84,9 +82,7 @@ func TestStoreUnreadableRecordDoesNotStopTheFleet(t *testing.T) {
 // A commit the storage fails part way publishes what it wrote, says how
 // much, and every server then serves what the storage holds.
 func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
+	dir, a, b := twoStores(t)
 	ctx := context.Background()
 	put(t, a, "victim", policy.Rule{Origin: "https://old.example"})
 	if err := os.MkdirAll(filepath.Join(storeDir(dir, "t"), "accounts", "zz-blocked", "x"), 0o700); err != nil {
@@ -120,9 +116,7 @@ func TestStoreCommitFailingPartWayIsPublished(t *testing.T) {
 // An account given twice in one commit (an import naming it on two
 // lines): the last wins, on disk and on every server.
 func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
+	_, a, b := twoStores(t)
 	var batch []Change
 	for i := range 300 {
 		for _, o := range []string{"https://old.example", "https://new.example"} {
@@ -158,9 +152,7 @@ func TestStoreCommitAccountTwiceLastWins(t *testing.T) {
 // no other server reads, and a delete would answer 404 while every other
 // server kept the account.
 func TestStoreHeadGoneKeepsTheRules(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
+	dir, a, b := twoStores(t)
 	ctx := context.Background()
 	put(t, a, "acct-1", policy.Rule{Origin: "https://one.example"})
 	if err := b.poll(ctx); err != nil {

@@ -91,6 +91,15 @@ func testStores(t *testing.T, dir string, n int) []*Store {
 	return out
 }
 
+// twoStores opens two stores, two servers of a fleet, over a new
+// storage directory dir.
+func twoStores(t *testing.T) (dir string, a, b *Store) {
+	t.Helper()
+	dir = t.TempDir()
+	ss := testStores(t, dir, 2)
+	return dir, ss[0], ss[1]
+}
+
 // writeOf is the change that writes rules to account id, compiled as an
 // admin write's are.
 func writeOf(tb testing.TB, s *Store, id string, rules ...policy.Rule) Change {
@@ -115,9 +124,8 @@ func allows(s *Store, id, origin string) bool {
 }
 
 func TestStoreWritesConverge(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
+	_, a, b := twoStores(t)
+	ss := []*Store{a, b}
 	ctx := context.Background()
 	put(t, a, "acct-1", policy.Rule{Origin: "https://one.example"})
 	if !allows(a, "acct-1", "https://one.example") {
@@ -169,9 +177,7 @@ func TestStoreWritesConverge(t *testing.T) {
 }
 
 func TestStoreCorruptRecordAndInterruptedWrite(t *testing.T) {
-	dir := t.TempDir()
-	ss := testStores(t, dir, 2)
-	a, b := ss[0], ss[1]
+	dir, a, b := twoStores(t)
 	ctx := context.Background()
 	put(t, a, "good", policy.Rule{Origin: "https://good.example"})
 	put(t, a, "bad", policy.Rule{Origin: "https://bad.example"})
