@@ -13,29 +13,35 @@ import (
 // from the handler's Provision; a store's series exist from its opening
 // and go when the last store of that name stops.
 var (
-	storeAccounts = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_accounts",
-		Help: "Accounts this server serves from the atomsphere_cors rules store, by store.",
-	}, []string{"store"})
-	storeLastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_last_sync_timestamp_seconds",
-		Help: "Unix time of the last successful read of the rules store by this server, by store (0: never).",
-	}, []string{"store"})
-	storeSyncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_sync_errors_total",
-		Help: "Failed reads (polls) of the rules store, by store.",
-	}, []string{"store"})
-	storeEditSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_edit_duration_seconds",
-		Help:    "Time from an admin write to the rules store to its being served by this server, by store.",
-		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
-	}, []string{"store"})
-	storePollSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "caddy", Subsystem: "atomsphere_cors", Name: "store_poll_duration_seconds",
-		Help:    "Time one poll of the rules store took, by store.",
-		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
-	}, []string{"store"})
+	storeAccounts = prometheus.NewGaugeVec(prometheus.GaugeOpts(storeOpts("store_accounts",
+		"Accounts this server serves from the atomsphere_cors rules store, by store.")), storeLabels)
+	storeLastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts(storeOpts("store_last_sync_timestamp_seconds",
+		"Unix time of the last successful read of the rules store by this server, by store (0: never).")), storeLabels)
+	storeSyncErrors = prometheus.NewCounterVec(prometheus.CounterOpts(storeOpts("store_sync_errors_total",
+		"Failed reads (polls) of the rules store, by store.")), storeLabels)
+	storeEditSeconds = storeSecondsVec("store_edit_duration_seconds",
+		"Time from an admin write to the rules store to its being served by this server, by store.")
+	storePollSeconds = storeSecondsVec("store_poll_duration_seconds",
+		"Time one poll of the rules store took, by store.")
 )
+
+// storeLabels are the labels of every rules store metric.
+var storeLabels = []string{"store"}
+
+// storeOpts names a rules store metric: caddy_atomsphere_cors_<name>.
+func storeOpts(name, help string) prometheus.Opts {
+	return prometheus.Opts{Namespace: "caddy", Subsystem: "atomsphere_cors", Name: name, Help: help}
+}
+
+// storeSecondsVec is a rules store histogram of durations in seconds,
+// from 1ms to about 16s.
+func storeSecondsVec(name, help string) *prometheus.HistogramVec {
+	o := storeOpts(name, help)
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: o.Namespace, Subsystem: o.Subsystem, Name: o.Name, Help: o.Help,
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+	}, storeLabels)
+}
 
 // Collectors are the rules store's metrics, for a config's registry.
 func Collectors() []prometheus.Collector {
