@@ -4,14 +4,13 @@ package bench
 // with a temporary HOME (see internal/testkit).
 
 import (
-	"os"
 	"testing"
 
 	"atomspherecors/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testkit.Run(m, "atomspherecors-bench-test-home"))
+	testkit.Main(m, "atomspherecors-bench-test-home")
 }
 
 // The Caddy that the benchmarks and tests run in keeps its config and

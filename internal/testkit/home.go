@@ -12,6 +12,7 @@ package testkit
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -34,6 +35,12 @@ var (
 	userAutosave       string
 	userAutosaveBefore fileState
 )
+
+// Main is a TestMain: it runs the tests of m as Run does and exits with
+// their code.
+func Main(m *testing.M, prefix string) {
+	os.Exit(Run(m, prefix))
+}
 
 // Run is a TestMain body: it runs the tests of m with HOME,
 // XDG_CONFIG_HOME and XDG_DATA_HOME in a fresh temporary directory named
@@ -134,4 +141,34 @@ func Check(t *testing.T, marker string) {
 	// Another Caddy of this user, a server or the tests of another
 	// checkout, may save its own config meanwhile: not this test's doing.
 	t.Logf("the user's %s changed during the tests (%s, then %s), but not to this test's config", userAutosave, userAutosaveBefore, after)
+}
+
+// CheckSite is the test that a Caddy this test binary starts keeps its
+// config and data in Run's temporary HOME, and never saves its config to
+// the user's autosave.json: it starts Caddy from a Caddyfile whose site
+// on addr (a loopback host:port) has account acct-1 allow origin GET
+// and answers with a random body, which makes the config unlike any
+// other, requests the site, and Checks.
+func CheckSite(t *testing.T, addr, origin string) {
+	t.Helper()
+	nonce := rand.Text()
+	StartCaddy(t, "caddyfile", `{
+	admin off
+}
+
+http://`+addr+` {
+	bind 127.0.0.1
+	atomsphere_cors {
+		account acct-1 {
+			origin `+origin+` GET
+		}
+	}
+	respond "`+nonce+`" 200
+}
+`)
+	res, body := Do(t, "GET", "http://"+addr+"/api/rest/v1/acct-1/Atom", nil)
+	if res.StatusCode != 200 || body != nonce {
+		t.Fatalf("the test site answered %d %q, want 200 %q", res.StatusCode, body, nonce)
+	}
+	Check(t, nonce)
 }
