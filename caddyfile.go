@@ -14,14 +14,50 @@ import (
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("atomsphere_cors", parseCaddyfile)
-	httpcaddyfile.RegisterDirectiveOrder("atomsphere_cors", httpcaddyfile.Before, "basic_auth")
+	registerDirective[Handler]("atomsphere_cors", "basic_auth")
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	var c Handler
-	err := c.UnmarshalCaddyfile(h.Dispenser)
-	return &c, err
+// caddyfileModule is a handler module that reads its directive's
+// Caddyfile tokens itself: *T.
+type caddyfileModule[T any] interface {
+	*T
+	caddyfile.Unmarshaler
+	caddyhttp.MiddlewareHandler
+}
+
+// registerDirective registers the handler directive name, read by a T,
+// in Caddy's directive order just before the directive before.
+func registerDirective[T any, PT caddyfileModule[T]](name, before string) {
+	httpcaddyfile.RegisterHandlerDirective(name, parseDirective[T, PT])
+	httpcaddyfile.RegisterDirectiveOrder(name, httpcaddyfile.Before, before)
+}
+
+// parseDirective is the parse function of a handler directive whose
+// module, a T, reads the directive's tokens itself.
+func parseDirective[T any, PT caddyfileModule[T]](h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var m T
+	err := PT(&m).UnmarshalCaddyfile(h.Dispenser)
+	return PT(&m), err
+}
+
+// blockOnly consumes the directive name and refuses arguments after it:
+// the directive takes a block and nothing else.
+func blockOnly(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// once refuses a subdirective, the dispenser's token, that is given
+// again: seen holds the names met so far in the block, name this one's.
+func once(d *caddyfile.Dispenser, seen map[string]bool, name string) error {
+	if seen[name] {
+		return d.Errf("%s already specified", d.Val())
+	}
+	seen[name] = true
+	return nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -50,9 +86,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // that checks a JSON config, and every problem of the block is reported,
 // each with the file and line it comes from.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := blockOnly(d); err != nil {
+		return err
 	}
 	h.Accounts = map[string][]policy.Rule{}
 	p := &caddyfileParser{d: d, h: h, positions: map[policy.Place]position{}}
@@ -63,10 +98,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			sub = "path_prefix"
 		}
 		if sub != "account" {
-			if seen[sub] {
-				return d.Errf("%s already specified", d.Val())
+			if err := once(d, seen, sub); err != nil {
+				return err
 			}
-			seen[sub] = true
 		}
 		if err := p.subdirective(sub); err != nil {
 			return err

@@ -4,22 +4,13 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("atomsphere_cors_page", parsePageCaddyfile)
 	// With the handlers that answer requests: after basic_auth,
 	// forward_auth and request_header in Caddy's directive order, so the
 	// page never reads an identity before authentication has set it.
-	httpcaddyfile.RegisterDirectiveOrder("atomsphere_cors_page", httpcaddyfile.Before, "respond")
-}
-
-func parsePageCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	var p Page
-	err := p.UnmarshalCaddyfile(h.Dispenser)
-	return &p, err
+	registerDirective[Page]("atomsphere_cors_page", "respond")
 }
 
 // UnmarshalCaddyfile sets up the page from Caddyfile tokens. Syntax:
@@ -38,17 +29,15 @@ func parsePageCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, er
 // required; max_rules defaults to 50. The values are checked by the code
 // that checks a JSON config.
 func (p *Page) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := blockOnly(d); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		if seen[sub] {
-			return d.Errf("%s already specified", sub)
+		if err := once(d, seen, sub); err != nil {
+			return err
 		}
-		seen[sub] = true
 		switch sub {
 		case "store":
 			st, err := parseStoreBlock(d)
