@@ -61,6 +61,14 @@ http://:9400 {
 // reflects the Origin with credentials, or sends Access-Control-Allow-Origin: *
 // on paths containing /star/. It keeps its own Vary and reports the
 // request-target it received.
+// hostileUpstreamAddr starts a hostileUpstream for the test and returns
+// its address.
+func hostileUpstreamAddr(t *testing.T) string {
+	up := hostileUpstream()
+	t.Cleanup(up.Close)
+	return up.Listener.Addr().String()
+}
+
 func hostileUpstream() *httptest.Server {
 	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -119,9 +127,8 @@ func both(name, path string, lines ...[2]string) []secRow {
 }
 
 func TestSecurityAttackTable(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
-	startCaddy(t, "caddyfile", fmt.Sprintf(secCaddyfile, up.Listener.Addr().String()))
+	upAddr := hostileUpstreamAddr(t)
+	startCaddy(t, "caddyfile", fmt.Sprintf(secCaddyfile, upAddr))
 
 	cyrillic := "https://mydom\u0430in.com" // "а" is U+0430, not ASCII "a"
 	puny, err := idna.Lookup.ToASCII("mydom\u0430in.com")
@@ -478,11 +485,10 @@ http://:9404 {
 // paths, and shape the answer, but cannot add Access-Control-* headers;
 // header directives before the module cannot either.
 func TestSecurityErrorRoutesAddNoCORSHeaders(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
+	upAddr := hostileUpstreamAddr(t)
 	dead := deadAddr(t)
 	logFile := t.TempDir() + "/caddy.log"
-	startCaddy(t, "caddyfile", fmt.Sprintf(secErrorsCaddyfile, up.Listener.Addr().String(), dead, logFile))
+	startCaddy(t, "caddyfile", fmt.Sprintf(secErrorsCaddyfile, upAddr, dead, logFile))
 
 	evil := "https://evil.example"
 	for _, tc := range []struct {
@@ -705,8 +711,7 @@ func TestSecurityTrailersAddNoCORSHeaders(t *testing.T) {
 // TestSecurityPathGuardOff: with disable_path_guard the module follows
 // Caddy's reading of every target, as without the guard.
 func TestSecurityPathGuardOff(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
+	upAddr := hostileUpstreamAddr(t)
 	startSites(t, fmt.Sprintf(`http://:9406 {
 	atomsphere_cors {
 		disable_path_guard
@@ -715,7 +720,7 @@ func TestSecurityPathGuardOff(t *testing.T) {
 		}
 	}
 	reverse_proxy %s
-}`, up.Listener.Addr().String()))
+}`, upAddr))
 	target := acctA + "/..;/account-987654/Atom"
 	res, _ := rawRequest(t, "127.0.0.1:9406", "GET", target, hdrs(hOrigin(secAllowed)))
 	if res.StatusCode != 200 || res.Header.Get("Access-Control-Allow-Origin") != secAllowed ||
@@ -812,14 +817,8 @@ http://:9408 {
 // own, and for a subroute's error routes (JSON), whose answer to the
 // module's refusals is the module's.
 func TestSecurityErrorsBeforeTheModule(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
-	upAddr := up.Listener.Addr().String()
-	cf := fmt.Sprintf(`{
-	admin localhost:2994
-	default_bind 127.0.0.1
-}
-http://:9409 {
+	upAddr := hostileUpstreamAddr(t)
+	cf := secGlobals + fmt.Sprintf(`http://:9409 {
 	@big expression `+"`int({query.page}) > 100`"+`
 	header @big X-Big-Page yes
 	atomsphere_cors {
@@ -934,8 +933,7 @@ http://:9411 {
 // refuses encoded slashes and dots before the module (preflights
 // included), and nothing else.
 func TestSecurityEncodedSlashSnippet(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
+	upAddr := hostileUpstreamAddr(t)
 	startSites(t, fmt.Sprintf(`http://:9413 {
 	route {
 		@encoded expression `+"`{http.request.uri}.matches('^[^?]*(?i:%%2f|%%2e)')`"+`
@@ -948,7 +946,7 @@ func TestSecurityEncodedSlashSnippet(t *testing.T) {
 		}
 	}
 	reverse_proxy %s
-}`, up.Listener.Addr().String()))
+}`, upAddr))
 	for _, tc := range []struct {
 		target string
 		status int

@@ -204,8 +204,11 @@ func adaptToJSON(t *testing.T, caddyfile string) (cfg, servers map[string]any) {
 // the admin endpoint and bind address of the security tests.
 func startSites(t *testing.T, sites string) {
 	t.Helper()
-	startCaddy(t, "caddyfile", "{\n\tadmin localhost:2994\n\tdefault_bind 127.0.0.1\n}\n"+sites)
+	startCaddy(t, "caddyfile", secGlobals+sites)
 }
+
+// secGlobals are the global options of the security tests' Caddyfiles.
+const secGlobals = "{\n\tadmin localhost:2994\n\tdefault_bind 127.0.0.1\n}\n"
 
 // reflectingErrors is a handle_errors block that reflects the request's
 // Origin with credentials, as a careless error page would.
@@ -225,14 +228,8 @@ const reflectingErrors = `
 // several modules with different prefixes in one server
 // (docs/behaviour.md §4).
 func TestSecurityErrorsBeforeTheModuleInAnyShape(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
-	upAddr := up.Listener.Addr().String()
-	cf := fmt.Sprintf(`{
-	admin localhost:2994
-	default_bind 127.0.0.1
-}
-&(api) {
+	upAddr := hostileUpstreamAddr(t)
+	cf := secGlobals + fmt.Sprintf(`&(api) {
 	route {
 		atomsphere_cors {%[2]s
 		}
@@ -416,8 +413,7 @@ http://:9424 {
 // ordinary requests working, and the guard still reads the target as
 // sent.
 func TestSecurityPHPFrontController(t *testing.T) {
-	up := hostileUpstream()
-	defer up.Close()
+	upAddr := hostileUpstreamAddr(t)
 	startSites(t, fmt.Sprintf(`http://:9415 {
 	atomsphere_cors {%[1]s
 	}
@@ -428,7 +424,7 @@ http://:9414 {
 	atomsphere_cors {%[1]s
 	}
 	reverse_proxy %[2]s
-}`, twoTenants, up.Listener.Addr().String()))
+}`, twoTenants, upAddr))
 	for _, tc := range []struct {
 		addr, target, origin, acao string
 		status                     int
