@@ -331,17 +331,11 @@ func TestIntegrationValidate(t *testing.T) {
 // (docs/behaviour.md §4), also when the upstream fails (§3).
 func TestIntegrationReverseProxy(t *testing.T) {
 	var hits atomic.Int64
+	upstreamHeaders := upstreamCORS("true", "GET, PUT, PATCH", "*")
+	upstreamHeaders.Set("X-Request-Id", "upstream-id")
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
-		h := w.Header()
-		h.Set("Access-Control-Allow-Origin", "*")
-		h.Set("Access-Control-Allow-Credentials", "true")
-		h.Set("Access-Control-Allow-Methods", "GET, PUT, PATCH")
-		h.Set("Access-Control-Allow-Headers", "*")
-		h.Set("Access-Control-Expose-Headers", "x-secret")
-		h.Set("Access-Control-Max-Age", "86400")
-		h.Set("Vary", "Accept-Encoding")
-		h.Set("X-Request-Id", "upstream-id")
+		setUpstreamHeaders(w, upstreamHeaders)
 		_, _ = io.WriteString(w, "upstream "+r.Method)
 	}))
 	defer upstream.Close()

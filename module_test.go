@@ -105,15 +105,34 @@ var (
 
 // setUpstreamCORS writes the CORS headers of an upstream with a policy
 // of its own, and its Vary.
-func setUpstreamCORS(w http.ResponseWriter) {
+func setUpstreamCORS(w http.ResponseWriter) { setUpstreamHeaders(w, upstreamCORSUntouched()) }
+
+// upstreamCORS is the CORS policy of an upstream that has one of its own:
+// any origin, the given credentials, methods and allowed headers, an
+// exposed x-secret, a day's max age, and Vary: Accept-Encoding.
+func upstreamCORS(credentials, methods, allowHeaders string) http.Header {
+	return http.Header{
+		"Access-Control-Allow-Origin":      {"*"},
+		"Access-Control-Allow-Credentials": {credentials},
+		"Access-Control-Allow-Methods":     {methods},
+		"Access-Control-Allow-Headers":     {allowHeaders},
+		"Access-Control-Expose-Headers":    {"x-secret"},
+		"Access-Control-Max-Age":           {"86400"},
+		"Vary":                             {"Accept-Encoding"},
+	}
+}
+
+// setUpstreamHeaders writes hdr (one value a field) into w's header as
+// an upstream does: each field set, Vary added to.
+func setUpstreamHeaders(w http.ResponseWriter, hdr http.Header) {
 	h := w.Header()
-	h.Set("Access-Control-Allow-Origin", "*")
-	h.Set("Access-Control-Allow-Credentials", "false")
-	h.Set("Access-Control-Allow-Methods", "PUT, PATCH")
-	h.Set("Access-Control-Allow-Headers", "x-upstream")
-	h.Set("Access-Control-Expose-Headers", "x-secret")
-	h.Set("Access-Control-Max-Age", "86400")
-	h.Add("Vary", "Accept-Encoding")
+	for k, v := range hdr {
+		if k == "Vary" {
+			h.Add(k, v[0])
+		} else {
+			h.Set(k, v[0])
+		}
+	}
 }
 
 // behaviourCase is one request through ServeHTTP, in the shape of
@@ -383,17 +402,7 @@ func TestServeHTTP(t *testing.T) {
 
 // upstreamCORSUntouched is what nextUpstreamCORS (setUpstreamCORS) writes,
 // as it reaches the client off account paths, where the module does nothing.
-func upstreamCORSUntouched() http.Header {
-	return http.Header{
-		"Access-Control-Allow-Origin":      {"*"},
-		"Access-Control-Allow-Credentials": {"false"},
-		"Access-Control-Allow-Methods":     {"PUT, PATCH"},
-		"Access-Control-Allow-Headers":     {"x-upstream"},
-		"Access-Control-Expose-Headers":    {"x-secret"},
-		"Access-Control-Max-Age":           {"86400"},
-		"Vary":                             {"Accept-Encoding"},
-	}
-}
+func upstreamCORSUntouched() http.Header { return upstreamCORS("false", "PUT, PATCH", "x-upstream") }
 
 func defaultCases() []behaviourCase {
 	allOK := wantPreflightOK(mydomain, "GET, POST, DELETE")
