@@ -256,7 +256,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if below, vary = deferredWriters(w); below != nil {
 			d.Rule, d.Reason = nil, policy.DeferredHeaders
 		} else if vary {
-			h.warnVary.Do(func() { h.logger.Warn("serving account paths without Vary: Origin", zap.Error(errDeferredVary)) })
+			h.warnDeferredVary()
 		}
 	}
 	h.observe(r, &d)

@@ -189,9 +189,17 @@ func (h *Handler) refuseDeferredCORS(below http.ResponseWriter) error {
 	h.warnDeferred.Do(func() {
 		h.logger.Error("refusing requests on account paths with 500", zap.Error(errDeferredCORSHeaders))
 	})
-	dropCORS(inner.Header())
+	hdr := inner.Header()
 	// Every response on an account path varies with Origin, this one too.
-	addVary(inner.Header(), []string{"Origin"})
+	setVary(hdr, []string{"Origin"}, dropCORS(hdr))
 	inner.WriteHeader(http.StatusInternalServerError)
 	return nil
+}
+
+// warnDeferredVary logs once per handler that deferred operations before
+// it take Origin out of Vary; the request is served.
+func (h *Handler) warnDeferredVary() {
+	h.warnVary.Do(func() {
+		h.logger.Warn("serving account paths without Vary: Origin", zap.Error(errDeferredVary))
+	})
 }

@@ -161,6 +161,16 @@ func scanAt(p string, i int) bool {
 	return strings.IndexByte(p[i+1:], '/') >= 0 || i+1 == len(p)
 }
 
+// hasGuardedByte reports whether p has a byte guardedByte reports.
+func hasGuardedByte(p string) bool {
+	for i := range len(p) {
+		if guardedByte(p[i]) {
+			return true
+		}
+	}
+	return false
+}
+
 // guardedByte reports whether some backend reads c differently from
 // Caddy: '%' (decoded again), ';' (path parameters), '\\' (a separator
 // on Windows), '#' and '?' (decoded and parsed again), a space or control

@@ -105,8 +105,7 @@ func checkPathPrefix(p string, guard bool) error {
 		return fmt.Errorf("path prefix %s: placeholders are not expanded here (in a Caddyfile, {$VAR} reads an environment variable)", q(p))
 	case strings.ContainsAny(p, "%*"):
 		return fmt.Errorf("path prefix %s: prefixes are compared with the decoded path, so write it decoded, without %% escapes or * wildcards", q(p))
-	case guard && strings.IndexFunc(p, func(r rune) bool { return r > 0x7f || r < 0x80 && guardedByte(byte(r)) }) >= 0,
-		guard && strings.Contains(p, "./"):
+	case guard && (hasGuardedByte(p) || strings.Contains(p, "./")):
 		return fmt.Errorf("path prefix %s has a byte some backends read differently (%s) or a segment that ends in a dot: "+
 			"the path guard would refuse every request under it with 400; choose another prefix, or set disable_path_guard", q(p), guardedBytesText)
 	}
