@@ -237,6 +237,7 @@ func (p *caddyfileParser) check() error {
 	var r *policy.Report
 	if _, err := newIndex(p.h); errors.As(err, &r) {
 		p.errs = append(p.errs, r.Locate(func(pl policy.Place) (string, int) {
+			pl.Part = "" // a rule's line holds its origin and methods
 			pos, ok := p.positions[pl]
 			if !ok && pl.Rule >= 0 {
 				pos = p.positions[policy.Place{Field: pl.Field, Account: pl.Account, Rule: -1}]

@@ -466,7 +466,7 @@ func CompileAccount(id string, rules []Rule, cache *MethodCache, p *Problems) Ac
 		o, err := origin.Parse(r.Origin)
 		methods, merrs := cache.parse(r.Methods)
 		if err != nil || merrs != nil {
-			at := Place{Field: "accounts", Account: id, Rule: i}
+			at := Place{Field: "accounts", Account: id, Rule: i, Part: "origin"}
 			for _, e := range append([]error{err}, merrs...) {
 				switch {
 				case e == nil:
@@ -475,6 +475,7 @@ func CompileAccount(id string, rules []Rule, cache *MethodCache, p *Problems) Ac
 				default:
 					p.Add(at, ruleErr(id, i, r.Origin, e))
 				}
+				at.Part = "methods"
 			}
 			continue
 		}

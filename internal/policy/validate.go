@@ -20,6 +20,7 @@ type Place struct {
 	Field   string // the JSON key: "path_prefixes", "allow_headers", ..., "accounts"
 	Account string // with "accounts": the account ID
 	Rule    int    // with "accounts": the rule's index, or -1 for the account itself
+	Part    string // with a rule: "origin" or "methods", the part at fault
 }
 
 // configError is one problem of a config and its place.
@@ -70,6 +71,26 @@ func (p *Problems) Err() error {
 type Report struct {
 	List []*configError
 	More int
+}
+
+// Problem is one listed problem of a report: its place, its message and
+// the error it wraps (for a caller that words it for someone else).
+type Problem struct {
+	At  Place
+	Msg string
+	Err error
+}
+
+// Problems lists the report's spelled-out problems.
+func (r *Report) Problems() []Problem {
+	out := make([]Problem, len(r.List))
+	for i, e := range r.List {
+		out[i] = Problem{At: e.At, Msg: e.Error(), Err: errors.Unwrap(e.err)}
+		if out[i].Err == nil {
+			out[i].Err = e.err
+		}
+	}
+	return out
 }
 
 func (r *Report) Error() string {
