@@ -110,7 +110,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 				return apiErr(http.StatusNotFound, "no account %s in store %s", q(id), q(s.Name))
 			}
 			rules := rulestore.RulesOf(acct)
-			w.Header().Set("ETag", rulestore.ETag(rules))
+			w.Header().Set("ETag", rulestore.ETag(id, rules))
 			return writeJSON(w, http.StatusOK, rules)
 		case http.MethodPut:
 			return a.put(w, r, s, id)
@@ -196,12 +196,9 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *rulestore.Stor
 	if len(body) > rulestore.MaxRulesBody {
 		return apiErr(http.StatusRequestEntityTooLarge, "body over %d bytes", rulestore.MaxRulesBody)
 	}
-	var rules []policy.Rule
-	if err := decodeStrict(body, &rules); err != nil {
+	rules, err := policy.DecodeRules(body)
+	if err != nil {
 		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: %v", q(id), short(err.Error()))
-	}
-	if rules == nil {
-		return apiErr(http.StatusBadRequest, "account %s: body is not a JSON array of rules: null (an account without rules is [])", q(id))
 	}
 	acct, err := s.Compile(id, rules)
 	if err != nil {
@@ -214,7 +211,7 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *rulestore.Stor
 	if errors.Is(err, rulestore.ErrUnchanged) {
 		// The stored rules already: nothing written, no history entry.
 		audit.refused(http.StatusOK, "unchanged: nothing written")
-		w.Header().Set("ETag", rulestore.ETag(served))
+		w.Header().Set("ETag", rulestore.ETag(id, served))
 		return writeJSON(w, http.StatusOK, served)
 	}
 	if err != nil {
@@ -225,7 +222,7 @@ func (a *adminAPI) put(w http.ResponseWriter, r *http.Request, s *rulestore.Stor
 		status = http.StatusOK
 	}
 	audit.written(e.Before, served)
-	w.Header().Set("ETag", rulestore.ETag(served))
+	w.Header().Set("ETag", rulestore.ETag(id, served))
 	return writeJSON(w, status, served)
 }
 

@@ -90,11 +90,10 @@ func (p *Page) check() error {
 			errs = append(errs, err)
 		}
 	}
-	switch {
-	case p.Account == "":
+	if p.Account == "" {
 		errs = append(errs, errors.New("account is required: a placeholder naming the signed-in user's account, such as {http.auth.user.id}"))
-	case !strings.Contains(p.Account, "{") || !strings.Contains(p.Account, "}"):
-		errs = append(errs, fmt.Errorf("account %s has no placeholder: every user would edit that one account; use a placeholder such as {http.auth.user.id}", q(p.Account)))
+	} else if err := checkAccountTemplate(p.Account); err != nil {
+		errs = append(errs, err)
 	}
 	if p.MaxRules < 0 {
 		errs = append(errs, fmt.Errorf("max_rules %d is not positive", p.MaxRules))
@@ -121,6 +120,10 @@ func (p *Page) Provision(ctx caddy.Context) error {
 	}
 	attachStore(ix, s)
 	p.store, p.ix = s, ix
+	for _, name := range accountPlaceholders(p.Account) {
+		p.logger.Info("the CORS page writes the account that this placeholder names: only a verified identity may set it",
+			zap.String("account", p.Account), zap.String("placeholder", "{"+name+"}"), zap.String("set_by", trustedBy(name)))
+	}
 	return nil
 }
 
@@ -187,6 +190,10 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	if why != "" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			audit.refused(http.StatusForbidden, why)
+		}
+		if r.URL.Path == "/" && isRead(r) {
+			// A person opened the page: say what happened in words.
+			return p.serveNoAccount(w)
 		}
 		return pageError(w, http.StatusForbidden, "no account for this request: %s", why)
 	}
@@ -289,10 +296,13 @@ func (p *Page) serveFile(w http.ResponseWriter, path, ctype string) error {
 	return err
 }
 
-// pageRules is the body of GET and PUT /rules.
+// pageRules is the body of GET and PUT /rules; Warning, after a save,
+// says what the save could not do besides storing the rules (keep its
+// history entry).
 type pageRules struct {
 	Account string `json:"account"`
 	Rules   []Rule `json:"rules"`
+	Warning string `json:"warning,omitempty"`
 }
 
 // current is the account's rules as this server serves them; ok is
@@ -313,16 +323,20 @@ func (p *Page) getRules(w http.ResponseWriter, id string) error {
 	if !ok {
 		return pageError(w, http.StatusServiceUnavailable, "the rules are not loaded on this server yet: try again in a moment")
 	}
-	w.Header().Set("ETag", rulestore.ETag(rules))
+	w.Header().Set("ETag", rulestore.ETag(id, rules))
 	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: rules})
 }
 
-// ruleProblem is one validation message, with the rule it concerns
-// (counted from 1; 0 for the account as a whole).
+// ruleProblem is one validation message in the tenant's words, with the
+// rule it concerns (counted from 1; 0 for the account as a whole) and
+// the field ("origin", "methods", or "" for the whole rule or account).
+// Detail is the message an operator reads in the log, for API clients.
 type ruleProblem struct {
 	Rule    int    `json:"rule"`
+	Field   string `json:"field"`
 	Origin  string `json:"origin,omitempty"`
 	Message string `json:"message"`
+	Detail  string `json:"detail,omitempty"`
 }
 
 func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit writeAudit) error {
@@ -344,41 +358,47 @@ func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit
 		}
 		return refuse(http.StatusBadRequest, "reading body: %v", err)
 	}
-	var rules []Rule
-	if err := decodeStrict(body, &rules); err != nil {
+	rules, err := policy.DecodeRules(body)
+	if err != nil {
 		return refuse(http.StatusBadRequest, "body is not a JSON array of rules [{\"origin\": ..., \"methods\": [...]}]: %s", short(err.Error()))
 	}
-	if rules == nil {
-		return refuse(http.StatusBadRequest, "body is not a JSON array of rules: null (no rules is [])")
-	}
 	if len(rules) > p.MaxRules {
-		return refuse(http.StatusBadRequest, "account %s: %d rules, at most %d", q(id), len(rules), p.MaxRules)
+		detail := fmt.Sprintf("account %s: %d rules, at most %d", q(id), len(rules), p.MaxRules)
+		audit.refused(http.StatusBadRequest, detail)
+		msg := fmt.Sprintf("At most %d origins can be allowed: remove %d.", p.MaxRules, len(rules)-p.MaxRules)
+		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": msg, "problems": []ruleProblem{{Message: msg, Detail: detail}}})
 	}
 	acct, err := p.store.Compile(id, rules)
 	if err != nil {
 		audit.refused(http.StatusBadRequest, err.Error())
-		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error(), "problems": problemsOf(err, rules)})
+		return writeJSON(w, http.StatusBadRequest, map[string]any{
+			"error": "Not saved: some rules need fixing.", "problems": problemsOf(err, rules)})
 	}
 	served := rulestore.RulesOf(*acct)
 	e := &rulestore.Edit{ID: id, IfMatch: r.Header.Values("If-Match"), AbsentIsEmpty: true, After: served}
-	_, err = p.store.Commit(r.Context(), []rulestore.Change{{ID: id, Rules: rules, Acct: acct, Check: e.Check, By: audit.by}})
+	ans := pageRules{Account: id, Rules: served}
+	gap := func(why string) { ans.Warning = why }
+	_, err = p.store.Commit(r.Context(), []rulestore.Change{{ID: id, Rules: rules, Acct: acct, Check: e.Check, By: audit.by, HistoryGap: gap}})
 	if errors.Is(err, rulestore.ErrUnchanged) {
 		// The rules are the stored ones: nothing to write, and no
 		// history entry that would push real changes out.
 		audit.refused(http.StatusOK, "unchanged: nothing written")
-		w.Header().Set("ETag", rulestore.ETag(served))
-		return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
+		w.Header().Set("ETag", rulestore.ETag(id, served))
+		return writeJSON(w, http.StatusOK, ans)
 	}
 	if err != nil {
 		status := writeStatus(err)
+		audit.refused(status, err.Error())
 		if status == http.StatusPreconditionFailed {
-			return refuse(status, "%v", err)
+			return pageError(w, status, "These rules were changed somewhere else (another tab, or another user of the account) after this page read them. Nothing was saved.")
 		}
-		return refuse(status, "the store did not take the write: %v", err)
+		// The storage's own words name its paths: they go to the log.
+		p.logger.Error("a CORS page write the store did not take", zap.String("account", id), zap.Error(err))
+		return pageError(w, status, "The rules could not be saved right now: nothing was changed. Try again in a moment.")
 	}
 	audit.written(e.Before, served)
-	w.Header().Set("ETag", rulestore.ETag(served))
-	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: served})
+	w.Header().Set("ETag", rulestore.ETag(id, served))
+	return writeJSON(w, http.StatusOK, ans)
 }
 
 // problemsOf lists the problems of a refused account with the rule each
@@ -389,12 +409,15 @@ func problemsOf(err error, rules []Rule) []ruleProblem {
 		return []ruleProblem{{Message: err.Error()}}
 	}
 	out := make([]ruleProblem, 0, len(rep.List))
-	for _, e := range rep.List {
-		pr := ruleProblem{Message: e.Error()}
+	for _, e := range rep.Problems() {
+		pr := ruleProblem{Message: tenantMessage(e), Detail: e.Msg}
 		if i := e.At.Rule; i >= 0 && i < len(rules) {
-			pr.Rule, pr.Origin = i+1, rules[i].Origin
+			pr.Rule, pr.Origin, pr.Field = i+1, rules[i].Origin, e.At.Part
 		}
 		out = append(out, pr)
+	}
+	if rep.More > 0 {
+		out = append(out, ruleProblem{Message: fmt.Sprintf("And %d more problems.", rep.More)})
 	}
 	return out
 }
@@ -443,7 +466,9 @@ func pageScheme(r *http.Request) string {
 func (p *Page) getHistory(w http.ResponseWriter, r *http.Request, id string) error {
 	h, err := p.store.ReadHistory(r.Context(), id)
 	if err != nil {
-		return pageError(w, http.StatusServiceUnavailable, "history not available: %v", err)
+		// The storage's own words name its paths: they go to the log.
+		p.logger.Error("a CORS page history the store could not read", zap.String("account", id), zap.Error(err))
+		return pageError(w, http.StatusServiceUnavailable, "The list of recent changes cannot be shown right now. The rules themselves are not affected.")
 	}
 	return writeJSON(w, http.StatusOK, h)
 }

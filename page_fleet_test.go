@@ -5,7 +5,7 @@ package atomspherecors
 // is served, shown and listed in the history by the other within its
 // poll interval, and a write carrying a version the other server has
 // already replaced is refused there with 412. Ports: HTTP
-// 127.0.0.1:9821-9822, admin 127.0.0.1:2941-2942.
+// 127.0.0.1:9821-9824, admin 127.0.0.1:2941-2944.
 
 import (
 	"bytes"
@@ -26,8 +26,13 @@ import (
 const pagePoll = 250 * time.Millisecond
 
 // startPageProcess runs Caddy (testdata/caddy) as server n with the page
-// and the handler on a store in storage, and waits until it answers.
+// and the handler on a store in storage, polled every pagePoll, and
+// waits until it answers.
 func startPageProcess(t *testing.T, n int, storage string) string {
+	return startPageProcessPolling(t, n, storage, pagePoll)
+}
+
+func startPageProcessPolling(t *testing.T, n int, storage string, poll time.Duration) string {
 	t.Helper()
 	home := t.TempDir()
 	base := fmt.Sprintf("http://127.0.0.1:%d", 9820+n)
@@ -60,7 +65,7 @@ func startPageProcess(t *testing.T, n int, storage string) string {
 	}
 	respond "api" 200
 }
-`, 2940+n, storage, base, pagePoll, demoHash, pagePoll)
+`, 2940+n, storage, base, poll, demoHash, poll)
 	file := filepath.Join(home, "Caddyfile")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -166,5 +171,107 @@ func TestPageTwoServers(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A server whose copy of an account is older than the store (it has not
+// polled yet) and takes a write of it serves what its answer says from
+// its next request on (docs/page.md, "Many servers"): after a 412 it
+// shows the version that refused the write, and after a write of the
+// rules the store already holds (200, nothing written) it serves those
+// rules, through the page and through the admin routes alike.
+func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs Caddy processes")
+	}
+	storage := filepath.Join(t.TempDir(), "store")
+	// Both poll once an hour: whatever server 2 serves in this test, it
+	// has from its own writes and their answers.
+	s1, s2 := startPageProcessPolling(t, 3, storage, time.Hour), startPageProcessPolling(t, 4, storage, time.Hour)
+	admin2 := "http://127.0.0.1:2944/atomsphere_cors/fleetpage/accounts/acct-a"
+	rules := func(base string) (string, string) {
+		t.Helper()
+		res, body := pageCall(t, "GET", base+"/settings/cors/rules", "acct-a", nil, "")
+		if res.StatusCode != 200 {
+			t.Fatalf("GET %s rules: %d %s", base, res.StatusCode, body)
+		}
+		return strings.TrimSpace(body), res.Header.Get("ETag")
+	}
+	allowed := func(base, origin string) bool {
+		t.Helper()
+		r, _ := doRequest(t, "OPTIONS", base+"/api/rest/v1/acct-a/x", http.Header{"Origin": {origin}, "Access-Control-Request-Method": {"GET"}})
+		return r.StatusCode == 204
+	}
+	put := func(base, ifMatch, body string) (*http.Response, string) {
+		t.Helper()
+		hdr := jsonCT
+		if ifMatch != "" {
+			hdr = withHeaders(jsonCT, "If-Match", ifMatch)
+		}
+		return pageCall(t, "PUT", base+"/settings/cors/rules", "acct-a", hdr, body)
+	}
+	_, empty := rules(s2)
+
+	two := `[{"origin":"https://kept.example","methods":["GET"]},{"origin":"https://gone.example","methods":["GET"]}]`
+	res, body := put(s1, empty, two)
+	if res.StatusCode != 200 {
+		t.Fatalf("PUT two origins on server 1: %d %s", res.StatusCode, body)
+	}
+	twoTag := res.Header.Get("ETag")
+	if got, _ := rules(s2); got != `{"account":"acct-a","rules":[]}` {
+		t.Fatalf("server 2 already shows %s: the test needs it not to have polled", got)
+	}
+
+	// 412 on server 2: its next read shows the version that refused it.
+	if res, body := put(s2, empty, `[{"origin":"https://other.example"}]`); res.StatusCode != 412 {
+		t.Fatalf("PUT on server 2 with the version before server 1's write: %d %s, want 412", res.StatusCode, body)
+	}
+	if got, tag := rules(s2); tag != twoTag || !strings.Contains(got, "gone.example") {
+		t.Errorf("server 2 after its 412: %s %s, want server 1's rules and ETag %s (else reloading loops on 412)", got, tag, twoTag)
+	}
+	if !allowed(s2, "https://gone.example") {
+		t.Error("server 2 after its 412 does not serve the rules it now shows")
+	}
+
+	// Server 1 removes an origin; server 2 has not polled.
+	one := `[{"origin":"https://kept.example","methods":["GET"]}]`
+	res, body = put(s1, twoTag, one)
+	if res.StatusCode != 200 {
+		t.Fatalf("PUT one origin on server 1: %d %s", res.StatusCode, body)
+	}
+	oneTag := res.Header.Get("ETag")
+	if !allowed(s2, "https://gone.example") {
+		t.Fatal("server 2 already refuses the removed origin: the test needs it not to have polled")
+	}
+	// Server 2 takes a write of the rules the store now holds: 200, and
+	// from its next request on it serves them.
+	if res, body := put(s2, oneTag, one); res.StatusCode != 200 || res.Header.Get("ETag") != oneTag {
+		t.Fatalf("PUT of the stored rules on server 2: %d %s ETag %s, want 200 and %s", res.StatusCode, body, res.Header.Get("ETag"), oneTag)
+	}
+	if allowed(s2, "https://gone.example") {
+		t.Error("server 2 answered 200 to the rules without gone.example, yet its API still allows gone.example")
+	}
+	if got, tag := rules(s2); strings.Contains(got, "gone.example") || tag != oneTag {
+		t.Errorf("server 2's GET /rules after the write: %s %s, want the rules it took, ETag %s", got, tag, oneTag)
+	}
+	if res, body := pageCall(t, "GET", s2+"/settings/cors/check?origin=https://gone.example&method=GET", "acct-a", nil, ""); !strings.Contains(body, `"allowed":false`) {
+		t.Errorf("server 2's /check for the removed origin: %d %s, want not allowed", res.StatusCode, body)
+	}
+
+	// The same through the admin routes: server 1 writes, server 2 takes
+	// the same rules unconditionally (200, nothing written) and serves
+	// them at once.
+	res, body = put(s1, oneTag, two)
+	if res.StatusCode != 200 {
+		t.Fatalf("PUT two origins again on server 1: %d %s", res.StatusCode, body)
+	}
+	if allowed(s2, "https://gone.example") {
+		t.Fatal("server 2 already allows gone.example again: the test needs it not to have polled")
+	}
+	if st, out := storeCall(t, "http://127.0.0.1:2944", "PUT", "/atomsphere_cors/fleetpage/accounts/acct-a", two); st != 200 {
+		t.Fatalf("admin PUT on server 2 of the stored rules: %d %s (%s)", st, out, admin2)
+	}
+	if !allowed(s2, "https://gone.example") {
+		t.Error("server 2's admin route answered 200 to rules with gone.example, yet its API does not allow it")
 	}
 }

@@ -229,7 +229,7 @@ func TestPageRoutes(t *testing.T) {
 	t.Run("PUT with a stale If-Match: 412, nothing changed", func(t *testing.T) {
 		res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", `"stale"`),
 			`[{"origin":"https://evil.example"}]`)
-		if res.StatusCode != 412 || !strings.Contains(body, "changed since it was read") {
+		if res.StatusCode != 412 || !strings.Contains(body, "These rules were changed somewhere else") || !strings.Contains(body, "Nothing was saved") {
 			t.Fatalf("PUT with a stale If-Match: %d %s", res.StatusCode, body)
 		}
 		if pr, now := getPageRules(t, "acct-a"); now != etag || len(pr.Rules) != 1 || pr.Rules[0].Origin != "https://app.example.com" {

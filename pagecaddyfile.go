@@ -49,6 +49,9 @@ func (p *Page) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&p.Account) {
 				return d.ArgErr()
 			}
+			if err := checkAccountTemplate(p.Account); err != nil {
+				return d.WrapErr(err)
+			}
 		case "max_rules":
 			var arg string
 			if !d.AllArgs(&arg) {

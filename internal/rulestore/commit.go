@@ -34,6 +34,11 @@ type Change struct {
 	// By, when set, records the change in the account's history, as
 	// made by this user (edit.go).
 	By string
+	// HistoryGap, when set, is told why the change's history entry was
+	// not kept as it should be (HistoryNotRecorded, HistoryRestarted).
+	HistoryGap func(why string)
+
+	before []policy.Rule // the rules as stored, read by Check
 }
 
 var errStoreBusy = errors.New("the store's lock was not obtained in time")

@@ -25,12 +25,20 @@ import (
 // log entry of each write.
 
 // ETag is the strong entity tag of an account's rules as served
-// (rulesOf): the same rules give the same tag on every server.
-func ETag(rules []policy.Rule) string {
+// (rulesOf): the same account with the same rules gives the same tag on
+// every server. The account ID is part of it, so that a tag read for one
+// account never matches another's (two new accounts both have no rules):
+// a tab that read account A, whose user then signs in as B elsewhere,
+// cannot save A's edit into B (RFC 9110 §8.8.3: a tag identifies one
+// representation of one resource).
+func ETag(id string, rules []policy.Rule) string {
 	if rules == nil {
 		rules = []policy.Rule{}
 	}
-	b, _ := json.Marshal(rules)
+	b, _ := json.Marshal(struct {
+		Account string        `json:"account"`
+		Rules   []policy.Rule `json:"rules"`
+	}{id, rules})
 	sum := sha256.Sum256(b)
 	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
 }
@@ -96,7 +104,7 @@ var ErrUnchanged = errors.New("the rules are unchanged: nothing written")
 func (e *Edit) Check(stored *policy.Account) error {
 	e.Before = servedRules(stored)
 	exists := stored != nil || e.AbsentIsEmpty
-	if e.IfMatch != nil && !ifMatches(strings.Join(e.IfMatch, ","), ETag(e.Before), exists) {
+	if e.IfMatch != nil && !ifMatches(strings.Join(e.IfMatch, ","), ETag(e.ID, e.Before), exists) {
 		return ErrPrecondition{account: e.ID}
 	}
 	if e.After != nil && exists && slices.EqualFunc(e.Before, e.After, sameRule) {
@@ -108,26 +116,61 @@ func (e *Edit) Check(stored *policy.Account) error {
 // checkChanges runs the checks of changes that have one, each with the
 // account as stored, before the commit writes anything; s.writeMu and
 // the storage lock are held, so the stored account cannot change
-// between a check and the write.
+// between a check and the write. Each checked change keeps the rules as
+// stored, for its history entry.
+//
+// A check that refuses the write (If-Match names another version, or
+// the rules are the stored ones) has just read the account as the
+// storage holds it: this server serves that from its next request on,
+// instead of waiting for its next poll. So the answer and the server
+// agree: a write acknowledged as unchanged is served here, and after a
+// 412 the next read here shows the version that refused it.
 func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes []Change) error {
-	for _, c := range changes {
+	for i, c := range changes {
 		if c.Check == nil {
 			continue
 		}
 		var stored *policy.Account
+		valid := true // the record is absent, or readable and accepted
 		b, err := st.Load(ctx, s.keys.account(c.ID))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			return err
 		default:
-			stored, _ = compileRecord(c.ID, b, policy.NewMethodCache())
+			var why string
+			stored, why = compileRecord(c.ID, b, policy.NewMethodCache())
+			valid = why == ""
 		}
+		changes[i].before = servedRules(stored)
 		if err := c.Check(stored); err != nil {
+			var pe ErrPrecondition
+			if valid && (errors.Is(err, ErrUnchanged) || errors.As(err, &pe)) {
+				s.refresh(c.ID, stored)
+			}
 			return err
 		}
 	}
 	return nil
+}
+
+// refresh serves one account as the storage holds it (nil: no record),
+// read under the storage lock; polls that started before it do not
+// overwrite it, as for a commit's own changes.
+func (s *Store) refresh(id string, stored *policy.Account) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.source == "none" {
+		return // never loaded: one account is not the store
+	}
+	if cur, ok := s.view.Load().Get(id); ok == (stored != nil) && (!ok || slices.EqualFunc(RulesOf(cur), RulesOf(*stored), sameRule)) {
+		return // served already
+	}
+	s.gen++
+	s.local[id] = s.gen
+	delete(s.refused, id)
+	s.view.Store(s.view.Load().with(map[string]*policy.Account{id: stored}))
+	s.dirty = true
 }
 
 // historyKeep is how many changes of an account its history keeps, and
@@ -139,60 +182,131 @@ const (
 	historyMaxBytes = 1 << 20
 )
 
-// historyEntry is one change of an account as GET /history shows it.
+// historyEntry is one change of an account as GET /history shows it:
+// the rules after it and, for changes recorded by this version, before
+// it (absent in older entries).
 type historyEntry struct {
-	Time  string        `json:"time"` // RFC 3339
-	By    string        `json:"by"`
-	Rules []policy.Rule `json:"rules"`
+	Time   string         `json:"time"` // RFC 3339
+	By     string         `json:"by"`
+	Rules  []policy.Rule  `json:"rules"`
+	Before *[]policy.Rule `json:"before,omitempty"`
 }
 
-// History is the stored history of one account, newest first.
+// History is the stored history of one account, newest first. Note, when
+// set, says what the history lacks (earlier changes it could not read).
 type History struct {
 	Account string         `json:"account"`
 	Changes []historyEntry `json:"changes"`
+	Note    string         `json:"note,omitempty"`
 }
+
+// errHistoryUnreadable is a stored history that does not decode: the
+// storage holds it, but no entry of it can be shown.
+var errHistoryUnreadable = errors.New("history unreadable")
 
 // ReadHistory reads an account's history from the storage (so that
 // every server shows the same); an account never edited has none.
 func (s *Store) ReadHistory(ctx context.Context, id string) (History, error) {
 	st, _ := s.storage()
+	h, _, err := s.readHistory(ctx, st, id)
+	return h, err
+}
+
+// readHistory reads an account's history and returns the stored bytes.
+// A history that decodes only in part keeps the entries that do (and
+// says so in its note); one that does not decode at all is
+// errHistoryUnreadable.
+func (s *Store) readHistory(ctx context.Context, st certmagic.Storage, id string) (History, []byte, error) {
 	h := History{Account: id, Changes: []historyEntry{}}
 	b, err := st.Load(ctx, s.keys.history(id))
 	if errors.Is(err, fs.ErrNotExist) {
-		return h, nil
+		return h, nil, nil
 	}
 	if err != nil {
-		return h, err
+		return h, nil, err
 	}
 	var stored History
-	if err := json.Unmarshal(b, &stored); err != nil || stored.Account != id {
-		return h, fmt.Errorf("history of account %s unreadable", quote.Value(id))
+	if err := json.Unmarshal(b, &stored); err == nil && stored.Account == id {
+		if stored.Changes != nil {
+			h.Changes = stored.Changes
+		}
+		h.Note = stored.Note
+		return h, b, nil
 	}
-	if stored.Changes != nil {
-		h.Changes = stored.Changes
+	// Keep what can be kept: the entries that decode, in order.
+	var raw struct {
+		Account string            `json:"account"`
+		Changes []json.RawMessage `json:"changes"`
+		Note    string            `json:"note"`
 	}
-	return h, nil
+	if err := json.Unmarshal(b, &raw); err != nil || raw.Account != id {
+		return h, b, fmt.Errorf("%w: account %s", errHistoryUnreadable, quote.Value(id))
+	}
+	for _, r := range raw.Changes {
+		var e historyEntry
+		if json.Unmarshal(r, &e) == nil && e.Time != "" {
+			h.Changes = append(h.Changes, e)
+		}
+	}
+	h.Note = historyGapNote
+	return h, b, nil
 }
+
+// historyGapNote is what a history says once changes were lost from it
+// (a record the storage could not decode, set aside).
+const historyGapNote = "Some earlier changes could not be read and are not listed."
+
+// The reasons a write's history entry was not kept as it should be, for
+// the write's answer (Change.HistoryGap): the change is stored and
+// served either way.
+const (
+	HistoryNotRecorded = "the change was saved, but could not be added to the list of recent changes"
+	HistoryRestarted   = "the change was saved; the earlier list of recent changes could not be read, so it starts again here"
+)
 
 // recordHistory adds the changes that name a user (by) to their
 // accounts' histories, under the store's lock that the commit holds. A
 // history is a record of the rules, not the rules: a history the
-// storage fails to take is logged, and the commit stands.
+// storage fails to take is logged and reported to the change's
+// HistoryGap, and the commit stands. A history the storage cannot read
+// is not written over (it may be readable again); one it reads but
+// cannot decode is set aside (history-unreadable/<account>) and started
+// again.
 func (s *Store) recordHistory(ctx context.Context, st certmagic.Storage, changes []Change) {
 	now := time.Now().UTC().Format(time.RFC3339)
 	for _, c := range changes {
 		if c.By == "" {
 			continue
 		}
-		h, err := s.ReadHistory(ctx, c.ID)
-		if err != nil {
-			s.logger().Warn("account history unreadable: starting it again", zap.String("store", s.Name), zap.String("account", c.ID), zap.Error(err))
+		gap := func(why, answer string, err error) {
+			s.logger().Warn("account history "+why, zap.String("store", s.Name), zap.String("account", c.ID), zap.Error(err))
+			if c.HistoryGap != nil {
+				c.HistoryGap(answer)
+			}
+		}
+		h, old, err := s.readHistory(ctx, st, c.ID)
+		restarted := false
+		switch {
+		case errors.Is(err, errHistoryUnreadable):
+			if aerr := st.Store(ctx, s.keys.historyAside(c.ID), old); aerr != nil {
+				gap("unreadable, and could not be set aside: not written", HistoryNotRecorded, aerr)
+				continue
+			}
+			h.Note, restarted = historyGapNote, true
+		case err != nil:
+			gap("not readable: not written", HistoryNotRecorded, err)
+			continue
 		}
 		rules := []policy.Rule{}
 		if c.Acct != nil {
 			rules = RulesOf(*c.Acct)
 		}
-		h.Changes = slices.Insert(h.Changes, 0, historyEntry{Time: now, By: c.By, Rules: rules})
+		e := historyEntry{Time: now, By: c.By, Rules: rules}
+		if c.before != nil {
+			before := c.before
+			e.Before = &before
+		}
+		h.Changes = slices.Insert(h.Changes, 0, e)
 		h.Changes = h.Changes[:min(len(h.Changes), historyKeep)]
 		b, _ := json.Marshal(h)
 		for len(b) > historyMaxBytes && len(h.Changes) > historyMinKeep {
@@ -200,7 +314,11 @@ func (s *Store) recordHistory(ctx context.Context, st certmagic.Storage, changes
 			b, _ = json.Marshal(h)
 		}
 		if err := st.Store(ctx, s.keys.history(c.ID), b); err != nil {
-			s.logger().Warn("account history not written", zap.String("store", s.Name), zap.String("account", c.ID), zap.Error(err))
+			gap("not written", HistoryNotRecorded, err)
+			continue
+		}
+		if restarted {
+			gap("unreadable: set aside (history-unreadable/) and started again", HistoryRestarted, errHistoryUnreadable)
 		}
 	}
 }

@@ -70,6 +70,12 @@ func (k storageKeys) log(seq uint64) string { return string(k) + "log/" + fmt.Sp
 func (k storageKeys) history(id string) string {
 	return string(k) + "history/" + EscapeID(id)
 }
+
+// historyAside keeps the last history of an account that could not be
+// decoded, for an operator to read; the account's history starts again.
+func (k storageKeys) historyAside(id string) string {
+	return string(k) + "history-unreadable/" + EscapeID(id)
+}
 func (k storageKeys) base() string    { return string(k) + "base" }
 func (k storageKeys) baseSeq() string { return string(k) + "base-seq" }
 

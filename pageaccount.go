@@ -1,0 +1,166 @@
+package atomspherecors
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"atomspherecors/internal/policy"
+)
+
+// The CORS page's account placeholder (docs/page.md, "Whose account"):
+// the page writes the account it names, so it must name who is signed
+// in. Placeholders whose value the client chooses (the query, a cookie,
+// the path, the Host) or that are the same for every request (the
+// environment, the system, the time) are never an identity, and are
+// refused at load; the others are trusted as set by what runs in front
+// of the page, and the page's startup log says which and by what.
+
+// accountPlaceholders lists the placeholders of an account template:
+// each {name}, skipping the \{ and \} escapes Caddy's replacer knows.
+func accountPlaceholders(tmpl string) []string {
+	var out []string
+	for i := 0; i < len(tmpl); i++ {
+		switch tmpl[i] {
+		case '\\':
+			i++
+		case '{':
+			end := strings.IndexByte(tmpl[i+1:], '}')
+			if end < 0 {
+				return out
+			}
+			out = append(out, tmpl[i+1:i+1+end])
+			i += end + 1
+		}
+	}
+	return out
+}
+
+// neverIdentity is the prefixes of placeholders whose value the client
+// chooses, or that are one value for every user; each with the reason.
+var neverIdentity = []struct{ prefix, why string }{
+	{"http.request.uri", "the client chooses the URL"},
+	{"http.request.orig_uri", "the client chooses the URL"},
+	{"http.request.orig_method", "the client chooses the method"},
+	{"http.request.cookie.", "the client chooses its cookies (a signed-in session is checked by an authentication handler, which sets an identity placeholder or header)"},
+	{"http.request.host", "the client chooses the Host"},
+	{"http.request.port", "the client chooses the port"},
+	{"http.request.method", "the client chooses the method"},
+	{"http.request.scheme", "the client chooses the scheme"},
+	{"http.request.proto", "the client chooses the protocol"},
+	{"http.request.remote", "a client address is not a user"},
+	{"http.request.local", "the server's address is the same for every user"},
+	{"http.request.body", "the client chooses the body"},
+	{"http.request.uuid", "it is new for every request"},
+	{"http.request.header.cookie", "the client chooses its cookies"},
+	{"http.request.header.authorization", "it is the client's credentials, not the verified user (use {http.auth.user.id})"},
+	{"http.request.header.host", "the client chooses the Host"},
+	{"http.request.header.origin", "the client's page chooses it"},
+	{"http.request.header.referer", "the client chooses it"},
+	{"http.request.header.user-agent", "the client chooses it"},
+	{"env.", "it is the same for every request"},
+	{"system.", "it is the same for every request"},
+	{"time.", "it is the time, not a user"},
+	{"file.", "it is the same for every request"},
+}
+
+// checkAccountTemplate refuses an account template with no placeholder
+// or with one that is never an identity.
+func checkAccountTemplate(tmpl string) error {
+	names := accountPlaceholders(tmpl)
+	if len(names) == 0 {
+		return fmt.Errorf("account %s has no placeholder: every user would edit that one account; use a placeholder such as {http.auth.user.id}", q(tmpl))
+	}
+	for _, n := range names {
+		lower := strings.ToLower(n)
+		for _, ni := range neverIdentity {
+			if strings.HasPrefix(lower, ni.prefix) {
+				return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, ni.why)
+			}
+		}
+	}
+	return nil
+}
+
+// trustedBy says, for the page's startup log, what the page relies on to
+// set a placeholder of its account template.
+func trustedBy(name string) string {
+	lower := strings.ToLower(name)
+	switch {
+	case strings.HasPrefix(lower, "http.auth.user."):
+		return "the authentication handler in front of the page (basic_auth, or another that signs users in)"
+	case strings.HasPrefix(lower, "http.request.header."):
+		return "the handler in front of the page that sets this request header for a signed-in user (forward_auth's copy_headers, request_header): without it, or if clients' own values of the header reach the page, any client writes any account"
+	case strings.HasPrefix(lower, "http.request.tls.client."):
+		return "the client certificate verified by the site's TLS client authentication"
+	case strings.HasPrefix(lower, "http.vars.") || strings.HasPrefix(lower, "vars."):
+		return "the handler in front of the page that sets this variable from a verified identity (vars, map)"
+	}
+	return "whatever sets it before the page runs: make sure only a verified identity does"
+}
+
+// noAccountPage is what a person who opens the page gets when the site
+// signed nobody in to an account: the reason in words, not JSON.
+const noAccountPage = `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>CORS: not signed in</title></head>
+<body><main>
+<h1>You are not signed in to an account</h1>
+<p>This page shows the web apps allowed to call an account's API, but the site did not tell it which account
+you are signed in to. Sign in again; if this keeps happening, ask the site's operator (the server's log says why).</p>
+</main></body>
+</html>
+`
+
+func (p *Page) serveNoAccount(w http.ResponseWriter) error {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(http.StatusForbidden)
+	_, err := io.WriteString(w, noAccountPage)
+	return err
+}
+
+// tenantMessage words one problem of a refused save for the account's
+// user, who may never have heard of CORS: what to write instead, not the
+// rule's place in a config (which the audit log keeps).
+func tenantMessage(pr policy.Problem) string {
+	msg := pr.Err.Error()
+	has := func(s string) bool { return strings.Contains(msg, s) }
+	switch pr.At.Part {
+	case "origin":
+		switch {
+		case has("form scheme://host"):
+			return "Write the origin as https://host or http://host:port, such as https://app.example.com."
+		case has("is not http or https"):
+			return "An origin starts with https:// (or http:// for a local test server), such as https://app.example.com."
+		case has("origin is empty"):
+			return "Enter the web app's origin, such as https://app.example.com."
+		case has("wildcard"):
+			return "List each web app's origin on its own line: * patterns are not supported."
+		case has(`"null"`):
+			return `"null" is not an origin that can be allowed: enter the web app's origin, such as https://app.example.com.`
+
+		case has("must not have a path"), has("must not have a query"), has("must not have a fragment"):
+			return "Write only the start of the address, without a path: such as https://app.example.com, not https://app.example.com/page."
+		case has("user info"):
+			return "Remove the user name and @ from the origin: write https://app.example.com."
+		case has("port"):
+			return "The port after the colon must be a number from 1 to 65535, such as http://localhost:8080."
+		}
+		return "This is not a valid web address: write the origin as your browser's address bar shows it, such as https://app.example.com."
+	case "methods":
+		switch {
+		case has("methods is empty"):
+			return "Choose at least one method."
+		case has("wildcard"):
+			return "List each method: * is not supported."
+		case has("cannot be allowed"):
+			return "OPTIONS, CONNECT and TRACE cannot be allowed: browsers send OPTIONS themselves, and never send the other two."
+		}
+		return "Use HTTP method names such as GET, POST, PUT, PATCH or DELETE."
+	}
+	if has("too long for a store") {
+		return "This account's ID is too long to store rules for: ask the site's operator."
+	}
+	return "These rules cannot be saved: " + msg
+}
