@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -44,10 +43,6 @@ type nopWriter struct{}
 func (nopWriter) Header() http.Header         { return http.Header{} }
 func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (nopWriter) WriteHeader(int)             {}
-
-// deferredOpsCache remembers, per deferred *headers.HeaderOps, what it
-// touches: a config's operations never change.
-var deferredOpsCache sync.Map // uintptr -> touched
 
 // touched says which headers a header handler's deferred operations
 // change.
@@ -108,6 +103,13 @@ func writerChain(w http.ResponseWriter) iter.Seq[http.ResponseWriter] {
 // and whether it would set, replace or delete Vary. It reads the writer's
 // operations by reflection; if it cannot, it answers both, so that a
 // change in Caddy fails closed.
+//
+// It reads them again for each request that has such a writer, and
+// remembers nothing: an answer kept by the operations' address would be
+// given to another config's operations allocated there once the first
+// are collected (after a reload), and could let a deferred
+// Access-Control-* header out. Sites without deferred header operations
+// before the module never get here.
 func deferredTouches(w http.ResponseWriter) touched {
 	v := reflect.ValueOf(w).Elem().FieldByName("headerOps")
 	if !v.IsValid() || v.Kind() != reflect.Pointer {
@@ -115,9 +117,6 @@ func deferredTouches(w http.ResponseWriter) touched {
 	}
 	if v.IsNil() {
 		return 0
-	}
-	if known, ok := deferredOpsCache.Load(v.Pointer()); ok {
-		return known.(touched)
 	}
 	ops := v.Elem()
 	var t touched
@@ -127,8 +126,8 @@ func deferredTouches(w http.ResponseWriter) touched {
 			t = touchesCORS | touchesVary
 			break
 		}
-		for _, k := range m.MapKeys() {
-			name := k.String()
+		for it := m.MapRange(); it.Next(); {
+			name := it.Key().String()
 			wild := name == "*" || strings.Contains(name, "{")
 			if isCORS(name) || wild {
 				t |= touchesCORS
@@ -147,7 +146,6 @@ func deferredTouches(w http.ResponseWriter) touched {
 			}
 		}
 	}
-	deferredOpsCache.Store(v.Pointer(), t)
 	return t
 }
 

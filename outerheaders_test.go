@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -78,5 +80,36 @@ func TestDeletes(t *testing.T) {
 		if got := deletes(tc.pattern, hdrVary); got != tc.want {
 			t.Errorf("deletes(%q, Vary) = %v, want %v", tc.pattern, got, tc.want)
 		}
+	}
+}
+
+// What a deferring header writer touches is read from its own
+// operations for each request, never remembered by their address: once
+// one config's operations are collected (after a reload), another's
+// can be allocated at the same address, and an answer kept for the
+// first (harmless X-Frame-Options) would let the second's deferred
+// Access-Control-Allow-Origin out instead of refusing it.
+func TestDeferredTouchesAfterReload(t *testing.T) {
+	judge := func(name string) touched {
+		h := headers.Handler{Response: &headers.RespHeaderOps{
+			HeaderOps: &headers.HeaderOps{Set: http.Header{name: {"x"}}}, Deferred: true}}
+		r, _ := http.NewRequest(http.MethodGet, "/", nil)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		var got touched
+		_ = h.ServeHTTP(nopWriter{}, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+			got = deferredTouches(w)
+			return nil
+		}))
+		return got
+	}
+	for i := range 200 {
+		if got := judge("X-Frame-Options"); got != 0 {
+			t.Fatalf("round %d: X-Frame-Options judged %b, want nothing touched", i, got)
+		}
+		runtime.GC()
+		if got := judge("Access-Control-Allow-Origin"); got&touchesCORS == 0 {
+			t.Fatalf("round %d: a deferred Access-Control-Allow-Origin judged %b after another config's operations were collected: it would reach the client", i, got)
+		}
+		runtime.GC()
 	}
 }
