@@ -401,7 +401,9 @@ async function loadHistory() {
     list.replaceChildren();
     $('no-history').hidden = true;
     note.className = 'error';
-    note.textContent = 'Recent changes are not available: ' + sentence(errorText(r));
+    // A 503's text is written for the user; other failures get a lead-in.
+    const why = sentence(errorText(r));
+    note.textContent = r.res.status === 503 && r.body && r.body.error ? why : 'Recent changes are not available: ' + why;
     note.hidden = false;
     return;
   }
