@@ -19,6 +19,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,9 +33,12 @@ import (
 
 	_ "atomspherecors" // the atomsphere_cors handler and directive
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 )
@@ -780,7 +784,9 @@ func TestBrowserBasicAuthRejectionIsReadable(t *testing.T) {
 }
 
 // The demo of Caddyfile.example works when clicked: each button of
-// demo/index.html shows the outcome the page promises.
+// demo/index.html shows the outcome the page promises. The example listens
+// on loopback alone, and a sign-in to its CORS page that fails or is
+// cancelled shows a line of text rather than a blank page.
 func TestBrowserDemoPage(t *testing.T) {
 	chromiumPath(t)
 	t.Chdir("..") // the repository root: Caddyfile.example serves its page from demo/
@@ -788,12 +794,8 @@ func TestBrowserDemoPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Loopback only: the example's sites listen on every interface.
-	const global = "\n{\n"
-	if !strings.Contains(string(cfg), global) {
-		t.Fatal("Caddyfile.example: no global options block to add default_bind to")
-	}
-	startCaddy(t, strings.Replace(string(cfg), global, global+"\tdefault_bind 127.0.0.1\n", 1))
+	wantLoopbackOnly(t, cfg)
+	startCaddy(t, string(cfg))
 	importDemoAccounts(t)
 	b := newBrowserFor(t, 45*time.Second)
 	b.open("http://localhost:8080/")
@@ -801,6 +803,13 @@ func TestBrowserDemoPage(t *testing.T) {
 	// Outcomes in click order. The POST goes to the collection URL, whose
 	// preflight nothing has cached, so it is always asked for and denied.
 	clickAll(t, b)
+
+	// The CORS page's sign-in, cancelled or with a wrong password, before
+	// Chromium has any credentials for it: basic_auth's WWW-Authenticate
+	// still reaches the browser (it raises the sign-in dialog, answered here
+	// through the DevTools Fetch domain), and the 401 shows the example's
+	// text. The API's own 401s keep their empty body.
+	demoSignInFailures(t, b)
 
 	// The newcomer's tour: on account-123456's CORS page, linked from the
 	// demo page, remove the demo page's origin and save: the allowed
@@ -828,6 +837,173 @@ func TestBrowserDemoPage(t *testing.T) {
 	}
 	b.open("http://localhost:8080/")
 	clickAll(t, b)
+}
+
+// wantLoopbackOnly fails unless every listener of the Caddyfile cfg, its
+// sites' and its admin endpoint's, is on a loopback address: the demo's
+// passwords are published.
+func wantLoopbackOnly(t *testing.T, cfg []byte) {
+	t.Helper()
+	cfgJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(cfg, map[string]any{"filename": "Caddyfile.example"})
+	if err != nil {
+		t.Fatalf("adapting Caddyfile.example: %v", err)
+	}
+	var c struct {
+		Admin struct {
+			Listen string `json:"listen"`
+		} `json:"admin"`
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Listen []string `json:"listen"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(cfgJSON, &c); err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{c.Admin.Listen}
+	for _, srv := range c.Apps.HTTP.Servers {
+		addrs = append(addrs, srv.Listen...)
+	}
+	if len(addrs) < 3 {
+		t.Fatalf("Caddyfile.example listens on %q: want the admin endpoint and the two sites", addrs)
+	}
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(strings.TrimPrefix(a, "tcp/"))
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			t.Errorf("Caddyfile.example listens on %q: want a loopback address", a)
+		}
+	}
+}
+
+// demoSignInFailures checks the CORS page's failed sign-ins in the demo,
+// in a tab of their own, and that the API's 401s are not shaped by the
+// same error route.
+func demoSignInFailures(t *testing.T, b *browser) {
+	t.Helper()
+	const page = "http://localhost:8081/settings/cors/"
+	for _, tc := range []struct {
+		desc    string
+		answers []signInAnswer
+	}{
+		{"sign-in dialog cancelled", nil},
+		{"wrong password, then the dialog cancelled", []signInAnswer{{"account-123456", "wrong"}}},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			challenges, status, text := failedSignIn(t, b, page, tc.answers...)
+			if len(challenges) != len(tc.answers)+1 {
+				t.Errorf("Chromium asked for credentials %d times, want %d: the 401 must carry basic_auth's WWW-Authenticate", len(challenges), len(tc.answers)+1)
+			}
+			for _, c := range challenges {
+				if c.Source != fetch.AuthChallengeSourceServer || c.Scheme != "basic" || c.Realm != "restricted" {
+					t.Errorf("sign-in challenge %+v, want basic_auth's (server, basic, realm restricted)", *c)
+				}
+			}
+			if status != 401 || !strings.HasPrefix(text, "Sign-in failed: the CORS page needs your account's user name and password") {
+				t.Errorf("the tab shows status %d and %q, want 401 and the example's sign-in text", status, text)
+			}
+		})
+	}
+
+	// The same without a browser, and the API's own 401s: basic_auth's
+	// rejection (readable by the allowed origin, WWW-Authenticate kept) and
+	// a denied preflight, both with an empty body.
+	res, body := doRequest(t, "GET", page+"rules", http.Header{"Authorization": {basicAuth("account-123456", "wrong")}})
+	if res.StatusCode != 401 || res.Header.Get("WWW-Authenticate") == "" || !strings.HasPrefix(body, "Sign-in failed:") {
+		t.Errorf("CORS page, wrong password: %d, WWW-Authenticate %q, body %q; want 401, basic_auth's challenge and the sign-in text", res.StatusCode, res.Header.Get("WWW-Authenticate"), body)
+	}
+	api := "http://localhost:8081/api/rest/v1/account-123456/Atom/1"
+	res, body = doRequest(t, "GET", api, http.Header{"Origin": {"http://localhost:8080"}, "Authorization": {basicAuth("demo", "wrong")}})
+	if res.StatusCode != 401 || body != "" || res.Header.Get("WWW-Authenticate") == "" || res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:8080" {
+		t.Errorf("API, wrong password: %d %v, WWW-Authenticate %q, body %q; want basic_auth's 401, empty, with the allowed origin's CORS headers", res.StatusCode, corsHeaders(res.Header), res.Header.Get("WWW-Authenticate"), body)
+	}
+	res, body = doRequest(t, "OPTIONS", api, http.Header{"Origin": {"http://localhost:8080"}, "Access-Control-Request-Method": {"POST"}})
+	if res.StatusCode != 401 || body != "" {
+		t.Errorf("API, denied preflight: %d, body %q; want 401 with an empty body", res.StatusCode, body)
+	}
+	wantNoCORSHeaders(t, "denied preflight", res.Header)
+}
+
+// signInAnswer is one answer to a sign-in dialog: a user name and
+// password.
+type signInAnswer struct{ user, password string }
+
+// failedSignIn opens url in a new tab of b and answers its sign-in
+// dialogs as a user would: with answers in turn, then by cancelling. It
+// returns the challenges Chromium raised, and the status and text of the
+// page the tab then shows.
+func failedSignIn(t *testing.T, b *browser, url string, answers ...signInAnswer) (challenges []*fetch.AuthChallenge, status int, text string) {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(b.ctx)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		seen []*fetch.AuthChallenge
+	)
+	events := make(chan any, 64)
+	if err := chromedp.Listen(ctx, func(ev any) {
+		switch ev.(type) {
+		case *fetch.EventRequestPaused, *fetch.EventAuthRequired:
+			select {
+			case events <- ev:
+			default:
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	call := func(f func(ctx context.Context, s cdp.Session) error) {
+		_ = chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error { return f(ctx, tg) }))
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-events:
+				switch e := ev.(type) {
+				case *fetch.EventRequestPaused:
+					call(func(ctx context.Context, s cdp.Session) error {
+						_, err := cdp.Call(ctx, s, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: e.RequestID})
+						return err
+					})
+				case *fetch.EventAuthRequired:
+					mu.Lock()
+					n := len(seen)
+					seen = append(seen, e.AuthChallenge)
+					mu.Unlock()
+					answer := &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseCancelAuth}
+					if n < len(answers) {
+						answer = &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseProvideCredentials,
+							Username: answers[n].user, Password: answers[n].password}
+					}
+					call(func(ctx context.Context, s cdp.Session) error {
+						_, err := cdp.Call(ctx, s, fetch.ContinueWithAuth, fetch.ContinueWithAuthParams{RequestID: e.RequestID, AuthChallengeResponse: answer})
+						return err
+					})
+				}
+			}
+		}
+	}()
+	yes := true
+	if err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, fetch.Enable, fetch.EnableParams{
+			Patterns: []*fetch.RequestPattern{{URLPattern: url + "*"}}, HandleAuthRequests: &yes})
+		return err
+	})); err != nil {
+		t.Fatalf("enabling the Fetch domain: %v", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("opening %s: %v", url, err)
+	}
+	status = run[int](t, ctx, `performance.getEntriesByType('navigation')[0].responseStatus`)
+	text = run[string](t, ctx, `document.body.innerText`)
+	mu.Lock()
+	challenges = slices.Clone(seen)
+	mu.Unlock()
+	return challenges, status, text
 }
 
 // importDemoAccounts imports demo/accounts.ndjson into the demo's store,
