@@ -200,6 +200,9 @@ func writeExplanation(w io.Writer, e *Explanation) error {
 	} else {
 		line("decision", "%s", e.Outcome)
 	}
+	if e.Reading != "" {
+		line("reading", "%s", e.Reading)
+	}
 	if e.NextHandler {
 		line("status", "%d from the next handler (the request goes on; the site's handlers answer it)", e.Status)
 	} else {

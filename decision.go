@@ -71,6 +71,9 @@ func (h *Handler) log(r *http.Request, d *policy.Decision) {
 		if !d.Allowed() {
 			fields = append(fields, zap.String("reason", d.Reason.String()))
 		}
+		if d.Reading != "" {
+			fields = append(fields, zap.String("reading", d.Reading))
+		}
 		ce.Write(fields...)
 	}
 }
@@ -100,7 +103,7 @@ func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec *po
 	if !ok || extra == nil {
 		return
 	}
-	d := &decisionFields{account: dec.Account, outcome: "denied", reason: dec.Reason.String()}
+	d := &decisionFields{account: dec.Account, outcome: "denied", reason: dec.Reason.String(), reading: dec.Reading}
 	if dec.Allowed() {
 		d.outcome = "allowed"
 	}
@@ -133,7 +136,7 @@ func logsHost(logs *caddyhttp.ServerLogConfig, host string) bool {
 
 // decisionFields is the access log's atomsphere_cors object.
 type decisionFields struct {
-	account, outcome, reason string
+	account, outcome, reason, reading string
 }
 
 func (d *decisionFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
@@ -141,6 +144,9 @@ func (d *decisionFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("outcome", d.outcome)
 	if d.reason != "" {
 		enc.AddString("reason", d.reason)
+	}
+	if d.reading != "" {
+		enc.AddString("reading", d.reading)
 	}
 	return nil
 }

@@ -67,6 +67,9 @@ type Explanation struct {
 	// does not act on the request (Reason says why).
 	Outcome string `json:"outcome"`
 	Reason  string `json:"reason,omitempty"`
+	// Reading names, when the path guard refused the request, the
+	// backend reading of its target that names another account.
+	Reading string `json:"reading,omitempty"`
 
 	// Status is the response status. When NextHandler is true the
 	// request went on to the next handler, which wrote 200 here: the
@@ -314,7 +317,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 	case d.Allowed():
 		e.Outcome, e.Account = "allowed", d.Account
 	default:
-		e.Outcome, e.Reason, e.Account = "denied", d.Reason.String(), d.Account
+		e.Outcome, e.Reason, e.Account, e.Reading = "denied", d.Reason.String(), d.Account, d.Reading
 		if d.Reason == policy.NoRules && ix.Live != nil && !ix.Live.(*rulestore.Store).Loaded() {
 			// No account is served before the store's first read:
 			// the account's rules are not known, not absent.

@@ -99,6 +99,7 @@ type explainCase struct {
 	next    bool
 	headers http.Header
 	norm    string // origin_normalised, when checked
+	reading string // the path guard's reading that fired
 }
 
 func (c explainCase) check(t *testing.T, e Explanation) {
@@ -112,6 +113,9 @@ func (c explainCase) check(t *testing.T, e Explanation) {
 	}
 	if fmt.Sprint(e.Headers) != fmt.Sprint(c.headers) {
 		t.Errorf("%s: headers %v, want %v", c.name, e.Headers, c.headers)
+	}
+	if e.Reading != c.reading {
+		t.Errorf("%s: reading %q, want %q", c.name, e.Reading, c.reading)
 	}
 	if c.norm != "" && e.OriginNormalised != c.norm {
 		t.Errorf("%s: origin normalised %q, want %q", c.name, e.OriginNormalised, c.norm)
@@ -150,7 +154,8 @@ func explainCases(base string) []explainCase {
 		{name: "dot segments", args: my, method: "GET", url: base + "/api/rest/v1/account-123456/x/../Atom",
 			account: "account-123456", outcome: "allowed", status: 200, next: true, headers: normalOK("https://mydomain.com")},
 		{name: "dot segments across accounts", args: my, method: "GET", url: base + "/api/rest/v1/account-987654/../account-123456/Atom",
-			account: "account-123456", outcome: "denied", reason: "ambiguous path", status: 400, headers: http.Header{"Vary": {"Origin"}}},
+			account: "account-123456", outcome: "denied", reason: "ambiguous path", status: 400, headers: http.Header{"Vary": {"Origin"}},
+			reading: "split before decoding (Express, chi and other raw-path routers)"},
 		{name: "default port", args: []string{"--origin", "https://mydomain.com:443", "--request-method", "POST"}, method: "OPTIONS",
 			url: a, account: "account-123456", pre: true, outcome: "allowed", status: 204,
 			headers: preOK("https://mydomain.com:443", "GET, POST, DELETE"), norm: "https://mydomain.com"},
@@ -168,7 +173,8 @@ func explainCases(base string) []explainCase {
 			headers: http.Header{"Vary": {"Origin"}}},
 		{name: "ambiguous path", args: append(slices.Clone(my), "--request-method", "GET"), method: "OPTIONS",
 			url: base + "/api/rest/v1/account-123456/..;/account-987654/x", account: "account-123456", pre: true,
-			outcome: "denied", reason: "ambiguous path", status: 400, headers: http.Header{"Vary": {"Origin"}}},
+			outcome: "denied", reason: "ambiguous path", status: 400, headers: http.Header{"Vary": {"Origin"}},
+			reading: "path parameters stripped, then decoded (Tomcat and other servlet containers)"},
 		{name: "not an account path", args: my, method: "GET", url: base + "/api/rest/v1/", outcome: "untouched",
 			reason: "not an account path", status: 200, next: true, headers: http.Header{}},
 		{name: "no handler on the site", args: my, method: "GET", url: "http://127.0.0.1:9712/api/rest/v1/account-123456/x",

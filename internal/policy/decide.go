@@ -87,6 +87,9 @@ type Decision struct {
 	Account string         // the account of the path; "" when untouched
 	Rule    *AllowedOrigin // the rule that allows the request; nil when denied
 	Origin  string         // the request's one Origin when allowed, byte for byte
+	// Reading names, for a path guard refusal (AmbiguousPath), the
+	// backend reading that named another account.
+	Reading string
 }
 
 // Allowed reports whether the request is allowed.
@@ -138,9 +141,18 @@ func (ix *Index) DecideTo(d *Decision, r *http.Request, guard bool) {
 	if !plain {
 		id, ok = ix.AccountOf(r.URL.Path)
 	}
-	if guard && (guardedTarget(r, plain) && ix.ambiguous(r, id, ok) || ix.Rewrites && ix.originalReadsOther(r, id, ok)) {
-		d.Kind, d.Reason, d.Account = KindOf(r), AmbiguousPath, id
-		return
+	if guard {
+		var reading string
+		if guardedTarget(r, plain) {
+			reading = ix.ambiguous(r, id, ok)
+		}
+		if reading == "" && ix.Rewrites {
+			reading = ix.originalReadsOther(r, id, ok)
+		}
+		if reading != "" {
+			d.Kind, d.Reason, d.Account, d.Reading = KindOf(r), AmbiguousPath, id, reading
+			return
+		}
 	}
 	if !ok {
 		return

@@ -184,50 +184,53 @@ func guardedByte(c byte) bool {
 	return c <= ' ' || c >= utf8.RuneSelf
 }
 
-// ambiguous reports whether some common backend reading of r's target
-// names another account than Caddy's reading (id, ok). It reads the
-// target reverse_proxy forwards (the escaped path) and, where it differs
-// and spells the same path, the target as the client sent it (which other
-// transports, such as FastCGI's REQUEST_URI, pass on).
-func (ix *Index) ambiguous(r *http.Request, id string, ok bool) bool {
+// ambiguous names the first common backend reading of r's target that
+// names another account than Caddy's reading (id, ok), "" when none does.
+// It reads the target reverse_proxy forwards (the escaped path) and,
+// where it differs and spells the same path, the target as the client
+// sent it (which other transports, such as FastCGI's REQUEST_URI, pass
+// on).
+func (ix *Index) ambiguous(r *http.Request, id string, ok bool) string {
 	raw := r.URL.EscapedPath()
-	if ix.readsOther(raw, r.URL.Path, id, ok) {
-		return true
+	if name := ix.readsOther(raw, r.URL.Path, id, ok); name != "" {
+		return name
 	}
 	if sent := sentPath(r); sent != "" && sent != raw && strings.IndexByte(sent, '%') >= 0 {
 		if p, err := url.PathUnescape(sent); err == nil && p == r.URL.Path {
 			return ix.readsOther(sent, r.URL.Path, id, ok)
 		}
 	}
-	return false
+	return ""
 }
 
-// readsOther reports whether a reading of the escaped path raw names
-// another account than (id, ok), Caddy's reading of path.
-func (ix *Index) readsOther(raw, path, id string, ok bool) bool {
+// readsOther names the first reading of the escaped path raw that names
+// another account than (id, ok), Caddy's reading of path; "" when none
+// does.
+func (ix *Index) readsOther(raw, path, id string, ok bool) string {
 	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
-		return true
+		return readingRawSegments
 	}
 	rs, converged := readings(raw)
 	if !converged {
-		return true // still decoding after maxDecodes: no telling what it names
+		return readingUnending // no telling what it names
 	}
 	if ix.scriptReadsOther(path, id, ok) {
-		return true
+		return readingScript
 	}
 	for i, p := range rs {
 		if p == path || i > 0 && (p == rs[i-1] || p == rs[0]) {
 			continue // most readings change nothing: read each path once
 		}
+		g := &guardReadings[i]
 		rid, rok := ix.AccountOf(p)
-		if rok != ok || rid != id && !(i >= firstLetterReading && ix.sameLetters(rid, id)) {
-			return true
+		if rok != ok || rid != id && !(g.foldsLetters && ix.sameLetters(rid, id)) {
+			return g.name
 		}
 		if ix.scriptReadsOther(p, id, ok) {
-			return true
+			return g.name + ", then " + readingScript
 		}
 	}
-	return false
+	return ""
 }
 
 // scriptReadsOther reports whether a script's PATH_INFO in p names
@@ -327,45 +330,46 @@ func (ix *Index) rawAccountAtStart(segs []string) (id string, ok, found bool) {
 	return "", false, false
 }
 
-// originalReadsOther reports whether the target the client sent, before
-// a rewrite (handle_path, uri strip_prefix...) changed it, names another
-// account than (id, ok) under some reading: a transport that passes the
+// originalReadsOther names the reading under which the target the
+// client sent, before a rewrite (handle_path, uri strip_prefix...)
+// changed it, names another account than (id, ok), "" when none does: a transport that passes the
 // original target on (FastCGI's REQUEST_URI, a header with
 // {http.request.orig_uri}) lets the backend read it. The prefix may be
 // anywhere in it (a rewrite may have stripped what comes before), so
 // every place a prefix stands must name Caddy's account.
-func (ix *Index) originalReadsOther(r *http.Request, id string, ok bool) bool {
+func (ix *Index) originalReadsOther(r *http.Request, id string, ok bool) string {
 	if ix.original == nil {
-		return false
+		return ""
 	}
 	orig, found := ix.original(r)
 	if !found {
-		return false
+		return ""
 	}
 	sent := sentPath(&orig)
 	if sent == "" || sent == sentPath(r) {
-		return false
+		return ""
 	}
 	for _, acct := range ix.rawAccountsAnywhere(sent) {
 		if !ok || acct != id {
-			return true
+			return readingOriginal + readingRawSegments
 		}
 	}
 	rs, converged := readings(sent)
 	if !converged {
-		return true
+		return readingOriginal + readingUnending
 	}
 	for i, p := range rs {
 		if i > 0 && p == rs[i-1] {
 			continue
 		}
+		g := &guardReadings[i]
 		for _, acct := range ix.accountsAnywhere(p) {
-			if !ok || acct != id && !(i >= firstLetterReading && ix.sameLetters(acct, id)) {
-				return true
+			if !ok || acct != id && !(g.foldsLetters && ix.sameLetters(acct, id)) {
+				return readingOriginal + g.name
 			}
 		}
 	}
-	return false
+	return ""
 }
 
 // rawAccountsAnywhere is rawAccountOf for a prefix anywhere in raw: the

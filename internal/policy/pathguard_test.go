@@ -25,7 +25,7 @@ func parseTarget(t *testing.T, target string) *http.Request {
 func guardRefuses(t *testing.T, ix *Index, target string) bool {
 	r := parseTarget(t, target)
 	id, ok := ix.AccountOf(r.URL.Path)
-	return guardedPath(r) && ix.ambiguous(r, id, ok)
+	return guardedPath(r) && ix.ambiguous(r, id, ok) != ""
 }
 
 // TestPathGuardReadings: every target below names one account for Caddy
@@ -429,4 +429,72 @@ func testConfig(c Config) Config {
 		return orig, ok
 	}
 	return c
+}
+
+// A path guard refusal names the reading that fired, the first of the
+// guard's checks under which the target names another account, so that
+// an operator can tell why a request got 400.
+func TestPathGuardNamesTheReading(t *testing.T) {
+	ix, err := NewIndex(testConfig(Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const v = "/api/rest/v1/acct-victim"
+	for _, tc := range []struct{ target, want string }{
+		{v + "/..%2facct-evil/data", readingRawSegments},
+		{v + "/..;/acct-evil/data", "path parameters stripped, then decoded (Tomcat and other servlet containers)"},
+		{v + "/x%5c..%5c..%5cacct-evil/x", "backslash read as a separator"},
+		{v + "/x/%252e%252e/%252e%252e/acct-evil/x", "decoded twice"},
+		{v + "/x/%c0%ae%c0%ae/%c0%ae%c0%ae/acct-evil/x", "overlong UTF-8 read as ASCII"},
+		{"/api/rest/v1/acct-victim./data", "segments trimmed of spaces and trailing dots (Windows)"},
+		{v + "/x/index.php/../acct-evil", ""},
+		{v + "/data", ""},
+	} {
+		r := parseTarget(t, tc.target)
+		r.Header.Set("Origin", "https://a.example")
+		d := ix.Decide(r, true)
+		if d.Reading != tc.want || (tc.want != "") != (d.Reason == AmbiguousPath) {
+			t.Errorf("%s: %v, reading %q; want reading %q", tc.target, d.Reason, d.Reading, tc.want)
+		}
+	}
+}
+
+// Each reading has its own name, and whether it folds letters is said by
+// the reading itself, not by its place in the table: the exemption for
+// folded letters (sameLetters) goes with the readings that fold them.
+func TestGuardReadingsTable(t *testing.T) {
+	seen := map[string]bool{readingRawSegments: true, readingUnending: true, readingScript: true}
+	var folding []string
+	for _, g := range guardReadings {
+		if g.name == "" || seen[g.name] {
+			t.Errorf("reading %q: empty or named twice", g.name)
+		}
+		seen[g.name] = true
+		if g.foldsLetters {
+			folding = append(folding, g.name)
+		}
+	}
+	want := []string{"Unicode compatibility forms (NFKC)", "Unicode case folding (Java's equalsIgnoreCase)",
+		"accents and other combining marks dropped", "every reading at once, decoded until nothing changes"}
+	if strings.Join(folding, "|") != strings.Join(want, "|") {
+		t.Errorf("readings that fold letters: %q, want %q", folding, want)
+	}
+	if !strings.Contains(readingUnending, "8 rounds") || maxDecodes != 8 {
+		t.Errorf("readingUnending %q says another count than maxDecodes %d", readingUnending, maxDecodes)
+	}
+	// Each reading that folds letters changes a letter that the others
+	// keep: "ſ" (long s) under case folding, "ﬁ" under NFKC, a combining
+	// mark under mark stripping.
+	for _, tc := range []struct{ in, reading, want string }{
+		{"/a/\u017f", "Unicode case folding (Java's equalsIgnoreCase)", "/a/s"},
+		{"/a/\ufb01", "Unicode compatibility forms (NFKC)", "/a/fi"},
+		{"/a/e\u0301", "accents and other combining marks dropped", "/a/e"},
+	} {
+		rs, _ := readings(tc.in)
+		for i, g := range guardReadings {
+			if g.name == tc.reading && rs[i] != tc.want {
+				t.Errorf("%s of %q = %q, want %q", g.name, tc.in, rs[i], tc.want)
+			}
+		}
+	}
 }

@@ -29,37 +29,80 @@ func isPlainID(id string) bool {
 // letters is s with the letter foldings of the readings applied.
 func letters(s string) string { return foldRunes(stripMarks(compatible(s))) }
 
-// readings are the paths that common backends read from the escaped
-// path raw, other than Caddy's and the raw segments' (rawAccountOf); from
-// firstLetterReading on, readings that fold letters. converged is false
-// when raw is still decoding after maxDecodes rounds.
-func readings(raw string) (rs [16]string, converged bool) {
-	once := percentDecode(raw)
-	lenient, converged := lenientest(raw)
-	return [...]string{
-		percentDecode(stripParams(raw)),    // parameters stripped, then decoded (Tomcat)
-		stripParams(once),                  // decoded, then parameters stripped (%3B)
-		strings.ReplaceAll(once, `\`, "/"), // backslash as a separator
-		percentDecode(once),                // decoded twice
-		decodeOverlong(once),               // overlong UTF-8 for ASCII
-		cutAtAny(once, "#?"),               // decoded, then parsed again as a URL
-		cutAtAny(once, "\x00"),             // a C string ends at the first NUL
-		dropControls(once),                 // control and invisible format characters removed
-		trimSegments(once),                 // spaces trimmed, trailing dots too (Windows)
-		bestFit(once),                      // Windows "best fit" to an ANSI code page
-		latin1(once),                       // bytes that are not UTF-8 read as Latin-1
-		trimSegments(latin1(once)),         // the same, then trimmed
-		compatible(once),                   // Unicode compatibility forms (NFKC)
-		foldRunes(once),                    // Unicode case folding (Java's equalsIgnoreCase)
-		stripMarks(once),                   // accents and other combining marks dropped
-		lenient,                            // all of the above at once
-	}, converged
+// A reading is what one kind of common backend makes of the escaped
+// path raw (once is raw percent-decoded once), other than Caddy's and
+// the raw segments' (rawAccountOf). Name is what a refusal's debug log,
+// access log field and explain output say fired. A reading that folds
+// letters may change an account ID's letters without naming another
+// account (see sameLetters); read is nil for the most lenient reading,
+// which lenientest computes.
+type reading struct {
+	name         string
+	foldsLetters bool
+	read         func(raw, once string) string
 }
 
-// firstLetterReading is the index of the first reading that folds
-// letters, which may change an account ID's letters without naming
-// another account (see sameLetters).
-const firstLetterReading = 12
+// guardReadings are the readings the path guard checks, each checked on
+// its own: their order only decides which one a refusal names when
+// several name another account.
+var guardReadings = [...]reading{
+	{"path parameters stripped, then decoded (Tomcat and other servlet containers)", false,
+		func(raw, _ string) string { return percentDecode(stripParams(raw)) }},
+	{"decoded, then path parameters stripped (an encoded ;)", false,
+		func(_, once string) string { return stripParams(once) }},
+	{"backslash read as a separator", false,
+		func(_, once string) string { return strings.ReplaceAll(once, `\`, "/") }},
+	{"decoded twice", false,
+		func(_, once string) string { return percentDecode(once) }},
+	{"overlong UTF-8 read as ASCII", false,
+		func(_, once string) string { return decodeOverlong(once) }},
+	{"decoded, then parsed again as a URL (an encoded # or ?)", false,
+		func(_, once string) string { return cutAtAny(once, "#?") }},
+	{"cut at the first NUL, as a C string", false,
+		func(_, once string) string { return cutAtAny(once, "\x00") }},
+	{"control and invisible format characters removed", false,
+		func(_, once string) string { return dropControls(once) }},
+	{"segments trimmed of spaces and trailing dots (Windows)", false,
+		func(_, once string) string { return trimSegments(once) }},
+	{"Windows best fit to an ANSI code page", false,
+		func(_, once string) string { return bestFit(once) }},
+	{"bytes that are not UTF-8 read as Latin-1", false,
+		func(_, once string) string { return latin1(once) }},
+	{"bytes that are not UTF-8 read as Latin-1, then segments trimmed", false,
+		func(_, once string) string { return trimSegments(latin1(once)) }},
+	{"Unicode compatibility forms (NFKC)", true,
+		func(_, once string) string { return compatible(once) }},
+	{"Unicode case folding (Java's equalsIgnoreCase)", true,
+		func(_, once string) string { return foldRunes(once) }},
+	{"accents and other combining marks dropped", true,
+		func(_, once string) string { return stripMarks(once) }},
+	{"every reading at once, decoded until nothing changes", true, nil},
+}
+
+// Names of the path guard's checks other than guardReadings, for a
+// refusal to say which fired.
+const (
+	readingRawSegments = "split before decoding (Express, chi and other raw-path routers)"
+	readingUnending    = "still decoding after 8 rounds (maxDecodes)"
+	readingScript      = "PATH_INFO after a script segment (FastCGI split_path)"
+	readingOriginal    = "the target before a rewrite (FastCGI REQUEST_URI, {http.request.orig_uri}): "
+)
+
+// readings are the paths guardReadings read from the escaped path raw,
+// in the table's order. converged is false when raw is still decoding
+// after maxDecodes rounds.
+func readings(raw string) (rs [len(guardReadings)]string, converged bool) {
+	once := percentDecode(raw)
+	converged = true
+	for i, g := range guardReadings {
+		if g.read == nil {
+			rs[i], converged = lenientest(raw)
+			continue
+		}
+		rs[i] = g.read(raw, once)
+	}
+	return rs, converged
+}
 
 // maxDecodes bounds the rounds of decoding of the most lenient reading.
 // A target still decoding after them is refused: every round at least
