@@ -410,10 +410,13 @@ func problemsOf(err error, rules []Rule) []ruleProblem {
 	}
 	out := make([]ruleProblem, 0, len(rep.List))
 	for _, e := range rep.Problems() {
-		pr := ruleProblem{Message: tenantMessage(e), Detail: e.Msg}
+		pr := ruleProblem{Detail: e.Msg}
+		written := ""
 		if i := e.At.Rule; i >= 0 && i < len(rules) {
 			pr.Rule, pr.Origin, pr.Field = i+1, rules[i].Origin, e.At.Part
+			written = rules[i].Origin
 		}
+		pr.Message = tenantMessage(e, written)
 		out = append(out, pr)
 	}
 	if rep.More > 0 {

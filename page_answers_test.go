@@ -115,7 +115,8 @@ func TestPageRefusalInTenantsWords(t *testing.T) {
 		field, want           string
 	}{
 		{"no scheme", "localhost:9000", `["GET"]`, "origin", "Write the origin as https://host or http://host:port"},
-		{"a path", "https://app.example.com/home", `["GET"]`, "origin", "without a path"},
+		{"a path", "https://app.example.com/home", `["GET"]`, "origin", "without a path: https://app.example.com."},
+		{"a query", "http://localhost:8080?x=1", `["GET"]`, "origin", "without a path: http://localhost:8080."},
 		{"another scheme", "ftp://app.example.com", `["GET"]`, "origin", "An origin starts with https://"},
 		{"a wildcard", "https://*.example.com", `["GET"]`, "origin", "* patterns are not supported"},
 		{"a bad port", "http://localhost:99999", `["GET"]`, "origin", "a number from 1 to 65535"},

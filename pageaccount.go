@@ -120,10 +120,28 @@ func (p *Page) serveNoAccount(w http.ResponseWriter) error {
 	return err
 }
 
+// originPart is the scheme, host and port of an origin written with a
+// path, query or fragment after them: what the user meant; "" when it
+// has no scheme and host to take.
+func originPart(written string) string {
+	scheme, after, ok := strings.Cut(written, "://")
+	if !ok || scheme == "" {
+		return ""
+	}
+	host, _, _ := strings.Cut(after, "/")
+	host, _, _ = strings.Cut(host, "?")
+	host, _, _ = strings.Cut(host, "#")
+	if host == "" || len(written) > 200 {
+		return ""
+	}
+	return scheme + "://" + host
+}
+
 // tenantMessage words one problem of a refused save for the account's
 // user, who may never have heard of CORS: what to write instead, not the
 // rule's place in a config (which the audit log keeps).
-func tenantMessage(pr policy.Problem) string {
+// written is the rule's origin as the user wrote it.
+func tenantMessage(pr policy.Problem, written string) string {
 	msg := pr.Err.Error()
 	has := func(s string) bool { return strings.Contains(msg, s) }
 	switch pr.At.Part {
@@ -141,6 +159,9 @@ func tenantMessage(pr policy.Problem) string {
 			return `"null" is not an origin that can be allowed: enter the web app's origin, such as https://app.example.com.`
 
 		case has("must not have a path"), has("must not have a query"), has("must not have a fragment"):
+			if o := originPart(written); o != "" {
+				return "Write only the start of the address, without a path: " + o + "."
+			}
 			return "Write only the start of the address, without a path: such as https://app.example.com, not https://app.example.com/page."
 		case has("user info"):
 			return "Remove the user name and @ from the origin: write https://app.example.com."
