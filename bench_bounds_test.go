@@ -344,7 +344,7 @@ func TestBoundsLongOriginNotParsed(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := newBoundsHandler(t, core)
 	short := "HTTPS://MYDOMAIN.COM/X" // short enough to be parsed
-	long := longOrigin(h.ix.MaxOriginLen + 1)
+	long := longOrigin(h.ix.MaxOriginLen() + 1)
 	for _, tc := range []struct{ origin, reason string }{
 		{short, "malformed Origin header"},
 		{long, "origin not allowed"},
@@ -360,7 +360,7 @@ func TestBoundsLongOriginNotParsed(t *testing.T) {
 			t.Fatalf("Origin of %d bytes: %d log entries, want 1", len(tc.origin), len(entries))
 		}
 		if got := entries[0].ContextMap()["reason"]; got != tc.reason {
-			t.Errorf("Origin of %d bytes (limit %d): reason %q, want %q", len(tc.origin), h.ix.MaxOriginLen, got, tc.reason)
+			t.Errorf("Origin of %d bytes (limit %d): reason %q, want %q", len(tc.origin), h.ix.MaxOriginLen(), got, tc.reason)
 		}
 	}
 }

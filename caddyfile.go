@@ -235,7 +235,7 @@ func (p *caddyfileParser) account() error {
 func (p *caddyfileParser) check() error {
 	more := 0
 	var r *policy.Report
-	if _, err := newIndex(p.h); errors.As(err, &r) {
+	if _, err := newIndex(p.h, false, nil); errors.As(err, &r) {
 		p.errs = append(p.errs, r.Locate(func(pl policy.Place) (string, int) {
 			pl.Part = "" // a rule's line holds its origin and methods
 			pos, ok := p.positions[pl]

@@ -463,7 +463,7 @@ func (p *errorPolicy) accountPath(r *http.Request) bool {
 		return true
 	}
 	for _, h := range p.handlers {
-		if h.ix != nil && h.ix.MightOwn(r, !h.DisablePathGuard) {
+		if h.ix != nil && h.ix.MightOwn(r) {
 			return true
 		}
 	}

@@ -269,7 +269,7 @@ func syntheticRequest(req explainRequest) (*http.Request, error) {
 func (e *Explanation) run(h *Handler, req explainRequest) {
 	r, _ := syntheticRequest(req) // checked by explain
 	ix := h.ix
-	d := ix.Decide(r, !h.DisablePathGuard)
+	d := ix.Decide(r)
 	e.Preflight = policy.KindOf(r) == policy.Preflight
 	e.CleanPath = caddyhttp.CleanPath(r.URL.Path, true)
 	if len(req.origins) == 1 {
@@ -318,7 +318,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 		e.Outcome, e.Account = "allowed", d.Account
 	default:
 		e.Outcome, e.Reason, e.Account, e.Reading = "denied", d.Reason.String(), d.Account, d.Reading
-		if d.Reason == policy.NoRules && ix.Live != nil && !ix.Live.(*rulestore.Store).Loaded() {
+		if d.Reason == policy.NoRules && h.store != nil && !h.store.Loaded() {
 			// No account is served before the store's first read:
 			// the account's rules are not known, not absent.
 			e.Reason = rulestore.ReasonNotLoaded

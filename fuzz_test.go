@@ -264,7 +264,7 @@ func FuzzAccountOf(f *testing.F) {
 	for i, ps := range fuzzPrefixSets {
 		// AccountOf is Caddy's reading, the guard's or not: with the
 		// guard off, a non-ASCII prefix is accepted.
-		ix, err := newIndex(&Handler{PathPrefixes: ps, DisablePathGuard: true})
+		ix, err := newIndex(&Handler{PathPrefixes: ps, DisablePathGuard: true}, false, nil)
 		if err != nil {
 			f.Fatalf("prefixes %q: %v", ps, err)
 		}

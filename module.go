@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"atomspherecors/internal/policy"
+	"atomspherecors/internal/rulestore"
 )
 
 func init() {
@@ -102,6 +103,7 @@ type Handler struct {
 	Store *StoreConfig `json:"store,omitempty"`
 
 	ix        *policy.Index
+	store     *rulestore.Store // the store ix serves the accounts of; nil for inline accounts
 	logger    *zap.Logger
 	errLogger *zap.Logger
 
@@ -144,19 +146,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionObservability(ctx); err != nil {
 		return err
 	}
-	ix, err := newIndex(h)
+	srv, inServer := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	// With a handler that could rewrite the path before this one, the
+	// path guard reads the original target too.
+	rewrites := inServer && serverRewrites(srv)
+	ix, err := newIndex(h, rewrites, nil)
 	if err != nil {
 		return err
 	}
 	h.ix = ix
-	if err := h.provisionStore(ctx); err != nil {
+	if err := h.provisionStore(ctx, rewrites); err != nil {
 		return err
 	}
 	// Errors on account paths go through the server's error routes, which
 	// start with a route of ours (see errorpolicy.go); this handler runs
 	// them itself, inside its own writer.
-	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
-		h.ix.Rewrites = serverRewrites(srv)
+	if inServer {
 		installed, err := installErrorPolicies(ctx, srv, h)
 		if err != nil {
 			return err
@@ -217,8 +222,10 @@ var errHandshakeDenied error = caddyhttp.HandlerError{
 
 // newIndex checks the handler's config and compiles it (policy.NewIndex),
 // with the problems of its store settings in their place.
-func newIndex(h *Handler) (*policy.Index, error) {
+func newIndex(h *Handler, rewrites bool, live policy.Source) (*policy.Index, error) {
 	c := policy.Config{
+		Rewrites:        rewrites,
+		Live:            live,
 		PathPrefixes:    h.PathPrefixes,
 		Accounts:        h.Accounts,
 		AllowHeaders:    h.AllowHeaders,
@@ -243,7 +250,7 @@ func newIndex(h *Handler) (*policy.Index, error) {
 // respond.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	var d policy.Decision
-	h.ix.DecideTo(&d, r, !h.DisablePathGuard)
+	h.ix.DecideTo(&d, r)
 	if d.Kind == policy.Untouched {
 		return next.ServeHTTP(w, r)
 	}
@@ -338,20 +345,20 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d *policy.De
 		allowOrigin:  [1]string{d.Origin}, // the request's Origin, byte for byte
 		allowCreds:   [1]string{"true"},
 		allowMethods: [1]string{d.Rule.Methods.Header},
-		maxAge:       [1]string{h.ix.MaxAge},
-		allowHeaders: [1]string{h.ix.AllowHeaders},
+		maxAge:       [1]string{h.ix.MaxAge()},
+		allowHeaders: [1]string{h.ix.AllowHeaders()},
 		vary:         [1]string{varyPreflight},
 	}
 	hdr[hdrAllowOrigin] = v.allowOrigin[:]
 	hdr[hdrAllowCreds] = v.allowCreds[:]
 	hdr[hdrAllowMethods] = v.allowMethods[:]
 	hdr[hdrMaxAge] = v.maxAge[:]
-	if h.ix.AllowHeaders != "" {
+	if h.ix.AllowHeaders() != "" {
 		hdr[hdrAllowHeaders] = v.allowHeaders[:]
 	}
 	// Add to Vary, never replace it, as a denied preflight does.
 	setVary(hdr, v.vary[:], hasVary)
-	w.WriteHeader(h.ix.Status)
+	w.WriteHeader(h.ix.Status())
 	return nil
 }
 
@@ -360,7 +367,7 @@ func (h *Handler) preflight(w http.ResponseWriter, r *http.Request, d *policy.De
 func (h *Handler) normal(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *policy.Decision) error {
 	cw := &corsWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	if d.Rule != nil {
-		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = d.Origin, "true", h.ix.ExposeHeaders
+		cw.v.allowOrigin[0], cw.v.allowCreds[0], cw.v.exposeHeaders[0] = d.Origin, "true", h.ix.ExposeHeaders()
 		cw.allowed = true
 	}
 	cw.v.vary[0] = "Origin"

@@ -110,16 +110,15 @@ func (p *Page) Provision(ctx caddy.Context) error {
 	if p.MaxRules == 0 {
 		p.MaxRules = defaultMaxRules
 	}
-	ix, err := newIndex(&Handler{})
-	if err != nil {
-		return err
-	}
 	s, err := useStore(ctx, p.Store, p)
 	if err != nil {
 		return err
 	}
-	attachStore(ix, s)
-	p.store, p.ix = s, ix
+	p.store = s
+	// Decide's view of the store: a handler's defaults, the path guard on.
+	if p.ix, err = newIndex(&Handler{}, false, s); err != nil {
+		return err
+	}
 	for _, name := range accountPlaceholders(p.Account) {
 		p.logger.Info("the CORS page writes the account that this placeholder names: only a verified identity may set it",
 			zap.String("account", p.Account), zap.String("placeholder", "{"+name+"}"), zap.String("set_by", trustedBy(name)))
@@ -520,7 +519,7 @@ func (p *Page) checkOrigin(w http.ResponseWriter, r *http.Request, id string) er
 		return pageError(w, http.StatusBadRequest, "the account cannot be written in a URL: %v", err)
 	}
 	req := &http.Request{Method: http.MethodOptions, URL: u, RequestURI: target, Header: hdr, Host: r.Host}
-	d := p.ix.Decide(req, true)
+	d := p.ix.Decide(req)
 	ans := checkAnswer{Allowed: d.Allowed(), Reason: d.Reason.String()}
 	switch {
 	case ans.Allowed:

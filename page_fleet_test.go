@@ -100,20 +100,24 @@ func startPageProcessPolling(t *testing.T, n int, storage string, poll time.Dura
 	return base
 }
 
+// fleetPageRules is acct-a's GET /rules on the server at base: its body
+// and ETag.
+func fleetPageRules(t *testing.T, base string) (string, string) {
+	t.Helper()
+	res, body := pageCall(t, "GET", base+"/settings/cors/rules", "acct-a", nil, "")
+	if res.StatusCode != 200 {
+		t.Fatalf("GET %s rules: %d %s", base, res.StatusCode, body)
+	}
+	return strings.TrimSpace(body), res.Header.Get("ETag")
+}
+
 func TestPageTwoServers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs Caddy processes")
 	}
 	storage := filepath.Join(t.TempDir(), "store")
 	s1, s2 := startPageProcess(t, 1, storage), startPageProcess(t, 2, storage)
-	rules := func(base string) (string, string) {
-		t.Helper()
-		res, body := pageCall(t, "GET", base+"/settings/cors/rules", "acct-a", nil, "")
-		if res.StatusCode != 200 {
-			t.Fatalf("GET %s rules: %d %s", base, res.StatusCode, body)
-		}
-		return strings.TrimSpace(body), res.Header.Get("ETag")
-	}
+	rules := func(base string) (string, string) { t.Helper(); return fleetPageRules(t, base) }
 	_, before := rules(s2)
 
 	start := time.Now()
@@ -189,14 +193,7 @@ func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
 	// has from its own writes and their answers.
 	s1, s2 := startPageProcessPolling(t, 3, storage, time.Hour), startPageProcessPolling(t, 4, storage, time.Hour)
 	admin2 := "http://127.0.0.1:2944/atomsphere_cors/fleetpage/accounts/acct-a"
-	rules := func(base string) (string, string) {
-		t.Helper()
-		res, body := pageCall(t, "GET", base+"/settings/cors/rules", "acct-a", nil, "")
-		if res.StatusCode != 200 {
-			t.Fatalf("GET %s rules: %d %s", base, res.StatusCode, body)
-		}
-		return strings.TrimSpace(body), res.Header.Get("ETag")
-	}
+	rules := func(base string) (string, string) { t.Helper(); return fleetPageRules(t, base) }
 	allowed := func(base, origin string) bool {
 		t.Helper()
 		r, _ := doRequest(t, "OPTIONS", base+"/api/rest/v1/acct-a/x", http.Header{"Origin": {origin}, "Access-Control-Request-Method": {"GET"}})

@@ -573,7 +573,7 @@ func TestStoreConfigRefusals(t *testing.T) {
 		if err := json.Unmarshal([]byte(tc.cfg), &h); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := newIndex(&h); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := newIndex(&h, false, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error with %q", tc.name, err, tc.want)
 		}
 	}

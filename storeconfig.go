@@ -90,26 +90,26 @@ func checkStoreName(name string) error {
 // reuses the loaded accounts, and the last handler to go stops it.
 var stores = caddy.NewUsagePool()
 
-// provisionStore attaches the handler's index to its store's accounts.
-func (h *Handler) provisionStore(ctx caddy.Context) error {
+// provisionStore gives the handler an index on its store's accounts:
+// the config's own index checked it, with no accounts (a store's
+// handler has none), so building it again costs nothing.
+func (h *Handler) provisionStore(ctx caddy.Context, rewrites bool) error {
 	if h.Store == nil {
 		return nil
 	}
+	var s *rulestore.Store
+	var err error
 	if env, ok := ctx.Value(explainKey{}).(explainEnv); ok {
-		return h.readStoreOnce(ctx, env)
+		s, err = h.readStoreOnce(ctx, env)
+	} else {
+		s, err = useStore(ctx, h.Store, h)
 	}
-	s, err := useStore(ctx, h.Store, h)
 	if err != nil {
 		return err
 	}
-	attachStore(h.ix, s)
-	return nil
-}
-
-// attachStore makes ix serve the accounts of store s.
-func attachStore(ix *policy.Index, s *rulestore.Store) {
-	ix.Live = s
-	ix.MaxOriginLen = rulestore.MaxOriginLen
+	h.store = s
+	h.ix, err = newIndex(h, rewrites, s)
+	return err
 }
 
 // useStore returns the loaded store that sc names, opening it for the
@@ -255,10 +255,10 @@ func claimStoreName(ctx caddy.Context, name, storageKey string, raw json.RawMess
 // Cleanup lets go of the handler's store: the last handler using it
 // stops its poller.
 func (h *Handler) Cleanup() error {
-	if h.ix == nil || h.ix.Live == nil {
+	if h.store == nil {
 		return nil
 	}
-	return releaseStore(h.ix.Live.(*rulestore.Store), h)
+	return releaseStore(h.store, h)
 }
 
 var _ caddy.CleanerUpper = (*Handler)(nil)
@@ -274,11 +274,11 @@ type explainEnv struct {
 	storageRaw json.RawMessage
 }
 
-// readStoreOnce gives the handler the accounts of its store, read once
-// for the explain command: no snapshot, no poller, nothing written, no
-// store registered for the admin routes. A store that cannot be read is
-// an error; an empty one has no accounts.
-func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
+// readStoreOnce reads the handler's store once for the explain command:
+// no snapshot, no poller, nothing written, no store registered for the
+// admin routes. A store that cannot be read is an error; an empty one
+// has no accounts.
+func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) (*rulestore.Store, error) {
 	name := h.Store.Name
 	raw := h.Store.StorageRaw
 	if raw == nil {
@@ -291,20 +291,19 @@ func (h *Handler) readStoreOnce(ctx caddy.Context, env explainEnv) error {
 		}{raw}
 		loaded, err := ctx.LoadModule(&holder, "StorageRaw")
 		if err != nil {
-			return fmt.Errorf("store %s: loading storage module: %v", q(name), err)
+			return nil, fmt.Errorf("store %s: loading storage module: %v", q(name), err)
 		}
 		conv, ok := loaded.(caddy.StorageConverter)
 		if !ok {
-			return fmt.Errorf("store %s: module %T is not a storage", q(name), loaded)
+			return nil, fmt.Errorf("store %s: module %T is not a storage", q(name), loaded)
 		}
 		if st, err = conv.CertMagicStorage(); err != nil {
-			return fmt.Errorf("store %s: storage: %v", q(name), err)
+			return nil, fmt.Errorf("store %s: storage: %v", q(name), err)
 		}
 	}
 	s, err := rulestore.ReadOnce(ctx, name, caddy.AppDataDir(), st)
 	if err != nil {
-		return fmt.Errorf("store %s: reading it: %v", q(name), err)
+		return nil, fmt.Errorf("store %s: reading it: %v", q(name), err)
 	}
-	attachStore(h.ix, s)
-	return nil
+	return s, nil
 }

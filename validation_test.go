@@ -256,7 +256,7 @@ func BenchmarkValidateHeaders(b *testing.B) {
 		h := &Handler{AllowHeaders: names}
 		b.Run("headers="+strconv.Itoa(n), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := newIndex(h); err != nil {
+				if _, err := newIndex(h, false, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

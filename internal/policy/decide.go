@@ -124,29 +124,29 @@ func preflightMethods(r *http.Request, origin []string) []string {
 
 // Decide decides r: its account, under Caddy's reading of the path
 // (docs/behaviour.md §1), checked against the readings of common backends
-// when guard is set (§5); then the account's rule for the one Origin, and
-// whether it lists the method (§2, §3).
-func (ix *Index) Decide(r *http.Request, guard bool) Decision {
+// when the path guard is on (Config.PathGuard, §5); then the account's
+// rule for the one Origin, and whether it lists the method (§2, §3).
+func (ix *Index) Decide(r *http.Request) Decision {
 	var d Decision
-	ix.DecideTo(&d, r, guard)
+	ix.DecideTo(&d, r)
 	return d
 }
 
 // DecideTo is Decide into d, which must be the zero Decision: a caller on
 // the request path keeps the decision on its own stack, not copied back.
-func (ix *Index) DecideTo(d *Decision, r *http.Request, guard bool) {
+func (ix *Index) DecideTo(d *Decision, r *http.Request) {
 	// A plain path reads as AccountOf reads it, with nothing to clean.
 	id, ok, _, skip := ix.startOf(r.URL.Path)
 	plain := plainPath(r.URL.Path, skip)
 	if !plain {
 		id, ok = ix.AccountOf(r.URL.Path)
 	}
-	if guard {
+	if ix.guard {
 		var reading string
 		if guardedTarget(r, plain) {
 			reading = ix.ambiguous(r, id, ok)
 		}
-		if reading == "" && ix.Rewrites {
+		if reading == "" && ix.rewrites {
 			reading = ix.originalReadsOther(r, id, ok)
 		}
 		if reading != "" {

@@ -3,6 +3,7 @@ package policy
 import (
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -48,7 +49,7 @@ func TestDecide(t *testing.T) {
 			if r.Header == nil {
 				r.Header = http.Header{}
 			}
-			d := ix.Decide(r, true)
+			d := ix.Decide(r)
 			if d.Kind != tc.kind || d.Reason != tc.reason || d.Account != tc.account || d.Origin != tc.origin {
 				t.Fatalf("%+v, want kind %v, reason %q, account %q, origin %q", d, tc.kind, tc.reason, tc.account, tc.origin)
 			}
@@ -74,8 +75,8 @@ func TestDecideIsPure(t *testing.T) {
 			r.Header.Set("Access-Control-Request-Method", "GET")
 			before := r.Header.Clone()
 			url := *r.URL
-			d1 := ix.Decide(r, true)
-			d2 := ix.Decide(r, true)
+			d1 := ix.Decide(r)
+			d2 := ix.Decide(r)
 			if d1 != d2 {
 				t.Errorf("%s %s: %+v, then %+v", method, target, d1, d2)
 			}
@@ -137,4 +138,29 @@ func plainByDefinition(p string) bool {
 	}
 	dot := strings.IndexByte(p, '.')
 	return dot < 0 || !strings.Contains(p[dot:], "/") && !strings.HasSuffix(p, ".")
+}
+
+// The index is what its Config says, and nothing changes it afterwards:
+// it has no exported field, and the path guard is on or off as the
+// Config has it, for every call.
+func TestIndexFromConfigOnly(t *testing.T) {
+	typ := reflect.TypeFor[Index]()
+	for i := range typ.NumField() {
+		if f := typ.Field(i); f.IsExported() {
+			t.Errorf("Index.%s is exported: a caller could change a built index", f.Name)
+		}
+	}
+	const target = "/api/rest/v1/account-1/..;/other/x"
+	for _, guard := range []bool{true, false} {
+		ix, err := NewIndex(testConfig(Config{PathGuard: guard,
+			Accounts: map[string][]Rule{"account-1": {{Origin: "https://app.example"}}}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := parseTarget(t, target)
+		r.Header.Set("Origin", "https://app.example")
+		if got := ix.Decide(r).Reason == AmbiguousPath; got != guard {
+			t.Errorf("PathGuard %v: %s refused %v", guard, target, got)
+		}
+	}
 }

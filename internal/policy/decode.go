@@ -19,6 +19,9 @@ import (
 func DecodeRules(b []byte) ([]Rule, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := expectDelim(dec, '[', "a JSON array of rules"); err != nil {
+		if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
+			return nil, errors.New("want a JSON array of rules, not null (an account without rules is [])")
+		}
 		return nil, err
 	}
 	rules := []Rule{}

@@ -14,8 +14,9 @@ import (
 )
 
 // Index is the compiled form of a Handler's config, built once by
-// Provision and only read afterwards, so requests share it without locks.
-// A config reload builds a new Handler with a new index.
+// Provision from a Config and never changed afterwards (every field is
+// unexported and set by NewIndex alone), so requests share it without
+// locks. A config reload builds a new Handler with a new index.
 type Index struct {
 	prefixes []string // lower-cased, in configured order
 	// plainPrefix is, for each prefix with no dot and no guarded byte,
@@ -29,24 +30,20 @@ type Index struct {
 	// not their own (not lower-case ASCII), so that two that fold to one
 	// are told apart (sameLetters); nil for a store's accounts.
 	foldKeys map[string]int
-	// Rewrites is set when a handler of the server could rewrite the
-	// path before this one: the path guard then reads the original
-	// target too (errorpolicy.go sets it).
-	Rewrites bool
+	guard    bool // Config.PathGuard
+	rewrites bool // Config.Rewrites
 	accounts map[string]Account // account ID -> its allowed origins
 
-	// MaxOriginLen bounds the Origin values worth parsing: no longer
+	// maxOriginLen bounds the Origin values worth parsing: no longer
 	// value can normalise to a configured origin (see compile).
-	MaxOriginLen int
+	maxOriginLen int
 
-	Status        int    // preflight_status
-	AllowHeaders  string // Access-Control-Allow-Headers, "" to omit
-	ExposeHeaders string // Access-Control-Expose-Headers, "" to omit
-	MaxAge        string // Access-Control-Max-Age, whole seconds
+	status        int    // preflight_status
+	allowHeaders  string // Access-Control-Allow-Headers, "" to omit
+	exposeHeaders string // Access-Control-Expose-Headers, "" to omit
+	maxAge        string // Access-Control-Max-Age, whole seconds
 
-	// Live holds the accounts of a handler with a rules store, which
-	// replace accounts above; nil for inline accounts.
-	Live Source
+	live Source // Config.Live
 
 	clean    func(string) string                      // Config.CleanPath
 	original func(*http.Request) (http.Request, bool) // Config.OriginalRequest
@@ -54,6 +51,33 @@ type Index struct {
 
 // Prefixes are the path prefixes, lower-cased, in their configured order.
 func (ix *Index) Prefixes() []string { return ix.prefixes }
+
+// Status is the status of an allowed preflight (preflight_status).
+func (ix *Index) Status() int { return ix.status }
+
+// AllowHeaders is the Access-Control-Allow-Headers value, "" to omit.
+func (ix *Index) AllowHeaders() string { return ix.allowHeaders }
+
+// ExposeHeaders is the Access-Control-Expose-Headers value, "" to omit.
+func (ix *Index) ExposeHeaders() string { return ix.exposeHeaders }
+
+// MaxAge is the Access-Control-Max-Age value, whole seconds.
+func (ix *Index) MaxAge() string { return ix.maxAge }
+
+// MaxOriginLen is the length over which an Origin value is refused
+// unparsed: nothing longer normalises to an allowed origin.
+func (ix *Index) MaxOriginLen() int { return ix.maxOriginLen }
+
+// Live is the source of the accounts of a handler with a rules store;
+// nil for inline accounts.
+func (ix *Index) Live() Source { return ix.live }
+
+// MaxAnyOriginLen bounds the Origin values worth parsing for accounts
+// that change while the index serves (a rules store's): the longest
+// canonical origin a rule can have (a 253-character host with a port),
+// spelled with an explicit default port and a Unicode host, as NewIndex
+// bounds inline accounts.
+var MaxAnyOriginLen = 4*len("https://"+strings.Repeat("h", 253)+":65535") + len(":65535")
 
 // cleanPath is p as the server's path matchers read it. Most paths are
 // clean already, and checking is cheaper than cleaning.
@@ -265,7 +289,7 @@ func (ix *Index) match(id string, originHdr []string) (*AllowedOrigin, Reason) {
 	o := originHdr[0]
 	// Nothing longer can match, not even exactly: refuse it before the
 	// lookup, which would hash all of it in a large account.
-	if len(o) > ix.MaxOriginLen {
+	if len(o) > ix.maxOriginLen {
 		return nil, OriginNotAllowed
 	}
 	// Browsers send origins already serialised (Fetch standard), so the
@@ -315,8 +339,8 @@ func isSerialised(o string) bool {
 // Account returns the rules of account id: from the store when the
 // handler has one, else from the config.
 func (ix *Index) Account(id string) Account {
-	if ix.Live != nil {
-		return ix.Live.Account(id)
+	if ix.live != nil {
+		return ix.live.Account(id)
 	}
 	return ix.accounts[id]
 }
@@ -342,10 +366,16 @@ type Config struct {
 	ExposeHeaders   []string
 	MaxAge          *time.Duration // nil: defaultMaxAgeSeconds
 	PreflightStatus int            // 0: defaultPreflightStatus
-	// PathGuard says that requests are decided with the path guard on
-	// (Decide's guard): a prefix it would refuse every request under is
-	// then refused.
+	// PathGuard says that requests are decided with the path guard on:
+	// a prefix it would refuse every request under is then refused.
 	PathGuard bool
+	// Rewrites says that a handler of the server could rewrite the path
+	// before this one: the path guard then reads the original target
+	// too.
+	Rewrites bool
+	// Live, when set, gives the accounts (a rules store's), which
+	// change while the index serves; Accounts is then empty.
+	Live Source
 	// Check adds the problems of settings the policy does not know (a
 	// rules store's), in their place in the report: after max_age,
 	// before the accounts.
@@ -369,7 +399,8 @@ func NewIndex(h Config) (*Index, error) {
 	if h.CleanPath == nil {
 		return nil, errors.New("policy: Config.CleanPath is required")
 	}
-	ix := &Index{Status: h.PreflightStatus, accounts: make(map[string]Account, len(h.Accounts)),
+	ix := &Index{status: h.PreflightStatus, accounts: make(map[string]Account, len(h.Accounts)),
+		guard: h.PathGuard, rewrites: h.Rewrites, live: h.Live,
 		clean: h.CleanPath, original: h.OriginalRequest}
 
 	prefixes := h.PathPrefixes
@@ -392,13 +423,13 @@ func NewIndex(h Config) (*Index, error) {
 	if allow == nil {
 		allow = DefaultAllowHeaders
 	}
-	ix.AllowHeaders = strings.Join(checkHeaderNames("allow_headers", allow, &p), ",")
-	ix.ExposeHeaders = strings.Join(checkHeaderNames("expose_headers", h.ExposeHeaders, &p), ",")
+	ix.allowHeaders = strings.Join(checkHeaderNames("allow_headers", allow, &p), ",")
+	ix.exposeHeaders = strings.Join(checkHeaderNames("expose_headers", h.ExposeHeaders, &p), ",")
 
-	if ix.Status == 0 {
-		ix.Status = defaultPreflightStatus
+	if ix.status == 0 {
+		ix.status = defaultPreflightStatus
 	}
-	if err := checkPreflightStatus(ix.Status); err != nil {
+	if err := checkPreflightStatus(ix.status); err != nil {
 		p.Add(Place{Field: "preflight_status"}, err)
 	}
 	maxAge := int64(defaultMaxAgeSeconds)
@@ -408,7 +439,7 @@ func NewIndex(h Config) (*Index, error) {
 		}
 		maxAge = int64(*h.MaxAge / time.Second)
 	}
-	ix.MaxAge = strconv.FormatInt(maxAge, 10)
+	ix.maxAge = strconv.FormatInt(maxAge, 10)
 	if h.Check != nil {
 		h.Check(&p)
 	}
@@ -444,7 +475,10 @@ func NewIndex(h Config) (*Index, error) {
 	// A non-canonical spelling of an origin is at most the length of its
 	// canonical form with an explicit default port, or its Unicode host
 	// at up to 4 bytes a character: nothing longer can match.
-	ix.MaxOriginLen = 4*longest + len(":65535")
+	ix.maxOriginLen = 4*longest + len(":65535")
+	if ix.live != nil {
+		ix.maxOriginLen = MaxAnyOriginLen
+	}
 
 	if err := p.Err(); err != nil {
 		return nil, err

@@ -436,11 +436,11 @@ func hasScriptSegment(p string) bool {
 // has one of the prefixes anywhere: whether a handler with them could
 // act on r here, or further down its route after a prefix is stripped.
 // It errs towards yes, and runs only for errors.
-func (ix *Index) MightOwn(r *http.Request, guard bool) bool {
+func (ix *Index) MightOwn(r *http.Request) bool {
 	if ix.containsPrefix(r.URL.Path) {
 		return true
 	}
-	if !guard || !guardedPath(r) {
+	if !ix.guard || !guardedPath(r) {
 		return false
 	}
 	raw := r.URL.EscapedPath()

@@ -220,7 +220,7 @@ func TestPathGuardFullCaseMapping(t *testing.T) {
 // TestPathGuardDecodedUntilItStops: a target encoded more times than the
 // guard decodes is refused, not read as decoded so far.
 func TestPathGuardDecodedUntilItStops(t *testing.T) {
-	ix, err := NewIndex(testConfig(Config{}))
+	ix, err := NewIndex(testConfig(Config{PathGuard: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestPathGuardDecodedUntilItStops(t *testing.T) {
 			t.Errorf("%s passes the guard", target)
 		}
 	}
-	if !ix.MightOwn(parseTarget(t, "/ap%2525252569/rest/v1/acct-victim/x"), true) {
+	if !ix.MightOwn(parseTarget(t, "/ap%2525252569/rest/v1/acct-victim/x")) {
 		t.Error("the error routes' check does not see the prefix in a target encoded four times")
 	}
 	if guardRefuses(t, ix, e+"/100%2525") {
@@ -413,6 +413,7 @@ func mustIndex(t *testing.T, config string) *Index {
 	if err := json.Unmarshal([]byte(config), &c); err != nil {
 		t.Fatal(err)
 	}
+	c.PathGuard = true
 	ix, err := NewIndex(testConfig(c))
 	if err != nil {
 		t.Fatal(err)
@@ -435,7 +436,7 @@ func testConfig(c Config) Config {
 // guard's checks under which the target names another account, so that
 // an operator can tell why a request got 400.
 func TestPathGuardNamesTheReading(t *testing.T) {
-	ix, err := NewIndex(testConfig(Config{}))
+	ix, err := NewIndex(testConfig(Config{PathGuard: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +453,7 @@ func TestPathGuardNamesTheReading(t *testing.T) {
 	} {
 		r := parseTarget(t, tc.target)
 		r.Header.Set("Origin", "https://a.example")
-		d := ix.Decide(r, true)
+		d := ix.Decide(r)
 		if d.Reading != tc.want || (tc.want != "") != (d.Reason == AmbiguousPath) {
 			t.Errorf("%s: %v, reading %q; want reading %q", tc.target, d.Reason, d.Reading, tc.want)
 		}

@@ -3,7 +3,6 @@ package rulestore
 import (
 	"maps"
 	"slices"
-	"strings"
 
 	"atomspherecors/internal/policy"
 )
@@ -151,9 +150,3 @@ func RulesOf(a policy.Account) []policy.Rule {
 	return out
 }
 
-// MaxOriginLen bounds the Origin values worth parsing for a store's
-// accounts, which change while the handler runs: the longest canonical
-// origin a rule can have (a 253-character host with a port), spelled
-// with an explicit default port and a Unicode host, as newIndex bounds
-// inline accounts.
-var MaxOriginLen = 4*len("https://"+strings.Repeat("h", 253)+":65535") + len(":65535")
