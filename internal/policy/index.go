@@ -30,8 +30,8 @@ type Index struct {
 	// not their own (not lower-case ASCII), so that two that fold to one
 	// are told apart (sameLetters); nil for a store's accounts.
 	foldKeys map[string]int
-	guard    bool // Config.PathGuard
-	rewrites bool // Config.Rewrites
+	guard    bool               // Config.PathGuard
+	rewrites bool               // Config.Rewrites
 	accounts map[string]Account // account ID -> its allowed origins
 
 	// maxOriginLen bounds the Origin values worth parsing: no longer

@@ -149,4 +149,3 @@ func RulesOf(a policy.Account) []policy.Rule {
 	}
 	return out
 }
-
