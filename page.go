@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -119,7 +120,7 @@ func (p *Page) Provision(ctx caddy.Context) error {
 	if p.ix, err = newIndex(&Handler{}, false, s); err != nil {
 		return err
 	}
-	for _, name := range accountPlaceholders(p.Account) {
+	for _, name := range slices.Compact(slices.Sorted(slices.Values(accountPlaceholders(p.Account)))) {
 		p.logger.Info("the CORS page writes the account that this placeholder names: only a verified identity may set it",
 			zap.String("account", p.Account), zap.String("placeholder", "{"+name+"}"), zap.String("set_by", trustedBy(name)))
 	}
@@ -165,8 +166,9 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	// every user's rules.
 	dropCORS(hdr)
 	below := deferredCORSWriter(w)
-	if below != nil || misplaced(w) {
+	if why := misplaced(w); below != nil || why != "" {
 		if below != nil {
+			why = "under header operations deferred until the response that touch Access-Control-* headers"
 			// Answer below the deferring writer, so that its operations
 			// do not add their headers to this answer either.
 			w = below.(interface{ Unwrap() http.ResponseWriter }).Unwrap()
@@ -177,10 +179,8 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 		// headers, letting its origins read every user's rules; header
 		// operations deferred to the response would add theirs after
 		// the page has written its own.
-		p.logger.Error("the CORS page is under a path prefix of atomsphere_cors, under header operations " +
-			"deferred until the response that touch Access-Control-* headers, or under a handler that " +
-			"buffers its answer to change it (intercept, templates): it refuses every request; " +
-			"move it out from under them (docs/page.md)")
+		p.logger.Error("the CORS page is "+why+": it refuses every request; move it out from under it (docs/page.md)",
+			zap.String("path", r.URL.Path))
 		return pageError(w, http.StatusInternalServerError, "the CORS page is misconfigured: see the server's log")
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -208,7 +208,7 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	case "/rules":
 		switch {
 		case isRead(r):
-			return p.getRules(w, id)
+			return p.getRules(w, r, id)
 		case r.Method == http.MethodPut:
 			return p.putRules(w, r, id, audit)
 		}
@@ -227,22 +227,22 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	return pageError(w, http.StatusNotFound, "not found: %s", path)
 }
 
-// misplaced reports whether w is, or wraps, a writer that would put
+// misplaced says why w is, or wraps, a writer that would put
 // headers on the page's answers it cannot remove: an atomsphere_cors
 // handler's, which took the request for an account path, or one that
 // buffers the answer to change it afterwards (intercept's handle_response
-// routes, templates). Caddy's own recorder for access logs buffers
-// nothing.
-func misplaced(w http.ResponseWriter) bool {
+// routes, templates); "" when it is neither. Caddy's own recorder for
+// access logs buffers nothing.
+func misplaced(w http.ResponseWriter) string {
 	for w := range writerChain(w) {
 		if _, ok := w.(*corsWriter); ok {
-			return true
+			return "under a path prefix of an atomsphere_cors handler, which takes its path for an account path"
 		}
 		if rr, ok := w.(caddyhttp.ResponseRecorder); ok && rr.Buffer() != nil {
-			return true
+			return "under a handler that buffers its answer to change it (intercept, templates)"
 		}
 	}
-	return false
+	return ""
 }
 
 func isRead(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
@@ -304,21 +304,25 @@ type pageRules struct {
 	Warning string `json:"warning,omitempty"`
 }
 
-// current is the account's rules as this server serves them; ok is
-// false while the store has never been loaded here.
-func (p *Page) current(id string) ([]Rule, bool) {
+// current is the account's rules as the storage holds them, which this
+// server then serves (a server that has not polled yet would otherwise
+// show older rules than the history, which is read from the storage);
+// ok is false while the store has never been loaded here. When the
+// storage cannot be read, it is the rules this server serves.
+func (p *Page) current(r *http.Request, id string) ([]Rule, bool) {
 	if !p.store.Loaded() {
 		return nil, false
 	}
-	a, ok := p.store.Accounts().Get(id)
-	if !ok {
-		return []Rule{}, true
+	rules, err := p.store.ReadAccount(r.Context(), id)
+	if err != nil {
+		p.logger.Warn("the CORS page shows the rules this server serves: the account could not be read from the store",
+			zap.String("account", id), zap.Error(err))
 	}
-	return rulestore.RulesOf(a), true
+	return rules, true
 }
 
-func (p *Page) getRules(w http.ResponseWriter, id string) error {
-	rules, ok := p.current(id)
+func (p *Page) getRules(w http.ResponseWriter, r *http.Request, id string) error {
+	rules, ok := p.current(r, id)
 	if !ok {
 		return pageError(w, http.StatusServiceUnavailable, "the rules are not loaded on this server yet: try again in a moment")
 	}
@@ -361,17 +365,18 @@ func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit
 	if err != nil {
 		return refuse(http.StatusBadRequest, "body is not a JSON array of rules [{\"origin\": ..., \"methods\": [...]}]: %s", short(err.Error()))
 	}
-	if len(rules) > p.MaxRules {
-		detail := fmt.Sprintf("account %s: %d rules, at most %d", q(id), len(rules), p.MaxRules)
-		audit.refused(http.StatusBadRequest, detail)
-		msg := fmt.Sprintf("At most %d origins can be allowed: remove %d.", p.MaxRules, len(rules)-p.MaxRules)
-		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": msg, "problems": []ruleProblem{{Message: msg, Detail: detail}}})
-	}
 	acct, err := p.store.Compile(id, rules)
 	if err != nil {
 		audit.refused(http.StatusBadRequest, err.Error())
 		return writeJSON(w, http.StatusBadRequest, map[string]any{
 			"error": "Not saved: some rules need fixing.", "problems": problemsOf(err, rules)})
+	}
+	// Counted once merged: the same origin twice is one origin.
+	if n := len(acct.Origins); n > p.MaxRules {
+		detail := fmt.Sprintf("account %s: %d rules, at most %d", q(id), n, p.MaxRules)
+		audit.refused(http.StatusBadRequest, detail)
+		msg := fmt.Sprintf("At most %d origins can be allowed: remove %d.", p.MaxRules, n-p.MaxRules)
+		return writeJSON(w, http.StatusBadRequest, map[string]any{"error": msg, "problems": []ruleProblem{{Message: msg, Detail: detail}}})
 	}
 	served := rulestore.RulesOf(*acct)
 	e := &rulestore.Edit{ID: id, IfMatch: r.Header.Values("If-Match"), AbsentIsEmpty: true, After: served}
@@ -389,7 +394,10 @@ func (p *Page) putRules(w http.ResponseWriter, r *http.Request, id string, audit
 		status := writeStatus(err)
 		audit.refused(status, err.Error())
 		if status == http.StatusPreconditionFailed {
-			return pageError(w, status, "These rules were changed somewhere else (another tab, or another user of the account) after this page read them. Nothing was saved.")
+			// With the account, so that a page showing another account
+			// (its user has signed in as this one since) can say so.
+			return writeJSON(w, status, map[string]string{"account": id,
+				"error": "These rules were changed somewhere else (another tab, or another user of the account) after this page read them. Nothing was saved."})
 		}
 		// The storage's own words name its paths: they go to the log.
 		p.logger.Error("a CORS page write the store did not take", zap.String("account", id), zap.Error(err))
@@ -467,6 +475,12 @@ func pageScheme(r *http.Request) string {
 
 func (p *Page) getHistory(w http.ResponseWriter, r *http.Request, id string) error {
 	h, err := p.store.ReadHistory(r.Context(), id)
+	if errors.Is(err, rulestore.ErrHistoryUnreadable) {
+		// Nothing of it decodes: it is set aside at the next save; until
+		// then the list is empty, and says why.
+		p.logger.Warn("a CORS page history the store holds but cannot decode", zap.String("account", id), zap.Error(err))
+		err = nil
+	}
 	if err != nil {
 		// The storage's own words name its paths: they go to the log.
 		p.logger.Error("a CORS page history the store could not read", zap.String("account", id), zap.Error(err))
@@ -475,10 +489,14 @@ func (p *Page) getHistory(w http.ResponseWriter, r *http.Request, id string) err
 	return writeJSON(w, http.StatusOK, h)
 }
 
-// checkAnswer is the body of GET /check.
+// checkAnswer is the body of GET /check: the account it was decided for,
+// the decision, and, when the origin is not one a browser sends, a hint
+// in the tenant's words.
 type checkAnswer struct {
+	Account string `json:"account"`
 	Allowed bool   `json:"allowed"`
 	Reason  string `json:"reason"`
+	Hint    string `json:"hint,omitempty"`
 }
 
 // checkOrigin answers whether a request to the account's API from an origin
@@ -519,8 +537,12 @@ func (p *Page) checkOrigin(w http.ResponseWriter, r *http.Request, id string) er
 		return pageError(w, http.StatusBadRequest, "the account cannot be written in a URL: %v", err)
 	}
 	req := &http.Request{Method: http.MethodOptions, URL: u, RequestURI: target, Header: hdr, Host: r.Host}
+	p.current(r, id) // decided on the rules as stored, as GET /rules shows them
 	d := p.ix.Decide(req)
-	ans := checkAnswer{Allowed: d.Allowed(), Reason: d.Reason.String()}
+	ans := checkAnswer{Account: id, Allowed: d.Allowed(), Reason: d.Reason.String()}
+	if len(origins) == 1 && !ans.Allowed {
+		ans.Hint = originHint(hdr[hdrOrigin][0])
+	}
 	switch {
 	case ans.Allowed:
 		ans.Reason = fmt.Sprintf("the rule for %s allows %s", d.Rule.Origin, d.Rule.Methods.Header)

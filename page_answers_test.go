@@ -9,6 +9,7 @@ package atomspherecors
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -36,8 +37,11 @@ func TestPageETagNamesTheAccount(t *testing.T) {
 		t.Fatalf("acct-a and acct-b, both without rules, have the same ETag %s", aTag)
 	}
 	res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-b", withHeaders(jsonCT, "If-Match", aTag), `[{"origin":"https://meant-for-a.example","methods":["GET"]}]`)
-	if res.StatusCode != 412 {
-		t.Errorf("PUT as acct-b with acct-a's ETag: %d %s, want 412", res.StatusCode, body)
+	if res.StatusCode != 412 || !strings.Contains(body, `"account":"acct-b"`) {
+		t.Errorf("PUT as acct-b with acct-a's ETag: %d %s, want 412 naming acct-b (the page shows acct-a: it says so)", res.StatusCode, body)
+	}
+	if _, body := pageCall(t, "GET", pageBase+"/check?origin=https://x.example&method=GET", "acct-b", nil, ""); !strings.Contains(body, `"account":"acct-b"`) {
+		t.Errorf("/check as acct-b: %s, want it to name acct-b", body)
 	}
 	if preflightAllowed(t, "acct-b", "https://meant-for-a.example", "GET") {
 		t.Error("acct-a's edit is served for acct-b")
@@ -85,6 +89,10 @@ func TestPageStrictBody(t *testing.T) {
 		{"origin a number", `[{"origin":1}]`, `must be a string, not a number`},
 		{"a second value", `[] []`, `more than one JSON value`},
 		{"null", `null`, `not null`},
+		{"a huge number", `[{"origin":1e999}]`, `must be a string, not a number`},
+		{"a number among methods", `[{"origin":"https://c.example","methods":[1e999]}]`, `a method must be a string, not a number`},
+		{"a byte order mark", "\ufeff[]", `byte order mark`},
+		{"origin escaped as a duplicate", `[{"origin":"https://c.example","\u006frigin":"https://evil.example"}]`, `field \"origin\" appears twice`},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", jsonCT, tc.body)
@@ -99,6 +107,12 @@ func TestPageStrictBody(t *testing.T) {
 				t.Error("the refused body is served")
 			}
 		})
+	}
+	// max_rules counts origins once merged: the same origin four times
+	// is one (max_rules is 3 here).
+	same := `[{"origin":"https://c.example"},{"origin":"https://c.example"},{"origin":"https://C.example"},{"origin":"https://c.example:443"}]`
+	if res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", jsonCT, same); res.StatusCode != 200 {
+		t.Errorf("PUT of one origin four times: %d %s, want 200", res.StatusCode, body)
 	}
 	// Without "methods", a rule has GET, POST and DELETE, as documented.
 	if res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", jsonCT, `[{"origin":"https://c.example"}]`); res.StatusCode != 200 || !strings.Contains(body, `"methods":["GET","POST","DELETE"]`) {
@@ -162,7 +176,8 @@ func TestPageStorageFaultsToTenants(t *testing.T) {
 	storeDir := filepath.Join(filepath.Dir(logFile), "storage", "atomsphere_cors", "pt")
 
 	// acct-a's history key is a directory: unreadable and unwritable.
-	if err := os.MkdirAll(filepath.Join(storeDir, "history", "acct-a", "x"), 0o700); err != nil {
+	histA := filepath.Join(storeDir, "history", "acct-a")
+	if err := os.MkdirAll(filepath.Join(histA, "x"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	res, body := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
@@ -176,6 +191,35 @@ func TestPageStorageFaultsToTenants(t *testing.T) {
 	}
 	if !preflightAllowed(t, "acct-a", "https://a.example", "GET") {
 		t.Error("the save is not served")
+	}
+
+	// A history that decodes to nothing (null, another account's) is an
+	// empty list that says why, not a fault that stays until a save; one
+	// longer than a history keeps shows the newest 20.
+	if err := os.RemoveAll(histA); err != nil {
+		t.Fatal(err)
+	}
+	for _, stored := range []string{`null`, ``, `{"account":"acct-b","changes":[]}`} {
+		if err := os.WriteFile(histA, []byte(stored), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		res, body := pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
+		var h rulestore.History
+		if err := json.Unmarshal([]byte(body), &h); err != nil || res.StatusCode != 200 || len(h.Changes) != 0 || h.Note == "" || h.Account != "acct-a" {
+			t.Errorf("GET /history of a stored %q: %d %s, want 200, no changes, a note", stored, res.StatusCode, body)
+		}
+	}
+	var many []string
+	for i := range 30 {
+		many = append(many, fmt.Sprintf(`{"time":"2026-01-01T00:00:%02dZ","by":"acct-a","rules":[]}`, 59-i))
+	}
+	if err := os.WriteFile(histA, []byte(`{"account":"acct-a","changes":[`+strings.Join(many, ",")+`]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, body = pageCall(t, "GET", pageBase+"/history", "acct-a", nil, "")
+	var long rulestore.History
+	if err := json.Unmarshal([]byte(body), &long); err != nil || len(long.Changes) != 20 || long.Changes[0].Time != "2026-01-01T00:00:59Z" {
+		t.Errorf("a stored history of 30 changes: %d shown (%v), want the newest 20", len(long.Changes), err)
 	}
 
 	// acct-b's account key is a directory: the write fails.
@@ -246,13 +290,27 @@ func TestPageAccountPlaceholder(t *testing.T) {
 		"{http.request.uri.query.account}", "{http.request.cookie.acct}", "{env.HOME}", "{system.hostname}",
 		"{http.request.uri.path.2}", "{http.request.host}", "{http.request.header.Authorization}",
 		"{http.request.header.Cookie}", "tenant-{time.now.unix}",
+		// The client's address, and headers the client or its browser set.
+		"{http.vars.client_ip}", "{http.request.header.X-Forwarded-For}", "{http.request.header.X-Real-IP}",
+		"{http.request.header.Forwarded}", "{http.request.header.Proxy-Authorization}", "{http.request.header.Sec-Fetch-Site}",
+		"{http.request.header.Content-Type}", "{http.request.header.If-Match}", "{http.request.header.Accept-Language}",
+		// Taken from the path by a matcher, or no user at all.
+		"{http.matchers.file.relative}", "{http.regexp.x.1}", "{http.request.duration}", "{http.error.status_code}",
+		"{http.auth.user.id}{http.request.uri.query.x}",
+		// Placeholders that never resolve.
+		"{unknown}", "{http.auth.user.}", "{HTTP.AUTH.USER.ID}", "{http.Auth.User.Id}",
 	} {
 		p := &Page{Store: &StoreConfig{Name: "pt"}, Account: ph}
-		if err := p.check(); err == nil || !strings.Contains(err.Error(), "is not who is signed in") {
+		if err := p.check(); err == nil || !strings.Contains(err.Error(), "is not who is signed in") && !strings.Contains(err.Error(), "never resolves") {
 			t.Errorf("account %s: %v, want refused", ph, err)
 		}
 	}
-	for _, ph := range []string{"{http.auth.user.id}", "tenant-{http.request.header.X-Tenant}", "{http.vars.account}", `\{x\}-{http.auth.user.id}`} {
+	p := &Page{Store: &StoreConfig{Name: "pt"}, Account: "{HTTP.AUTH.USER.ID}"}
+	if err := p.check(); err == nil || !strings.Contains(err.Error(), "case-sensitive, write {http.auth.user.id}") {
+		t.Errorf("{HTTP.AUTH.USER.ID}: %v, want the spelling that resolves", err)
+	}
+	for _, ph := range []string{"{http.auth.user.id}", "tenant-{http.request.header.X-Tenant}", "{http.vars.account}", `\{x\}-{http.auth.user.id}`,
+		"{http.request.tls.client.subject}", "{http.auth.user.id}{http.auth.user.id}"} {
 		p := &Page{Store: &StoreConfig{Name: "pt"}, Account: ph}
 		if err := p.check(); err != nil {
 			t.Errorf("account %s: %v, want accepted", ph, err)

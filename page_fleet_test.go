@@ -179,11 +179,12 @@ func TestPageTwoServers(t *testing.T) {
 }
 
 // A server whose copy of an account is older than the store (it has not
-// polled yet) and takes a write of it serves what its answer says from
-// its next request on (docs/page.md, "Many servers"): after a 412 it
-// shows the version that refused the write, and after a write of the
-// rules the store already holds (200, nothing written) it serves those
-// rules, through the page and through the admin routes alike.
+// polled yet) serves what its answers say from its next request on
+// (docs/page.md, "Routes"): after a 412 it shows the version that
+// refused the write; its page shows the rules as stored (as its history,
+// read from the store, does) and its API and /check then agree; after a
+// write of the rules the store already holds (200, nothing written) it
+// serves those rules, through the page and through the admin routes.
 func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs Caddy processes")
@@ -192,7 +193,6 @@ func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
 	// Both poll once an hour: whatever server 2 serves in this test, it
 	// has from its own writes and their answers.
 	s1, s2 := startPageProcessPolling(t, 3, storage, time.Hour), startPageProcessPolling(t, 4, storage, time.Hour)
-	admin2 := "http://127.0.0.1:2944/atomsphere_cors/fleetpage/accounts/acct-a"
 	rules := func(base string) (string, string) { t.Helper(); return fleetPageRules(t, base) }
 	allowed := func(base, origin string) bool {
 		t.Helper()
@@ -215,22 +215,24 @@ func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
 		t.Fatalf("PUT two origins on server 1: %d %s", res.StatusCode, body)
 	}
 	twoTag := res.Header.Get("ETag")
-	if got, _ := rules(s2); got != `{"account":"acct-a","rules":[]}` {
-		t.Fatalf("server 2 already shows %s: the test needs it not to have polled", got)
+	if allowed(s2, "https://kept.example") {
+		t.Fatal("server 2 already serves server 1's write: the test needs it not to have polled")
 	}
 
 	// 412 on server 2: its next read shows the version that refused it.
 	if res, body := put(s2, empty, `[{"origin":"https://other.example"}]`); res.StatusCode != 412 {
 		t.Fatalf("PUT on server 2 with the version before server 1's write: %d %s, want 412", res.StatusCode, body)
 	}
+	if !allowed(s2, "https://gone.example") {
+		t.Error("server 2 after its 412 does not serve the rules that refused the write")
+	}
 	if got, tag := rules(s2); tag != twoTag || !strings.Contains(got, "gone.example") {
 		t.Errorf("server 2 after its 412: %s %s, want server 1's rules and ETag %s (else reloading loops on 412)", got, tag, twoTag)
 	}
-	if !allowed(s2, "https://gone.example") {
-		t.Error("server 2 after its 412 does not serve the rules it now shows")
-	}
 
-	// Server 1 removes an origin; server 2 has not polled.
+	// Server 1 removes an origin; server 2 has not polled. Its page shows
+	// the rules as stored (as its history, read from the store, lists
+	// the change), and from then on its API and /check agree.
 	one := `[{"origin":"https://kept.example","methods":["GET"]}]`
 	res, body = put(s1, twoTag, one)
 	if res.StatusCode != 200 {
@@ -240,24 +242,18 @@ func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
 	if !allowed(s2, "https://gone.example") {
 		t.Fatal("server 2 already refuses the removed origin: the test needs it not to have polled")
 	}
-	// Server 2 takes a write of the rules the store now holds: 200, and
-	// from its next request on it serves them.
-	if res, body := put(s2, oneTag, one); res.StatusCode != 200 || res.Header.Get("ETag") != oneTag {
-		t.Fatalf("PUT of the stored rules on server 2: %d %s ETag %s, want 200 and %s", res.StatusCode, body, res.Header.Get("ETag"), oneTag)
+	if got, tag := rules(s2); strings.Contains(got, "gone.example") || tag != oneTag {
+		t.Errorf("server 2's page before its poll: %s %s, want the stored rules, ETag %s", got, tag, oneTag)
 	}
 	if allowed(s2, "https://gone.example") {
-		t.Error("server 2 answered 200 to the rules without gone.example, yet its API still allows gone.example")
-	}
-	if got, tag := rules(s2); strings.Contains(got, "gone.example") || tag != oneTag {
-		t.Errorf("server 2's GET /rules after the write: %s %s, want the rules it took, ETag %s", got, tag, oneTag)
+		t.Error("server 2's page shows the rules without gone.example, yet its API still allows it")
 	}
 	if res, body := pageCall(t, "GET", s2+"/settings/cors/check?origin=https://gone.example&method=GET", "acct-a", nil, ""); !strings.Contains(body, `"allowed":false`) {
 		t.Errorf("server 2's /check for the removed origin: %d %s, want not allowed", res.StatusCode, body)
 	}
 
-	// The same through the admin routes: server 1 writes, server 2 takes
-	// the same rules unconditionally (200, nothing written) and serves
-	// them at once.
+	// Server 1 adds it back; server 2 takes a write of the rules the
+	// store now holds: 200, and from its next request on it serves them.
 	res, body = put(s1, oneTag, two)
 	if res.StatusCode != 200 {
 		t.Fatalf("PUT two origins again on server 1: %d %s", res.StatusCode, body)
@@ -265,10 +261,27 @@ func TestPageStaleServerServesWhatItAnswers(t *testing.T) {
 	if allowed(s2, "https://gone.example") {
 		t.Fatal("server 2 already allows gone.example again: the test needs it not to have polled")
 	}
-	if st, out := storeCall(t, "http://127.0.0.1:2944", "PUT", "/atomsphere_cors/fleetpage/accounts/acct-a", two); st != 200 {
-		t.Fatalf("admin PUT on server 2 of the stored rules: %d %s (%s)", st, out, admin2)
+	if res, body := put(s2, twoTag, two); res.StatusCode != 200 || res.Header.Get("ETag") != twoTag {
+		t.Fatalf("PUT of the stored rules on server 2: %d %s ETag %s, want 200 and %s", res.StatusCode, body, res.Header.Get("ETag"), twoTag)
 	}
 	if !allowed(s2, "https://gone.example") {
-		t.Error("server 2's admin route answered 200 to rules with gone.example, yet its API does not allow it")
+		t.Error("server 2 answered 200 to the rules with gone.example, yet its API does not allow it")
+	}
+
+	// The same through the admin routes: server 1 removes the origin,
+	// server 2 takes the same rules unconditionally (200, nothing
+	// written) and serves them at once.
+	res, body = put(s1, twoTag, one)
+	if res.StatusCode != 200 {
+		t.Fatalf("PUT one origin again on server 1: %d %s", res.StatusCode, body)
+	}
+	if !allowed(s2, "https://gone.example") {
+		t.Fatal("server 2 already refuses gone.example again: the test needs it not to have polled")
+	}
+	if st, out := storeCall(t, "http://127.0.0.1:2944", "PUT", "/atomsphere_cors/fleetpage/accounts/acct-a", one); st != 200 {
+		t.Fatalf("admin PUT on server 2 of the stored rules: %d %s", st, out)
+	}
+	if allowed(s2, "https://gone.example") {
+		t.Error("server 2's admin route answered 200 to rules without gone.example, yet its API allows it")
 	}
 }

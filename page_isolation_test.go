@@ -167,7 +167,7 @@ func TestPageConfigRefused(t *testing.T) {
 	for _, tc := range []struct{ desc, cfg, want string }{
 		{"no account", "atomsphere_cors_page {\n\tstore pt\n}", "account is required"},
 		{"max_rules 0", "atomsphere_cors_page {\n\tstore pt\n\taccount {http.auth.user.id}\n\tmax_rules 0\n}", `max_rules "0" is not a positive number, at Testfile:4`},
-		{"repeated account", "atomsphere_cors_page {\n\tstore pt\n\taccount {a}\n\taccount {b}\n}", "account already specified"},
+		{"repeated account", "atomsphere_cors_page {\n\tstore pt\n\taccount {http.auth.user.id}\n\taccount {http.vars.b}\n}", "account already specified"},
 		{"unknown subdirective", "atomsphere_cors_page {\n\tstore pt\n\taccounts {a}\n}", `unrecognized subdirective "accounts"`},
 	} {
 		t.Run("Caddyfile: "+tc.desc, func(t *testing.T) {

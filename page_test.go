@@ -311,17 +311,17 @@ func TestPageRoutes(t *testing.T) {
 
 	t.Run("GET /check: decided as the handler decides requests", func(t *testing.T) {
 		for _, tc := range []struct{ query, want string }{
-			{"origin=https://app.example.com&method=DELETE", `{"allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
-			{"origin=https://APP.example.com:443&method=delete", `{"allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
-			{"origin=https://app.example.com&method=POST", `{"allowed":false,"reason":"method not allowed"}`},
-			{"origin=https://other.example&method=GET", `{"allowed":false,"reason":"origin not allowed"}`},
-			{"origin=https://a%20b.example&method=GET", `{"allowed":false,"reason":"malformed Origin header"}`},
+			{"origin=https://app.example.com&method=DELETE", `{"account":"acct-a","allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
+			{"origin=https://APP.example.com:443&method=delete", `{"account":"acct-a","allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
+			{"origin=https://app.example.com&method=POST", `{"account":"acct-a","allowed":false,"reason":"method not allowed"}`},
+			{"origin=https://other.example&method=GET", `{"account":"acct-a","allowed":false,"reason":"origin not allowed"}`},
+			{"origin=https://a%20b.example&method=GET", `{"account":"acct-a","allowed":false,"reason":"malformed Origin header","hint":"This is not an origin a browser sends. This is not a valid web address: write the origin as your browser's address bar shows it, such as https://app.example.com."}`},
 			// Each parameter is a header line, as the API reads them: two
 			// origins are two Origin lines (refused), a value is trimmed of
 			// the spaces and tabs a server trims from a field value.
-			{"origin=https://app.example.com&origin=https://evil.example&method=GET", `{"allowed":false,"reason":"repeated Origin header"}`},
-			{"origin=https://app.example.com&method=GET&method=GET", `{"allowed":false,"reason":"repeated Access-Control-Request-Method header"}`},
-			{"origin=https://app.example.com%20&method=%09GET", `{"allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
+			{"origin=https://app.example.com&origin=https://evil.example&method=GET", `{"account":"acct-a","allowed":false,"reason":"repeated Origin header"}`},
+			{"origin=https://app.example.com&method=GET&method=GET", `{"account":"acct-a","allowed":false,"reason":"repeated Access-Control-Request-Method header"}`},
+			{"origin=https://app.example.com%20&method=%09GET", `{"account":"acct-a","allowed":true,"reason":"the rule for https://app.example.com allows GET, DELETE"}`},
 		} {
 			res, body := pageCall(t, "GET", pageBase+"/check?"+tc.query, "acct-a", nil, "")
 			if res.StatusCode != 200 || strings.TrimSpace(body) != tc.want {

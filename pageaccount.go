@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"atomspherecors/internal/origin"
 	"atomspherecors/internal/policy"
 )
 
@@ -59,11 +60,32 @@ var neverIdentity = []struct{ prefix, why string }{
 	{"http.request.header.origin", "the client's page chooses it"},
 	{"http.request.header.referer", "the client chooses it"},
 	{"http.request.header.user-agent", "the client chooses it"},
+	{"http.request.header.x-forwarded-", "it is the client's address or what a proxy says of the request, not a user"},
+	{"http.request.header.x-real-ip", "it is the client's address, not a user"},
+	{"http.request.header.forwarded", "it is the client's address, not a user"},
+	{"http.request.header.proxy-", "it is the client's credentials for a proxy, not the verified user"},
+	{"http.request.header.sec-", "the client's browser sets it"},
+	{"http.request.header.content-", "it describes the request's body"},
+	{"http.request.header.if-", "it is a condition of the request"},
+	{"http.request.header.accept", "the client's browser sets it"},
+	{"http.vars.client_ip", "it is the client's address, not a user"},
+	{"http.matchers.", "a matcher takes it from the request the client sends"},
+	{"http.request.duration", "it is not a user"},
+	{"http.error.", "it is not a user"},
+	{"http.response.", "it is not a user"},
 	{"env.", "it is the same for every request"},
 	{"system.", "it is the same for every request"},
 	{"time.", "it is the time, not a user"},
 	{"file.", "it is the same for every request"},
 }
+
+// identityPlaceholders are the placeholder namespaces that can carry a
+// verified identity, as Caddy spells them (placeholders are
+// case-sensitive): what an authentication handler sets, a request
+// header that one copies in, a verified client certificate, a variable
+// set from one. Any other placeholder is refused: it is never set from
+// a signed-in user, or it never resolves.
+var identityPlaceholders = []string{"http.auth.user.", "http.request.header.", "http.request.tls.client.", "http.vars."}
 
 // checkAccountTemplate refuses an account template with no placeholder
 // or with one that is never an identity.
@@ -78,6 +100,26 @@ func checkAccountTemplate(tmpl string) error {
 			if strings.HasPrefix(lower, ni.prefix) {
 				return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, ni.why)
 			}
+		}
+		known := false
+		for _, ns := range identityPlaceholders {
+			if !strings.HasPrefix(lower, ns) {
+				continue
+			}
+			rest := n[len(ns):]
+			switch {
+			case rest == "":
+				return fmt.Errorf("account %s: the placeholder {%s} never resolves: name a field, such as {http.auth.user.id}", q(tmpl), n)
+			case !strings.HasPrefix(n, ns):
+				if strings.EqualFold(rest, "id") {
+					rest = "id"
+				}
+				return fmt.Errorf("account %s: the placeholder {%s} never resolves: placeholders are case-sensitive, write {%s%s}", q(tmpl), n, ns, rest)
+			}
+			known = true
+		}
+		if !known {
+			return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in: use one that an authentication handler sets, such as {http.auth.user.id} (basic_auth), {http.request.header.X-Account} (forward_auth's copy_headers) or {http.vars.account}", q(tmpl), n)
 		}
 	}
 	return nil
@@ -94,10 +136,8 @@ func trustedBy(name string) string {
 		return "the handler in front of the page that sets this request header for a signed-in user (forward_auth's copy_headers, request_header): without it, or if clients' own values of the header reach the page, any client writes any account"
 	case strings.HasPrefix(lower, "http.request.tls.client."):
 		return "the client certificate verified by the site's TLS client authentication"
-	case strings.HasPrefix(lower, "http.vars.") || strings.HasPrefix(lower, "vars."):
-		return "the handler in front of the page that sets this variable from a verified identity (vars, map)"
 	}
-	return "whatever sets it before the page runs: make sure only a verified identity does"
+	return "the handler in front of the page that sets this variable from a verified identity (vars, map)"
 }
 
 // noAccountPage is what a person who opens the page gets when the site
@@ -146,29 +186,7 @@ func tenantMessage(pr policy.Problem, written string) string {
 	has := func(s string) bool { return strings.Contains(msg, s) }
 	switch pr.At.Part {
 	case "origin":
-		switch {
-		case has("form scheme://host"):
-			return "Write the origin as https://host or http://host:port, such as https://app.example.com."
-		case has("is not http or https"):
-			return "An origin starts with https:// (or http:// for a local test server), such as https://app.example.com."
-		case has("origin is empty"):
-			return "Enter the web app's origin, such as https://app.example.com."
-		case has("wildcard"):
-			return "List each web app's origin on its own line: * patterns are not supported."
-		case has(`"null"`):
-			return `"null" is not an origin that can be allowed: enter the web app's origin, such as https://app.example.com.`
-
-		case has("must not have a path"), has("must not have a query"), has("must not have a fragment"):
-			if o := originPart(written); o != "" {
-				return "Write only the start of the address, without a path: " + o + "."
-			}
-			return "Write only the start of the address, without a path: such as https://app.example.com, not https://app.example.com/page."
-		case has("user info"):
-			return "Remove the user name and @ from the origin: write https://app.example.com."
-		case has("port"):
-			return "The port after the colon must be a number from 1 to 65535, such as http://localhost:8080."
-		}
-		return "This is not a valid web address: write the origin as your browser's address bar shows it, such as https://app.example.com."
+		return originMessage(msg, written)
 	case "methods":
 		switch {
 		case has("methods is empty"):
@@ -184,4 +202,42 @@ func tenantMessage(pr policy.Problem, written string) string {
 		return "This account's ID is too long to store rules for: ask the site's operator."
 	}
 	return "These rules cannot be saved: " + msg
+}
+
+// originMessage words a problem of an origin as written for the
+// account's user; msg is the problem's message.
+func originMessage(msg, written string) string {
+	has := func(s string) bool { return strings.Contains(msg, s) }
+	switch {
+	case has("form scheme://host"):
+		return "Write the origin as https://host or http://host:port, such as https://app.example.com."
+	case has("is not http or https"):
+		return "An origin starts with https:// (or http:// for a local test server), such as https://app.example.com."
+	case has("origin is empty"):
+		return "Enter the web app's origin, such as https://app.example.com."
+	case has("wildcard"):
+		return "List each web app's origin as a rule of its own: * patterns are not supported."
+	case has(`"null"`):
+		return `"null" is not an origin that can be allowed: enter the web app's origin, such as https://app.example.com.`
+	case has("must not have a path"), has("must not have a query"), has("must not have a fragment"):
+		if o := originPart(written); o != "" {
+			return "Write only the start of the address, without a path: " + o + "."
+		}
+		return "Write only the start of the address, without a path: such as https://app.example.com, not https://app.example.com/page."
+	case has("user info"):
+		return "Remove the user name and @ from the origin: write https://app.example.com."
+	case has("port"):
+		return "The port after the colon must be a number from 1 to 65535, such as http://localhost:8080."
+	}
+	return "This is not a valid web address: write the origin as your browser's address bar shows it, such as https://app.example.com."
+}
+
+// originHint is, for GET /check, what to write instead of an origin no
+// browser sends ("localhost:8080", "https://app.example.com/"); "" for
+// one a browser may send.
+func originHint(o string) string {
+	if _, err := origin.Parse(o); err != nil {
+		return "This is not an origin a browser sends. " + originMessage(err.Error(), o)
+	}
+	return ""
 }

@@ -944,3 +944,52 @@ func TestBrowserPageExplainsItself(t *testing.T) {
 		t.Error("with a row added, the table is hidden or the empty sentence shown")
 	}
 }
+
+// A tab that shows acct-a, whose user then signs in to acct-b (another
+// tab, a changed cookie or Authorization): its save is refused (the
+// ETag names acct-a) and the page says that another account is signed
+// in, not that someone changed the rules; its test of an origin and its
+// history say so too, rather than answering for acct-b under acct-a's
+// name; and showing acct-b says that it now does. The switch is made by
+// sending acct-b's credentials with the page's own requests, as the
+// browser does once its user signs in as acct-b.
+func TestBrowserPageSignedInToAnotherAccount(t *testing.T) {
+	b := startPageEnv(t)
+	signIn(t, b.ctx, "acct-a")
+	openPage(t, b.ctx, corsPage, "acct-a")
+	addRule(t, b.ctx, "https://meant-for-a.example", "GET")
+	run[bool](t, b.ctx, `(() => {
+		const real = window.fetch;
+		window.fetch = (url, init) => {
+			init = Object.assign({}, init || {});
+			init.headers = Object.assign({}, init.headers || {}, {Authorization: 'Basic ' + btoa('acct-b:demo')});
+			return real(url, init);
+		};
+		return true;
+	})()`)
+	const other = "You are now signed in to account acct-b, but this page shows account acct-a. "
+	if got := save(t, b.ctx); got != "Not saved. "+other+"Nothing was saved to either account, and your changes are still here. Show account acct-b" {
+		t.Errorf("the save says %q", got)
+	}
+	for _, acct := range []string{"acct-a", "acct-b"} {
+		if rules := adminRules(t, acct); strings.Contains(rules, "meant-for-a") {
+			t.Errorf("%s holds %s", acct, rules)
+		}
+	}
+	if got := originValues(t, b.ctx); len(got) != 1 || got[0] != "https://meant-for-a.example" {
+		t.Errorf("the page shows %q, want its edit kept", got)
+	}
+	typeIn(t, b.ctx, "#check-origin", "https://meant-for-a.example")
+	click(t, b.ctx, "#check")
+	want := other + "Reload the page to test the rules of account acct-b."
+	if got := waitJS(t, b.ctx, `document.getElementById('check-result').textContent`, func(s string) bool { return s != "" }); got != want {
+		t.Errorf("the test of an origin says %q, want %q", got, want)
+	}
+	click(t, b.ctx, "#status button#load-current")
+	click(t, b.ctx, "#discard")
+	got := waitJS(t, b.ctx, `document.getElementById('account').textContent + ' | ' + document.getElementById('status').textContent`,
+		func(s string) bool { return strings.HasPrefix(s, "acct-b") })
+	if got != "acct-b | Now showing account acct-b, the account you are signed in to." {
+		t.Errorf("after showing acct-b: %q", got)
+	}
+}

@@ -236,6 +236,22 @@ window.addEventListener('beforeunload', (e) => {
 
 // ---- loading and saving ----
 
+let shownAccount = null; // the account whose rules the page shows
+
+// signedInAs is the account an answer was made for when it is not the
+// one the page shows (the user has signed in to another account since,
+// in another tab), else null.
+function signedInAs(body) {
+  if (!body || typeof body.account !== 'string' || !shownAccount || body.account === shownAccount) return null;
+  return body.account;
+}
+
+// otherAccountText says that the page speaks for another account than
+// the signed-in one.
+function otherAccountText(now) {
+  return 'You are now signed in to account ' + now + ', but this page shows account ' + shownAccount + '. ';
+}
+
 async function load() {
   hideConfirm();
   setLoaded(null);
@@ -259,10 +275,12 @@ async function load() {
     return;
   }
   setLoaded(r.res.headers.get('ETag'));
+  const before = shownAccount;
+  shownAccount = r.body.account;
   $('account').textContent = r.body.account;
   render(r.body.rules);
   setBaseline();
-  setStatus('', '');
+  setStatus('', before && before !== shownAccount ? 'Now showing account ' + shownAccount + ', the account you are signed in to.' : '');
   await loadHistory();
 }
 
@@ -287,7 +305,17 @@ async function save() {
     await loadHistory();
     return;
   }
+  const now = signedInAs(body);
+  if (res.status === 412 && now) {
+    setStatus('error',
+      el('span', {text: 'Not saved. ' + otherAccountText(now) + 'Nothing was saved to either account, and your ' +
+        'changes are still here. '}),
+      button('load-current', 'Show account ' + now, askToLoad));
+    $('save').disabled = true;
+    return;
+  }
   if (res.status === 412) {
+    loadHistory(); // the change that came first is listed there
     setStatus('error',
       el('span', {text: 'Not saved. Someone else changed these rules since you opened this page (in another tab, ' +
         'or another person signed in to this account). Nothing was overwritten, and your changes are still ' +
@@ -325,8 +353,15 @@ async function check() {
   const q = new URLSearchParams({origin: $('check-origin').value.trim(), method: $('check-method').value.trim()});
   const r = await call('check?' + q.toString());
   if (!r.res.ok || !r.body) { out.className = 'error'; out.textContent = errorText(r); return; }
+  const now = signedInAs(r.body);
+  if (now) {
+    out.className = 'error';
+    out.textContent = otherAccountText(now) + 'Reload the page to test the rules of account ' + now + '.';
+    return;
+  }
   out.className = r.body.allowed ? 'ok' : 'error';
-  out.textContent = (r.body.allowed ? 'Allowed: ' : 'Blocked: ') + r.body.reason;
+  const hint = typeof r.body.hint === 'string' && r.body.hint ? ' ' + r.body.hint : '';
+  out.textContent = (r.body.allowed ? 'Allowed: ' : 'Blocked: ') + r.body.reason + '.' + hint;
 }
 
 // ---- recent changes ----
@@ -404,6 +439,15 @@ async function loadHistory() {
     // A 503's text is written for the user; other failures get a lead-in.
     const why = sentence(errorText(r));
     note.textContent = r.res.status === 503 && r.body && r.body.error ? why : 'Recent changes are not available: ' + why;
+    note.hidden = false;
+    return;
+  }
+  const now = signedInAs(r.body);
+  if (now) {
+    list.replaceChildren();
+    $('no-history').hidden = true;
+    note.className = 'error';
+    note.textContent = otherAccountText(now) + 'Reload the page to see the changes of account ' + now + '.';
     note.hidden = false;
     return;
   }

@@ -17,7 +17,11 @@ import (
 // that are stored: encoding/json would match keys case-insensitively and
 // keep the last of repeated ones.
 func DecodeRules(b []byte) ([]Rule, error) {
+	if bytes.HasPrefix(b, []byte("\xef\xbb\xbf")) {
+		return nil, errors.New("the body starts with a byte order mark (U+FEFF): send UTF-8 without one")
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // a number is refused as such, whatever its size
 	if err := expectDelim(dec, '[', "a JSON array of rules"); err != nil {
 		if bytes.Equal(bytes.TrimSpace(b), []byte("null")) {
 			return nil, errors.New("want a JSON array of rules, not null (an account without rules is [])")

@@ -54,9 +54,15 @@ func servedRules(a *policy.Account) []policy.Rule {
 
 // ErrPrecondition is a write refused because its If-Match names another
 // version of the account than the stored one: 412 (RFC 9110 §13.1.1).
-type ErrPrecondition struct{ account string }
+type ErrPrecondition struct {
+	account string
+	absent  bool // the account has no current version at all
+}
 
 func (e ErrPrecondition) Error() string {
+	if e.absent {
+		return fmt.Sprintf("account %s does not exist, so no If-Match matches it (RFC 9110 §13.1.1): nothing written; write it without If-Match to create it", quote.Value(e.account))
+	}
 	return fmt.Sprintf("account %s was changed since it was read (If-Match does not match its current ETag): nothing written; read it again", quote.Value(e.account))
 }
 
@@ -69,13 +75,19 @@ func ifMatches(field string, etag string, exists bool) bool {
 	if !exists {
 		return false
 	}
-	for t := range strings.SplitSeq(field, ",") {
-		t = strings.TrimSpace(t)
-		if t == "*" || t == etag {
-			return true
+	tags := strings.Split(field, ",")
+	match := false
+	for _, t := range tags {
+		switch t = strings.TrimSpace(t); {
+		case t == "*" && len(tags) > 1:
+			// "*" stands alone (If-Match = "*" / #entity-tag): mixed
+			// with tags, the field is malformed and matches nothing.
+			return false
+		case t == "*", t == etag:
+			match = true
 		}
 	}
-	return false
+	return match
 }
 
 // Edit is one write of one account through the page or the admin
@@ -105,7 +117,7 @@ func (e *Edit) Check(stored *policy.Account) error {
 	e.Before = servedRules(stored)
 	exists := stored != nil || e.AbsentIsEmpty
 	if e.IfMatch != nil && !ifMatches(strings.Join(e.IfMatch, ","), ETag(e.ID, e.Before), exists) {
-		return ErrPrecondition{account: e.ID}
+		return ErrPrecondition{account: e.ID, absent: !exists}
 	}
 	if e.After != nil && exists && slices.EqualFunc(e.Before, e.After, sameRule) {
 		return ErrUnchanged
@@ -150,6 +162,43 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 			}
 			return err
 		}
+	}
+	return nil
+}
+
+// ReadAccount reads one account as the storage holds it now and serves
+// that on this server from its next request on, as a refused write does:
+// for the CORS page, which shows an account's rules, tests an origin
+// against them and lists its history, and must not show rules older
+// than the history it reads from the storage (a server that has not
+// polled yet). It returns the account's rules as served (none without a
+// record). When the storage cannot be read, or the record is refused,
+// it returns the account as this server serves it, and the error.
+func (s *Store) ReadAccount(ctx context.Context, id string) ([]policy.Rule, error) {
+	s.writeMu.Lock() // a local commit of this account does not interleave
+	defer s.writeMu.Unlock()
+	st, _ := s.storage()
+	b, err := st.Load(ctx, s.keys.account(id))
+	var stored *policy.Account
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return servedRules(s.servedAccount(id)), err
+	default:
+		var why string
+		if stored, why = compileRecord(id, b, policy.NewMethodCache()); why != "" {
+			return servedRules(s.servedAccount(id)), errors.New(why)
+		}
+	}
+	s.refresh(id, stored)
+	return servedRules(stored), nil
+}
+
+// servedAccount is the account as this server serves it, nil when it
+// serves none.
+func (s *Store) servedAccount(id string) *policy.Account {
+	if a, ok := s.view.Load().Get(id); ok {
+		return &a
 	}
 	return nil
 }
@@ -200,9 +249,11 @@ type History struct {
 	Note    string         `json:"note,omitempty"`
 }
 
-// errHistoryUnreadable is a stored history that does not decode: the
-// storage holds it, but no entry of it can be shown.
-var errHistoryUnreadable = errors.New("history unreadable")
+// ErrHistoryUnreadable is a stored history that does not decode: the
+// storage holds it, but no entry of it can be shown. ReadHistory then
+// returns an empty history whose note says so; the next write sets it
+// aside and starts again.
+var ErrHistoryUnreadable = errors.New("history unreadable")
 
 // ReadHistory reads an account's history from the storage (so that
 // every server shows the same); an account never edited has none.
@@ -215,7 +266,7 @@ func (s *Store) ReadHistory(ctx context.Context, id string) (History, error) {
 // readHistory reads an account's history and returns the stored bytes.
 // A history that decodes only in part keeps the entries that do (and
 // says so in its note); one that does not decode at all is
-// errHistoryUnreadable.
+// ErrHistoryUnreadable.
 func (s *Store) readHistory(ctx context.Context, st certmagic.Storage, id string) (History, []byte, error) {
 	h := History{Account: id, Changes: []historyEntry{}}
 	b, err := st.Load(ctx, s.keys.history(id))
@@ -228,7 +279,8 @@ func (s *Store) readHistory(ctx context.Context, st certmagic.Storage, id string
 	var stored History
 	if err := json.Unmarshal(b, &stored); err == nil && stored.Account == id {
 		if stored.Changes != nil {
-			h.Changes = stored.Changes
+			// No more than a history keeps, whatever the storage holds.
+			h.Changes = stored.Changes[:min(len(stored.Changes), historyKeep)]
 		}
 		h.Note = stored.Note
 		return h, b, nil
@@ -240,11 +292,12 @@ func (s *Store) readHistory(ctx context.Context, st certmagic.Storage, id string
 		Note    string            `json:"note"`
 	}
 	if err := json.Unmarshal(b, &raw); err != nil || raw.Account != id {
-		return h, b, fmt.Errorf("%w: account %s", errHistoryUnreadable, quote.Value(id))
+		h.Note = historyGapNote
+		return h, b, fmt.Errorf("%w: account %s", ErrHistoryUnreadable, quote.Value(id))
 	}
 	for _, r := range raw.Changes {
 		var e historyEntry
-		if json.Unmarshal(r, &e) == nil && e.Time != "" {
+		if json.Unmarshal(r, &e) == nil && e.Time != "" && len(h.Changes) < historyKeep {
 			h.Changes = append(h.Changes, e)
 		}
 	}
@@ -287,7 +340,7 @@ func (s *Store) recordHistory(ctx context.Context, st certmagic.Storage, changes
 		h, old, err := s.readHistory(ctx, st, c.ID)
 		restarted := false
 		switch {
-		case errors.Is(err, errHistoryUnreadable):
+		case errors.Is(err, ErrHistoryUnreadable):
 			if aerr := st.Store(ctx, s.keys.historyAside(c.ID), old); aerr != nil {
 				gap("unreadable, and could not be set aside: not written", HistoryNotRecorded, aerr)
 				continue
@@ -318,7 +371,7 @@ func (s *Store) recordHistory(ctx context.Context, st certmagic.Storage, changes
 			continue
 		}
 		if restarted {
-			gap("unreadable: set aside (history-unreadable/) and started again", HistoryRestarted, errHistoryUnreadable)
+			gap("unreadable: set aside (history-unreadable/) and started again", HistoryRestarted, ErrHistoryUnreadable)
 		}
 	}
 }

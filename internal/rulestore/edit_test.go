@@ -3,6 +3,7 @@ package rulestore
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"atomspherecors/internal/policy"
@@ -58,5 +59,36 @@ func TestRefusedEditServesTheStoredAccount(t *testing.T) {
 	}
 	if allows(b, "acct", "https://gone.example") || !allows(b, "acct", "https://kept.example") {
 		t.Error("b answered that the stored rules are its write, yet serves others")
+	}
+}
+
+// If-Match as RFC 9110 §13.1.1 has it: "*" matches any current version
+// and stands alone; a list matches by strong comparison; nothing matches
+// an account with no current version.
+func TestIfMatches(t *testing.T) {
+	const tag = `"abc"`
+	for _, tc := range []struct {
+		field  string
+		exists bool
+		want   bool
+	}{
+		{`"abc"`, true, true},
+		{`"x", "abc"`, true, true},
+		{`*`, true, true},
+		{` * `, true, true},
+		{`*`, false, false},
+		{`"abc"`, false, false},
+		{`W/"abc"`, true, false},
+		{`"x"`, true, false},
+		{`"x", *`, true, false},
+		{`*, "abc"`, true, false},
+		{`"abc", *`, true, false},
+	} {
+		if got := ifMatches(tc.field, tag, tc.exists); got != tc.want {
+			t.Errorf("If-Match %s (exists %v): %v, want %v", tc.field, tc.exists, got, tc.want)
+		}
+	}
+	if msg := (ErrPrecondition{account: "a", absent: true}).Error(); !strings.Contains(msg, "does not exist") {
+		t.Errorf("the 412 of an absent account says %q", msg)
 	}
 }
