@@ -71,8 +71,8 @@ func (h *Handler) log(r *http.Request, d *policy.Decision) {
 		if !d.Allowed() {
 			fields = append(fields, zap.String("reason", d.Reason.String()))
 		}
-		if d.Reading != "" {
-			fields = append(fields, zap.String("reading", d.Reading))
+		if d.Reading.Fired() {
+			fields = append(fields, zap.Stringer("reading", d.Reading))
 		}
 		ce.Write(fields...)
 	}
@@ -103,7 +103,7 @@ func accessLogDecision(logs *caddyhttp.ServerLogConfig, r *http.Request, dec *po
 	if !ok || extra == nil {
 		return
 	}
-	d := &decisionFields{account: dec.Account, outcome: "denied", reason: dec.Reason.String(), reading: dec.Reading}
+	d := &decisionFields{account: dec.Account, outcome: "denied", reason: dec.Reason.String(), reading: dec.Reading.String()}
 	if dec.Allowed() {
 		d.outcome = "allowed"
 	}

@@ -317,7 +317,7 @@ func (e *Explanation) run(h *Handler, req explainRequest) {
 	case d.Allowed():
 		e.Outcome, e.Account = "allowed", d.Account
 	default:
-		e.Outcome, e.Reason, e.Account, e.Reading = "denied", d.Reason.String(), d.Account, d.Reading
+		e.Outcome, e.Reason, e.Account, e.Reading = "denied", d.Reason.String(), d.Account, d.Reading.String()
 		if d.Reason == policy.NoRules && h.store != nil && !h.store.Loaded() {
 			// No account is served before the store's first read:
 			// the account's rules are not known, not absent.

@@ -89,7 +89,7 @@ type Decision struct {
 	Origin  string         // the request's one Origin when allowed, byte for byte
 	// Reading names, for a path guard refusal (AmbiguousPath), the
 	// backend reading that named another account.
-	Reading string
+	Reading Reading
 }
 
 // Allowed reports whether the request is allowed.
@@ -142,14 +142,14 @@ func (ix *Index) DecideTo(d *Decision, r *http.Request) {
 		id, ok = ix.AccountOf(r.URL.Path)
 	}
 	if ix.guard {
-		var reading string
+		var reading Reading
 		if guardedTarget(r, plain) {
 			reading = ix.ambiguous(r, id, ok)
 		}
-		if reading == "" && ix.rewrites {
+		if !reading.Fired() && ix.rewrites {
 			reading = ix.originalReadsOther(r, id, ok)
 		}
-		if reading != "" {
+		if reading.Fired() {
 			d.Kind, d.Reason, d.Account, d.Reading = KindOf(r), AmbiguousPath, id, reading
 			return
 		}

@@ -184,38 +184,39 @@ func guardedByte(c byte) bool {
 	return c <= ' ' || c >= utf8.RuneSelf
 }
 
-// ambiguous names the first common backend reading of r's target that
-// names another account than Caddy's reading (id, ok), "" when none does.
+// ambiguous is the first common backend reading of r's target that
+// names another account than Caddy's reading (id, ok); none fired when
+// none does.
 // It reads the target reverse_proxy forwards (the escaped path) and,
 // where it differs and spells the same path, the target as the client
 // sent it (which other transports, such as FastCGI's REQUEST_URI, pass
 // on).
-func (ix *Index) ambiguous(r *http.Request, id string, ok bool) string {
+func (ix *Index) ambiguous(r *http.Request, id string, ok bool) Reading {
 	raw := r.URL.EscapedPath()
-	if name := ix.readsOther(raw, r.URL.Path, id, ok); name != "" {
-		return name
+	if rd := ix.readsOther(raw, r.URL.Path, id, ok); rd.Fired() {
+		return rd
 	}
 	if sent := sentPath(r); sent != "" && sent != raw && strings.IndexByte(sent, '%') >= 0 {
 		if p, err := url.PathUnescape(sent); err == nil && p == r.URL.Path {
 			return ix.readsOther(sent, r.URL.Path, id, ok)
 		}
 	}
-	return ""
+	return Reading{}
 }
 
-// readsOther names the first reading of the escaped path raw that names
-// another account than (id, ok), Caddy's reading of path; "" when none
-// does.
-func (ix *Index) readsOther(raw, path, id string, ok bool) string {
+// readsOther is the first reading of the escaped path raw that names
+// another account than (id, ok), Caddy's reading of path; none fired
+// when none does.
+func (ix *Index) readsOther(raw, path, id string, ok bool) Reading {
 	if rid, rok := ix.rawAccountOf(raw); rok != ok || rid != id {
-		return readingRawSegments
+		return Reading{check: checkRawSegments}
 	}
 	rs, converged := readings(raw)
 	if !converged {
-		return readingUnending // no telling what it names
+		return Reading{check: checkUnending} // no telling what it names
 	}
 	if ix.scriptReadsOther(path, id, ok) {
-		return readingScript
+		return Reading{check: checkScript}
 	}
 	for i, p := range rs {
 		if p == path || i > 0 && (p == rs[i-1] || p == rs[0]) {
@@ -224,13 +225,15 @@ func (ix *Index) readsOther(raw, path, id string, ok bool) string {
 		g := &guardReadings[i]
 		rid, rok := ix.AccountOf(p)
 		if rok != ok || rid != id && !(g.foldsLetters && ix.sameLetters(rid, id)) {
-			return g.name
+			return readingOf(i)
 		}
 		if ix.scriptReadsOther(p, id, ok) {
-			return g.name + ", then " + readingScript
+			rd := readingOf(i)
+			rd.thenScript = true
+			return rd
 		}
 	}
-	return ""
+	return Reading{}
 }
 
 // scriptReadsOther reports whether a script's PATH_INFO in p names
@@ -330,33 +333,33 @@ func (ix *Index) rawAccountAtStart(segs []string) (id string, ok, found bool) {
 	return "", false, false
 }
 
-// originalReadsOther names the reading under which the target the
-// client sent, before a rewrite (handle_path, uri strip_prefix...)
-// changed it, names another account than (id, ok), "" when none does: a transport that passes the
+// originalReadsOther is the reading under which the target the client
+// sent, before a rewrite (handle_path, uri strip_prefix...) changed it,
+// names another account than (id, ok); none fired when none does: a transport that passes the
 // original target on (FastCGI's REQUEST_URI, a header with
 // {http.request.orig_uri}) lets the backend read it. The prefix may be
 // anywhere in it (a rewrite may have stripped what comes before), so
 // every place a prefix stands must name Caddy's account.
-func (ix *Index) originalReadsOther(r *http.Request, id string, ok bool) string {
+func (ix *Index) originalReadsOther(r *http.Request, id string, ok bool) Reading {
 	if ix.original == nil {
-		return ""
+		return Reading{}
 	}
 	orig, found := ix.original(r)
 	if !found {
-		return ""
+		return Reading{}
 	}
 	sent := sentPath(&orig)
 	if sent == "" || sent == sentPath(r) {
-		return ""
+		return Reading{}
 	}
 	for _, acct := range ix.rawAccountsAnywhere(sent) {
 		if !ok || acct != id {
-			return readingOriginal + readingRawSegments
+			return Reading{check: checkRawSegments, viaOriginal: true}
 		}
 	}
 	rs, converged := readings(sent)
 	if !converged {
-		return readingOriginal + readingUnending
+		return Reading{check: checkUnending, viaOriginal: true}
 	}
 	for i, p := range rs {
 		if i > 0 && p == rs[i-1] {
@@ -365,11 +368,13 @@ func (ix *Index) originalReadsOther(r *http.Request, id string, ok bool) string 
 		g := &guardReadings[i]
 		for _, acct := range ix.accountsAnywhere(p) {
 			if !ok || acct != id && !(g.foldsLetters && ix.sameLetters(acct, id)) {
-				return readingOriginal + g.name
+				rd := readingOf(i)
+				rd.viaOriginal = true
+				return rd
 			}
 		}
 	}
-	return ""
+	return Reading{}
 }
 
 // rawAccountsAnywhere is rawAccountOf for a prefix anywhere in raw: the

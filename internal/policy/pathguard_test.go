@@ -25,7 +25,7 @@ func parseTarget(t *testing.T, target string) *http.Request {
 func guardRefuses(t *testing.T, ix *Index, target string) bool {
 	r := parseTarget(t, target)
 	id, ok := ix.AccountOf(r.URL.Path)
-	return guardedPath(r) && ix.ambiguous(r, id, ok) != ""
+	return guardedPath(r) && ix.ambiguous(r, id, ok).Fired()
 }
 
 // TestPathGuardReadings: every target below names one account for Caddy
@@ -454,7 +454,7 @@ func TestPathGuardNamesTheReading(t *testing.T) {
 		r := parseTarget(t, tc.target)
 		r.Header.Set("Origin", "https://a.example")
 		d := ix.Decide(r)
-		if d.Reading != tc.want || (tc.want != "") != (d.Reason == AmbiguousPath) {
+		if d.Reading.String() != tc.want || (tc.want != "") != (d.Reason == AmbiguousPath) {
 			t.Errorf("%s: %v, reading %q; want reading %q", tc.target, d.Reason, d.Reading, tc.want)
 		}
 	}

@@ -88,6 +88,54 @@ const (
 	readingOriginal    = "the target before a rewrite (FastCGI REQUEST_URI, {http.request.orig_uri}): "
 )
 
+// Reading names the path guard's check that refused a request: one of
+// guardReadings, or a check of its own (raw segments, endless decoding, a
+// script's PATH_INFO), read from the target as sent or from the original
+// one before a rewrite, and then, for a reading, with a script's
+// PATH_INFO. It is three bytes, so that a Decision stays as small as it
+// was; its words are made only when it is logged.
+type Reading struct {
+	check       uint8 // 0: none; 1 to len(guardReadings): guardReadings[check-1]; then the checks below
+	viaOriginal bool
+	thenScript  bool
+}
+
+const (
+	checkRawSegments = uint8(len(guardReadings) + 1 + iota)
+	checkUnending
+	checkScript
+)
+
+// readingOf is the Reading of guardReadings[i].
+func readingOf(i int) Reading { return Reading{check: uint8(i + 1)} }
+
+// Fired reports whether a check of the path guard refused the request.
+func (r Reading) Fired() bool { return r.check != 0 }
+
+// String is the reading's name, "" for none.
+func (r Reading) String() string {
+	var name string
+	switch c := int(r.check); {
+	case c == 0:
+		return ""
+	case c <= len(guardReadings):
+		name = guardReadings[c-1].name
+	case c == int(checkRawSegments):
+		name = readingRawSegments
+	case c == int(checkUnending):
+		name = readingUnending
+	default:
+		name = readingScript
+	}
+	if r.thenScript {
+		name += ", then " + readingScript
+	}
+	if r.viaOriginal {
+		name = readingOriginal + name
+	}
+	return name
+}
+
 // readings are the paths guardReadings read from the escaped path raw,
 // in the table's order. converged is false when raw is still decoding
 // after maxDecodes rounds.
