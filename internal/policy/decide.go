@@ -82,14 +82,15 @@ func (r Reason) String() string { return reasonLabels[r] }
 
 // Decision is what the module does with one request.
 type Decision struct {
-	Kind    Kind
-	Reason  Reason
+	Kind   Kind
+	Reason Reason
+	// Reading names, for a path guard refusal (AmbiguousPath), the
+	// backend reading that named another account. (Here, beside Kind
+	// and Reason, it takes no room of its own.)
+	Reading Reading
 	Account string         // the account of the path; "" when untouched
 	Rule    *AllowedOrigin // the rule that allows the request; nil when denied
 	Origin  string         // the request's one Origin when allowed, byte for byte
-	// Reading names, for a path guard refusal (AmbiguousPath), the
-	// backend reading that named another account.
-	Reading Reading
 }
 
 // Allowed reports whether the request is allowed.
