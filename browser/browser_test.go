@@ -37,7 +37,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
@@ -942,59 +941,17 @@ func failedSignIn(t *testing.T, b *browser, url string, answers ...signInAnswer)
 		mu   sync.Mutex
 		seen []*fetch.AuthChallenge
 	)
-	events := make(chan any, 64)
-	if err := chromedp.Listen(ctx, func(ev any) {
-		switch ev.(type) {
-		case *fetch.EventRequestPaused, *fetch.EventAuthRequired:
-			select {
-			case events <- ev:
-			default:
-			}
+	answerSignIns(t, ctx, url+"*", func(c *fetch.AuthChallenge) *fetch.AuthChallengeResponse {
+		mu.Lock()
+		n := len(seen)
+		seen = append(seen, c)
+		mu.Unlock()
+		if n < len(answers) {
+			return &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseProvideCredentials,
+				Username: answers[n].user, Password: answers[n].password}
 		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	call := func(f func(ctx context.Context, s cdp.Session) error) {
-		_ = chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error { return f(ctx, tg) }))
-	}
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case ev := <-events:
-				switch e := ev.(type) {
-				case *fetch.EventRequestPaused:
-					call(func(ctx context.Context, s cdp.Session) error {
-						_, err := cdp.Call(ctx, s, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: e.RequestID})
-						return err
-					})
-				case *fetch.EventAuthRequired:
-					mu.Lock()
-					n := len(seen)
-					seen = append(seen, e.AuthChallenge)
-					mu.Unlock()
-					answer := &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseCancelAuth}
-					if n < len(answers) {
-						answer = &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseProvideCredentials,
-							Username: answers[n].user, Password: answers[n].password}
-					}
-					call(func(ctx context.Context, s cdp.Session) error {
-						_, err := cdp.Call(ctx, s, fetch.ContinueWithAuth, fetch.ContinueWithAuthParams{RequestID: e.RequestID, AuthChallengeResponse: answer})
-						return err
-					})
-				}
-			}
-		}
-	}()
-	yes := true
-	if err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, fetch.Enable, fetch.EnableParams{
-			Patterns: []*fetch.RequestPattern{{URLPattern: url + "*"}}, HandleAuthRequests: &yes})
-		return err
-	})); err != nil {
-		t.Fatalf("enabling the Fetch domain: %v", err)
-	}
+		return &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseCancelAuth}
+	})
 	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
 		t.Fatalf("opening %s: %v", url, err)
 	}

@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
@@ -92,52 +91,9 @@ func signIn(t *testing.T, ctx context.Context, user string) {
 // signInAt is signIn for the pages whose URLs match pattern.
 func signInAt(t *testing.T, ctx context.Context, user, pattern string) {
 	t.Helper()
-	events := make(chan any, 256)
-	if err := chromedp.Listen(ctx, func(ev any) {
-		switch ev.(type) {
-		case *fetch.EventRequestPaused, *fetch.EventAuthRequired:
-			select {
-			case events <- ev:
-			default:
-			}
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	call := func(f func(ctx context.Context, s cdp.Session) error) {
-		_ = chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error { return f(ctx, tg) }))
-	}
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case ev := <-events:
-				switch e := ev.(type) {
-				case *fetch.EventRequestPaused:
-					call(func(ctx context.Context, s cdp.Session) error {
-						_, err := cdp.Call(ctx, s, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: e.RequestID})
-						return err
-					})
-				case *fetch.EventAuthRequired:
-					call(func(ctx context.Context, s cdp.Session) error {
-						_, err := cdp.Call(ctx, s, fetch.ContinueWithAuth, fetch.ContinueWithAuthParams{RequestID: e.RequestID,
-							AuthChallengeResponse: &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseProvideCredentials, Username: user, Password: "demo"}})
-						return err
-					})
-				}
-			}
-		}
-	}()
-	yes := true
-	err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, fetch.Enable, fetch.EnableParams{
-			Patterns: []*fetch.RequestPattern{{URLPattern: pattern}}, HandleAuthRequests: &yes})
-		return err
-	}))
-	if err != nil {
-		t.Fatalf("enabling the Fetch domain: %v", err)
-	}
+	answerSignIns(t, ctx, pattern, func(*fetch.AuthChallenge) *fetch.AuthChallengeResponse {
+		return &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseProvideCredentials, Username: user, Password: "demo"}
+	})
 }
 
 // run evaluates a script in the tab of ctx and returns its value.
