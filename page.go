@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"atomspherecors/internal/origin"
 	"atomspherecors/internal/policy"
@@ -189,6 +190,8 @@ func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	if why != "" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			audit.refused(http.StatusForbidden, why)
+		} else if ce := p.logger.Check(zapcore.DebugLevel, "CORS page request without an account"); ce != nil {
+			ce.Write(zap.String("reason", why), zap.String("account", p.Account))
 		}
 		if r.URL.Path == "/" && isRead(r) {
 			// A person opened the page: say what happened in words.
@@ -295,9 +298,10 @@ func (p *Page) serveFile(w http.ResponseWriter, path, ctype string) error {
 	return err
 }
 
-// pageRules is the body of GET and PUT /rules; Warning, after a save,
-// says what the save could not do besides storing the rules (keep its
-// history entry).
+// pageRules is the body of GET and PUT /rules; Warning says, after a
+// save, what the save could not do besides storing the rules (keep its
+// history entry), and after a read, why the rules shown are not the
+// stored ones.
 type pageRules struct {
 	Account string `json:"account"`
 	Rules   []Rule `json:"rules"`
@@ -309,25 +313,36 @@ type pageRules struct {
 // show older rules than the history, which is read from the storage);
 // ok is false while the store has never been loaded here. When the
 // storage cannot be read, it is the rules this server serves.
-func (p *Page) current(r *http.Request, id string) ([]Rule, bool) {
+//
+// warning, when set, tells the account's user that the rules shown are
+// not the stored ones: the storage could not be read (they are this
+// server's), or the stored record is refused (no origin is allowed
+// until the rules are saved again).
+func (p *Page) current(r *http.Request, id string) (rules []Rule, warning string, ok bool) {
 	if !p.store.Loaded() {
-		return nil, false
+		return nil, "", false
 	}
 	rules, err := p.store.ReadAccount(r.Context(), id)
-	if err != nil {
+	switch {
+	case errors.Is(err, rulestore.ErrRecordRefused):
+		p.logger.Error("the CORS page found the account's stored record refused: it allows no origin until it is saved again",
+			zap.String("account", id), zap.Error(err))
+		warning = "The saved rules could not be read, so no web app is allowed until you save the rules again."
+	case err != nil:
 		p.logger.Warn("the CORS page shows the rules this server serves: the account could not be read from the store",
 			zap.String("account", id), zap.Error(err))
+		warning = "The saved rules could not be read just now: these are the rules this server uses. Saving may not work until the store can be read again."
 	}
-	return rules, true
+	return rules, warning, true
 }
 
 func (p *Page) getRules(w http.ResponseWriter, r *http.Request, id string) error {
-	rules, ok := p.current(r, id)
+	rules, warning, ok := p.current(r, id)
 	if !ok {
 		return pageError(w, http.StatusServiceUnavailable, "the rules are not loaded on this server yet: try again in a moment")
 	}
 	w.Header().Set("ETag", rulestore.ETag(id, rules))
-	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: rules})
+	return writeJSON(w, http.StatusOK, pageRules{Account: id, Rules: rules, Warning: warning})
 }
 
 // ruleProblem is one validation message in the tenant's words, with the

@@ -92,7 +92,8 @@ func TestPageStrictBody(t *testing.T) {
 		{"a huge number", `[{"origin":1e999}]`, `must be a string, not a number`},
 		{"a number among methods", `[{"origin":"https://c.example","methods":[1e999]}]`, `a method must be a string, not a number`},
 		{"a byte order mark", "\ufeff[]", `byte order mark`},
-		{"origin escaped as a duplicate", `[{"origin":"https://c.example","\u006frigin":"https://evil.example"}]`, `field \"origin\" appears twice`},
+		{"origin escaped as a duplicate", `[{"origin":"https://c.example","\u006frigin":"https://evil.example"}]`, `field \"origin\" is written with an escape`},
+		{"origin escaped alone", `[{"\u006frigin":"https://evil.example"}]`, `field \"origin\" is written with an escape`},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", jsonCT, tc.body)
@@ -279,6 +280,29 @@ func TestPageStorageFaultsToTenants(t *testing.T) {
 	if h.Changes[0].Before == nil || len(*h.Changes[0].Before) != 1 || (*h.Changes[0].Before)[0].Origin != "https://c.example" {
 		t.Errorf("the new change's before: %+v, want the rules it replaced", h.Changes[0].Before)
 	}
+
+	// acct-a's record no longer decodes: it allows no origin (as every
+	// server serves it once it polls), the page shows no rules and says
+	// why, and a save with the ETag it shows repairs it, rather than
+	// looping on 412 with the version it served before.
+	if !preflightAllowed(t, "acct-a", "https://a.example", "GET") {
+		t.Fatal("acct-a's rules are not served before the test breaks them")
+	}
+	if err := os.WriteFile(filepath.Join(storeDir, "accounts", "acct-a"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, body = pageCall(t, "GET", pageBase+"/rules", "acct-a", nil, "")
+	ans = pageRules{}
+	if err := json.Unmarshal([]byte(body), &ans); err != nil || res.StatusCode != 200 || len(ans.Rules) != 0 || !strings.Contains(ans.Warning, "no web app is allowed") {
+		t.Errorf("GET /rules of a refused record: %d %s, want no rules and a warning", res.StatusCode, body)
+	}
+	if preflightAllowed(t, "acct-a", "https://a.example", "GET") {
+		t.Error("the page shows no rules for a refused record, yet the API still allows its old origin")
+	}
+	res, body = pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", res.Header.Get("ETag")), `[{"origin":"https://fixed.example","methods":["GET"]}]`)
+	if res.StatusCode != 200 || !preflightAllowed(t, "acct-a", "https://fixed.example", "GET") {
+		t.Errorf("a save over a refused record with the ETag the page showed: %d %s, want 200 and served", res.StatusCode, body)
+	}
 }
 
 // The account placeholder must name who is signed in: one the client
@@ -299,18 +323,28 @@ func TestPageAccountPlaceholder(t *testing.T) {
 		"{http.auth.user.id}{http.request.uri.query.x}",
 		// Placeholders that never resolve.
 		"{unknown}", "{http.auth.user.}", "{HTTP.AUTH.USER.ID}", "{http.Auth.User.Id}",
+		`{http.auth.user.id\}`, "{http.auth.user.id:foo}", "{http.auth.user.\u0131d}", "{http.vars.{query.x}}",
+		"{http.request.header.X-Client-IP}", "{http.request.header.True-Client-IP}", "{http.request.header.CF-Connecting-IP}",
+		"{http.request.header.Via}", "{http.request.header.X-Original-URL}", "{http.request.header.Range}",
+		"{http.vars.trusted_proxy}", "{http.vars.root}",
 	} {
 		p := &Page{Store: &StoreConfig{Name: "pt"}, Account: ph}
 		if err := p.check(); err == nil || !strings.Contains(err.Error(), "is not who is signed in") && !strings.Contains(err.Error(), "never resolves") {
 			t.Errorf("account %s: %v, want refused", ph, err)
 		}
 	}
+	// White space around the placeholder would be part of every ID.
+	if err := (&Page{Store: &StoreConfig{Name: "pt"}, Account: "{http.auth.user.id} "}).check(); err == nil || !strings.Contains(err.Error(), "white space") {
+		t.Errorf("an account with a trailing space: %v, want refused", err)
+	}
 	p := &Page{Store: &StoreConfig{Name: "pt"}, Account: "{HTTP.AUTH.USER.ID}"}
 	if err := p.check(); err == nil || !strings.Contains(err.Error(), "case-sensitive, write {http.auth.user.id}") {
 		t.Errorf("{HTTP.AUTH.USER.ID}: %v, want the spelling that resolves", err)
 	}
 	for _, ph := range []string{"{http.auth.user.id}", "tenant-{http.request.header.X-Tenant}", "{http.vars.account}", `\{x\}-{http.auth.user.id}`,
-		"{http.request.tls.client.subject}", "{http.auth.user.id}{http.auth.user.id}"} {
+		"{http.request.tls.client.subject}", "{http.auth.user.id}{http.auth.user.id}",
+		// oauth2-proxy's identity headers, set for a signed-in user.
+		"{http.request.header.X-Forwarded-User}", "{http.request.header.X-Forwarded-Email}"} {
 		p := &Page{Store: &StoreConfig{Name: "pt"}, Account: ph}
 		if err := p.check(); err != nil {
 			t.Errorf("account %s: %v, want accepted", ph, err)
@@ -332,7 +366,7 @@ func TestPageAccountPlaceholder(t *testing.T) {
 // authentication in front, so no user) reads why, as a page; the API
 // routes still answer JSON.
 func TestPageWithoutAccountSaysWhy(t *testing.T) {
-	startPageCaddy(t)
+	logFile := startPageCaddy(t)
 	res, body := pageCall(t, "GET", pageSite+"/open/", "", nil, "")
 	if res.StatusCode != 403 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") || !strings.Contains(body, "You are not signed in to an account") {
 		t.Errorf("GET / without an account: %d %s %s", res.StatusCode, res.Header.Get("Content-Type"), body)
@@ -343,6 +377,10 @@ func TestPageWithoutAccountSaysWhy(t *testing.T) {
 	res, body = pageCall(t, "GET", pageSite+"/open/rules", "", nil, "")
 	if res.StatusCode != 403 || !strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
 		t.Errorf("GET /rules without an account: %d %s %s", res.StatusCode, res.Header.Get("Content-Type"), body)
+	}
+	// The page says the debug log says why: it does.
+	if !logHas(t, logFile, "CORS page request without an account", "the account placeholder is empty or unknown (is the user signed in?)") {
+		t.Error("no debug entry says why the request has no account")
 	}
 }
 

@@ -55,20 +55,14 @@ var neverIdentity = []struct{ prefix, why string }{
 	{"http.request.body", "the client chooses the body"},
 	{"http.request.uuid", "it is new for every request"},
 	{"http.request.header.cookie", "the client chooses its cookies"},
-	{"http.request.header.authorization", "it is the client's credentials, not the verified user (use {http.auth.user.id})"},
-	{"http.request.header.host", "the client chooses the Host"},
-	{"http.request.header.origin", "the client's page chooses it"},
-	{"http.request.header.referer", "the client chooses it"},
-	{"http.request.header.user-agent", "the client chooses it"},
-	{"http.request.header.x-forwarded-", "it is the client's address or what a proxy says of the request, not a user"},
-	{"http.request.header.x-real-ip", "it is the client's address, not a user"},
-	{"http.request.header.forwarded", "it is the client's address, not a user"},
 	{"http.request.header.proxy-", "it is the client's credentials for a proxy, not the verified user"},
 	{"http.request.header.sec-", "the client's browser sets it"},
 	{"http.request.header.content-", "it describes the request's body"},
 	{"http.request.header.if-", "it is a condition of the request"},
 	{"http.request.header.accept", "the client's browser sets it"},
 	{"http.vars.client_ip", "it is the client's address, not a user"},
+	{"http.vars.trusted_proxy", "it says whether a proxy is trusted, not who is signed in"},
+	{"http.vars.root", "it is the site's root directory, the same for every request"},
 	{"http.matchers.", "a matcher takes it from the request the client sends"},
 	{"http.request.duration", "it is not a user"},
 	{"http.error.", "it is not a user"},
@@ -87,6 +81,28 @@ var neverIdentity = []struct{ prefix, why string }{
 // a signed-in user, or it never resolves.
 var identityPlaceholders = []string{"http.auth.user.", "http.request.header.", "http.request.tls.client.", "http.vars."}
 
+// neverIdentityHeaders are request headers, by their whole name in
+// lower case, that carry what the client or a proxy says of the request,
+// never who is signed in; each with the reason.
+var neverIdentityHeaders = map[string]string{
+	"authorization":   "it is the client's credentials, not the verified user (use {http.auth.user.id})",
+	"host":            "the client chooses the Host",
+	"origin":          "the client's page chooses it",
+	"referer":         "the client chooses it",
+	"user-agent":      "the client chooses it",
+	"x-forwarded-for": "it is the client's address", "x-real-ip": "it is the client's address",
+	"forwarded": "it is the client's address", "x-client-ip": "it is the client's address",
+	"true-client-ip": "it is the client's address", "cf-connecting-ip": "it is the client's address",
+	"x-forwarded-host": "it is what a proxy says of the request", "x-forwarded-proto": "it is what a proxy says of the request",
+	"x-forwarded-port": "it is what a proxy says of the request", "x-forwarded-prefix": "it is what a proxy says of the request",
+	"x-forwarded-uri": "it is what a proxy says of the request", "x-original-url": "the client chooses the URL",
+	"x-rewrite-url": "the client chooses the URL", "x-http-method-override": "the client chooses the method",
+	"via": "it is what proxies say of the request", "connection": "it is about the connection",
+	"upgrade": "it is about the connection", "te": "it is about the connection", "priority": "the client's browser sets it",
+	"early-data": "it is about the connection", "cache-control": "the client chooses it", "pragma": "the client chooses it",
+	"dnt": "the client's browser sets it", "range": "the client chooses it",
+}
+
 // checkAccountTemplate refuses an account template with no placeholder
 // or with one that is never an identity.
 func checkAccountTemplate(tmpl string) error {
@@ -94,8 +110,21 @@ func checkAccountTemplate(tmpl string) error {
 	if len(names) == 0 {
 		return fmt.Errorf("account %s has no placeholder: every user would edit that one account; use a placeholder such as {http.auth.user.id}", q(tmpl))
 	}
+	if strings.TrimSpace(tmpl) != tmpl {
+		return fmt.Errorf("account %s has white space around it, which would become part of every account ID", q(tmpl))
+	}
 	for _, n := range names {
+		if i := strings.IndexFunc(n, func(r rune) bool {
+			return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-')
+		}); i >= 0 {
+			return fmt.Errorf("account %s: the placeholder {%s} never resolves: a placeholder's name has letters, digits, '.', '_' and '-' only", q(tmpl), n)
+		}
 		lower := strings.ToLower(n)
+		if h, ok := strings.CutPrefix(lower, "http.request.header."); ok {
+			if why, never := neverIdentityHeaders[h]; never {
+				return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, why)
+			}
+		}
 		for _, ni := range neverIdentity {
 			if strings.HasPrefix(lower, ni.prefix) {
 				return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, ni.why)
@@ -119,7 +148,7 @@ func checkAccountTemplate(tmpl string) error {
 			known = true
 		}
 		if !known {
-			return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in: use one that an authentication handler sets, such as {http.auth.user.id} (basic_auth), {http.request.header.X-Account} (forward_auth's copy_headers) or {http.vars.account}", q(tmpl), n)
+			return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in: use one that an authentication handler sets, such as {http.auth.user.id} (basic_auth) or {http.request.header.X-Account} (forward_auth's copy_headers)", q(tmpl), n)
 		}
 	}
 	return nil
@@ -131,13 +160,13 @@ func trustedBy(name string) string {
 	lower := strings.ToLower(name)
 	switch {
 	case strings.HasPrefix(lower, "http.auth.user."):
-		return "the authentication handler in front of the page (basic_auth, or another that signs users in)"
+		return "the authentication handler in front of the page (basic_auth, or another that signs users in); no vars or map in front of the page may set it"
 	case strings.HasPrefix(lower, "http.request.header."):
 		return "the handler in front of the page that sets this request header for a signed-in user (forward_auth's copy_headers, request_header): without it, or if clients' own values of the header reach the page, any client writes any account"
 	case strings.HasPrefix(lower, "http.request.tls.client."):
 		return "the client certificate verified by the site's TLS client authentication"
 	}
-	return "the handler in front of the page that sets this variable from a verified identity (vars, map)"
+	return "the vars or map handler in front of the page that sets this variable: it must set it from a verified identity ({http.auth.user.id}, a header forward_auth copies), never from the request (query, cookie, path), or any client writes any account"
 }
 
 // noAccountPage is what a person who opens the page gets when the site
@@ -148,7 +177,7 @@ const noAccountPage = `<!doctype html>
 <body><main>
 <h1>You are not signed in to an account</h1>
 <p>This page shows the web apps allowed to call an account's API, but the site did not tell it which account
-you are signed in to. Sign in again; if this keeps happening, ask the site's operator (the server's log says why).</p>
+you are signed in to. Sign in again; if this keeps happening, ask the site's operator (the server's debug log says why).</p>
 </main></body>
 </html>
 `
@@ -224,6 +253,8 @@ func originMessage(msg, written string) string {
 			return "Write only the start of the address, without a path: " + o + "."
 		}
 		return "Write only the start of the address, without a path: such as https://app.example.com, not https://app.example.com/page."
+	case has("end with a dot"):
+		return "Write the host without the dot at its end, such as https://app.example.com: an origin with the dot never matches a rule."
 	case has("user info"):
 		return "Remove the user name and @ from the origin: write https://app.example.com."
 	case has("port"):

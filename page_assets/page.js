@@ -280,7 +280,11 @@ async function load() {
   $('account').textContent = r.body.account;
   render(r.body.rules);
   setBaseline();
-  setStatus('', before && before !== shownAccount ? 'Now showing account ' + shownAccount + ', the account you are signed in to.' : '');
+  const warning = typeof r.body.warning === 'string' ? r.body.warning.trim() : '';
+  if (warning) setStatus('error', warning);
+  else setStatus('', before && before !== shownAccount ? 'Now showing account ' + shownAccount + ', the account you are signed in to.' : '');
+  $('check-result').textContent = ''; // it spoke of the rules shown before
+  $('check-result').className = '';
   await loadHistory();
 }
 

@@ -10,8 +10,9 @@ import (
 
 // DecodeRules reads one account's rules from a write's body, a JSON
 // array of {"origin": ..., "methods": [...]} objects, more strictly than
-// encoding/json does: keys match exactly ("Origin" is not "origin") and
-// each at most once, "origin" is required, "methods" is an array of
+// encoding/json does: keys match exactly ("Origin" is not "origin"),
+// are written without escapes ("\u006frigin" is refused) and appear at
+// most once, "origin" is required, "methods" is an array of
 // strings when present (null is refused, as [] is), and nothing follows
 // the array. So a filter in front that reads the body sees the rules
 // that are stored: encoding/json would match keys case-insensitively and
@@ -30,7 +31,7 @@ func DecodeRules(b []byte) ([]Rule, error) {
 	}
 	rules := []Rule{}
 	for i := 0; dec.More(); i++ {
-		r, err := decodeRule(dec)
+		r, err := decodeRule(dec, b)
 		if err != nil {
 			return nil, fmt.Errorf("rule %d: %w", i+1, err)
 		}
@@ -45,18 +46,24 @@ func DecodeRules(b []byte) ([]Rule, error) {
 	return rules, nil
 }
 
-func decodeRule(dec *json.Decoder) (Rule, error) {
+func decodeRule(dec *json.Decoder, body []byte) (Rule, error) {
 	var r Rule
 	if err := expectDelim(dec, '{', `an object {"origin": ..., "methods": [...]}`); err != nil {
 		return r, err
 	}
 	seen := map[string]bool{}
 	for dec.More() {
+		at := dec.InputOffset()
 		t, err := dec.Token()
 		if err != nil {
 			return r, err
 		}
 		key, _ := t.(string)
+		// Spelled as written: "\u006frigin" is "origin" to this decoder
+		// but not to a filter that matches the body's bytes.
+		if bytes.IndexByte(body[at:dec.InputOffset()], '\\') >= 0 {
+			return r, fmt.Errorf("field %s is written with an escape: write field names as they are", q(key))
+		}
 		if seen[key] {
 			return r, fmt.Errorf("field %s appears twice", q(key))
 		}

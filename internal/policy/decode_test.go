@@ -37,6 +37,11 @@ func TestDecodeRules(t *testing.T) {
 		{"a rule not an object", `["https://a.example"]`, nil, "rule 1: want an object"},
 		{"a second value", `[] {}`, nil, "more than one JSON value"},
 		{"cut short", `[{"origin":"https://a.example"`, nil, "EOF"},
+		{"a key written with an escape", `[{"\u006frigin":"https://a.example"}]`, nil, `field "origin" is written with an escape`},
+		{"methods written with an escape", `[{"origin":"https://a.example","meth\u006fds":["GET"]}]`, nil, `field "methods" is written with an escape`},
+		{"an escape in a value is fine", `[{"origin":"https://a\u002eexample"}]`, []Rule{{Origin: "https://a.example"}}, ""},
+		{"a number of any size", `[{"origin":1e999}]`, nil, `"origin" must be a string, not a number`},
+		{"a byte order mark", "\ufeff[]", nil, "byte order mark"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			got, err := DecodeRules([]byte(tc.in))

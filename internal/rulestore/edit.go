@@ -143,21 +143,23 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 			continue
 		}
 		var stored *policy.Account
-		valid := true // the record is absent, or readable and accepted
+		why := "" // why the record is refused; "" when absent, or readable and accepted
 		b, err := st.Load(ctx, s.keys.account(c.ID))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			return err
 		default:
-			var why string
 			stored, why = compileRecord(c.ID, b, policy.NewMethodCache())
-			valid = why == ""
 		}
 		changes[i].before = servedRules(stored)
 		if err := c.Check(stored); err != nil {
 			var pe ErrPrecondition
-			if valid && (errors.Is(err, ErrUnchanged) || errors.As(err, &pe)) {
+			switch {
+			case !errors.Is(err, ErrUnchanged) && !errors.As(err, &pe):
+			case why != "":
+				s.refreshRefused(c.ID, why)
+			default:
 				s.refresh(c.ID, stored)
 			}
 			return err
@@ -173,7 +175,13 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 // than the history it reads from the storage (a server that has not
 // polled yet). It returns the account's rules as served (none without a
 // record). When the storage cannot be read, or the record is refused,
-// it returns the account as this server serves it, and the error.
+// When the storage cannot be read, it returns the account as this
+// server serves it and the error. A record the storage holds but that
+// is refused (it does not decode, names another account, or has a rule
+// a config would refuse) allows no origin, as every server serves it
+// once it polls: this server serves it so from then on, and it returns
+// no rules and ErrRecordRefused, so that a save (whose If-Match is then
+// the version of no rules) repairs it.
 func (s *Store) ReadAccount(ctx context.Context, id string) ([]policy.Rule, error) {
 	s.writeMu.Lock() // a local commit of this account does not interleave
 	defer s.writeMu.Unlock()
@@ -187,11 +195,27 @@ func (s *Store) ReadAccount(ctx context.Context, id string) ([]policy.Rule, erro
 	default:
 		var why string
 		if stored, why = compileRecord(id, b, policy.NewMethodCache()); why != "" {
-			return servedRules(s.servedAccount(id)), errors.New(why)
+			s.refreshRefused(id, why)
+			return []policy.Rule{}, fmt.Errorf("%w: %s", ErrRecordRefused, why)
 		}
 	}
 	s.refresh(id, stored)
 	return servedRules(stored), nil
+}
+
+// ErrRecordRefused is an account whose record the storage holds but that
+// is refused: the account allows no origin until it is written again.
+var ErrRecordRefused = errors.New("the account's record is refused")
+
+// refreshRefused serves an account whose record is refused as every
+// server does once it reads it: allowing no origin, listed as refused.
+func (s *Store) refreshRefused(id, why string) {
+	s.refresh(id, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.refused) < 1000 {
+		s.refused[id] = why
+	}
 }
 
 // servedAccount is the account as this server serves it, nil when it
