@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -175,27 +174,20 @@ const errorOnAccountPath = "atomsphere_cors_error_on_account_path"
 // original target before it runs the error routes, and that one need not
 // be an account path. Caddy has no hook for it; the routes are read from
 // an unexported field at every request, so the field is replaced once,
-// before the server starts. If a Caddy version renames the field, the
-// error routes keep reading the original target alone, and a warning
-// says so.
+// before the server starts (wrapServerChain, caddyinternals.go, which
+// checks the field when the module loads).
 func (p *errorPolicy) markRewrittenErrors(srv *caddyhttp.Server) {
-	f := reflect.ValueOf(srv).Elem().FieldByName("primaryHandlerChain")
-	if !f.IsValid() || f.Type() != reflect.TypeFor[caddyhttp.Handler]() || !f.CanAddr() {
-		p.logger.Warn("this Caddy version gives no way to see the rewritten path of a request whose routes " +
-			"failed: error routes judge the original path alone (docs/behaviour.md §9)")
-		return
-	}
-	chain := (*caddyhttp.Handler)(unsafe.Pointer(f.UnsafeAddr()))
-	next := *chain
-	if next == nil {
-		return
-	}
-	*chain = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		err := next.ServeHTTP(w, r)
-		if err != nil && p.accountPath(r) {
-			caddyhttp.SetVar(r.Context(), errorOnAccountPath, true)
+	wrapServerChain(srv, "primaryHandlerChain", func(next caddyhttp.Handler) caddyhttp.Handler {
+		if next == nil {
+			return nil
 		}
-		return err
+		return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			err := next.ServeHTTP(w, r)
+			if err != nil && p.accountPath(r) {
+				caddyhttp.SetVar(r.Context(), errorOnAccountPath, true)
+			}
+			return err
+		})
 	})
 }
 
@@ -427,29 +419,24 @@ func (p *errorPolicy) add(h *Handler) {
 // are compiled already, for a handler in a named route when no handler
 // in the server's routes did so. Caddy has no hook for that: the server
 // reads its compiled error routes from an unexported field at every
-// request, so the field is replaced, once, before the server starts. If
-// a Caddy version renames the field, the config is refused rather than
-// served unprotected.
+// request, so the field is replaced, once, before the server starts
+// (wrapServerChain, caddyinternals.go, which checks the field when the
+// module loads).
 func (p *errorPolicy) wrapCompiledErrors(srv *caddyhttp.Server) error {
-	f := reflect.ValueOf(srv).Elem().FieldByName("errorHandlerChain")
-	if !f.IsValid() || f.Type() != reflect.TypeFor[caddyhttp.Handler]() || !f.CanAddr() {
-		return errors.New("atomsphere_cors in a named route (invoke): this Caddy version gives no way to " +
-			"protect the server's error routes; put atomsphere_cors in the site's routes instead")
-	}
-	chain := (*caddyhttp.Handler)(unsafe.Pointer(f.UnsafeAddr()))
-	next := *chain
-	if srv.Errors == nil || len(srv.Errors.Routes) == 0 || next == nil {
-		// The server runs its error chain only when it has error routes:
-		// give it one, which the chain below stands for.
-		p.userRoutes = false
-		next = errorStatus
-		if srv.Errors == nil {
-			srv.Errors = new(caddyhttp.HTTPErrorConfig)
+	wrapServerChain(srv, "errorHandlerChain", func(next caddyhttp.Handler) caddyhttp.Handler {
+		if srv.Errors == nil || len(srv.Errors.Routes) == 0 || next == nil {
+			// The server runs its error chain only when it has error
+			// routes: give it one, which the chain below stands for.
+			p.userRoutes = false
+			next = errorStatus
+			if srv.Errors == nil {
+				srv.Errors = new(caddyhttp.HTTPErrorConfig)
+			}
+			srv.Errors.Routes = caddyhttp.RouteList{{}}
 		}
-		srv.Errors.Routes = caddyhttp.RouteList{{}}
-	}
-	*chain = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		return p.ServeHTTP(w, r, next)
+		return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			return p.ServeHTTP(w, r, next)
+		})
 	})
 	return nil
 }

@@ -140,6 +140,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks the config and compiles it into the lookup index.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	if err := checkCaddyInternals(); err != nil {
+		return err
+	}
 	h.errLogger = ctx.Logger(errorLog{})
 	h.warnDeferred = new(sync.Once)
 	h.warnVary = new(sync.Once)

@@ -1,16 +1,12 @@
 package atomspherecors
 
 import (
-	"context"
 	"errors"
 	"iter"
 	"net/http"
 	"reflect"
 	"strings"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"go.uber.org/zap"
 )
 
@@ -22,27 +18,6 @@ import (
 // such a request is refused with 500 and an error log naming the fix,
 // rather than answered with a CORS header the module did not decide
 // (docs/behaviour.md §4).
-
-// deferredHeadersType is the type of the header handler's deferring
-// writer, found by running a header handler once: the type is not
-// exported.
-var deferredHeadersType = func() reflect.Type {
-	var found reflect.Type
-	h := headers.Handler{Response: &headers.RespHeaderOps{HeaderOps: &headers.HeaderOps{}, Deferred: true}}
-	r, _ := http.NewRequest(http.MethodGet, "/", nil)
-	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
-	_ = h.ServeHTTP(nopWriter{}, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
-		found = reflect.TypeOf(w)
-		return nil
-	}))
-	return found
-}()
-
-type nopWriter struct{}
-
-func (nopWriter) Header() http.Header         { return http.Header{} }
-func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
-func (nopWriter) WriteHeader(int)             {}
 
 // touched says which headers a header handler's deferred operations
 // change.
@@ -69,8 +44,8 @@ func deferredCORSWriter(w http.ResponseWriter) http.ResponseWriter {
 // the module's Vary: Origin.
 func deferredWriters(w http.ResponseWriter) (cors http.ResponseWriter, vary bool) {
 	for w := range writerChain(w) {
-		if reflect.TypeOf(w) == deferredHeadersType {
-			t := deferredTouches(w)
+		if ops, ok := deferredOps(w); ok {
+			t := deferredTouches(ops)
 			if t&touchesCORS != 0 {
 				cors = w
 			}
@@ -97,12 +72,12 @@ func writerChain(w http.ResponseWriter) iter.Seq[http.ResponseWriter] {
 	}
 }
 
-// deferredTouches says which headers a header handler's deferring
-// writer would change: whether it would set, add or replace an
-// Access-Control-* header (or one whose name is a placeholder or "*"),
-// and whether it would set, replace or delete Vary. It reads the writer's
-// operations by reflection; if it cannot, it answers both, so that a
-// change in Caddy fails closed.
+// deferredTouches says which headers the operations of a header
+// handler's deferring writer (deferredOps) would change: whether they
+// would set, add or replace an Access-Control-* header (or one whose
+// name is a placeholder or "*"), and whether they would set, replace or
+// delete Vary. If it cannot read them, it answers both, so that a change
+// in Caddy fails closed.
 //
 // It reads them again for each request that has such a writer, and
 // remembers nothing: an answer kept by the operations' address would be
@@ -110,15 +85,10 @@ func writerChain(w http.ResponseWriter) iter.Seq[http.ResponseWriter] {
 // are collected (after a reload), and could let a deferred
 // Access-Control-* header out. Sites without deferred header operations
 // before the module never get here.
-func deferredTouches(w http.ResponseWriter) touched {
-	v := reflect.ValueOf(w).Elem().FieldByName("headerOps")
-	if !v.IsValid() || v.Kind() != reflect.Pointer {
-		return touchesCORS | touchesVary
+func deferredTouches(ops reflect.Value) touched {
+	if !ops.IsValid() {
+		return 0 // no operations
 	}
-	if v.IsNil() {
-		return 0
-	}
-	ops := v.Elem()
 	var t touched
 	for _, field := range []string{"Add", "Set", "Replace"} {
 		m := ops.FieldByName(field)

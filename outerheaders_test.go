@@ -97,10 +97,17 @@ func TestDeferredTouchesAfterReload(t *testing.T) {
 		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 		var got touched
 		_ = h.ServeHTTP(nopWriter{}, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
-			got = deferredTouches(w)
+			ops, ok := deferredOps(w)
+			if !ok {
+				t.Fatal("the header handler's writer is not taken for a deferring one")
+			}
+			got = deferredTouches(ops)
 			return nil
 		}))
 		return got
+	}
+	if err := checkCaddyInternals(); err != nil {
+		t.Fatal(err)
 	}
 	for i := range 200 {
 		if got := judge("X-Frame-Options"); got != 0 {

@@ -105,6 +105,9 @@ func (p *Page) check() error {
 
 // Provision checks the config and attaches the page to its store.
 func (p *Page) Provision(ctx caddy.Context) error {
+	if err := checkCaddyInternals(); err != nil {
+		return err // the page looks for deferred header operations too
+	}
 	p.logger = ctx.Logger()
 	if err := p.check(); err != nil {
 		return err
