@@ -37,21 +37,22 @@ import (
 var internals struct {
 	once sync.Once
 	err  error
-	// deferringWriter is the type of the header handler's deferring
-	// writer, found by running a header handler once.
-	deferringWriter reflect.Type
 }
+
+// deferringWriter is the type of the header handler's deferring writer,
+// found by running a header handler once, when the package loads (so
+// that every handler sees it, provisioned or not).
+var deferringWriter = findDeferringWriter()
 
 // checkCaddyInternals reports, once per process, whether every internal
 // this file reads is as this module was written for.
 func checkCaddyInternals() error {
 	internals.once.Do(func() {
 		var errs []error
-		internals.deferringWriter = findDeferringWriter()
-		if internals.deferringWriter == nil {
+		if deferringWriter == nil {
 			errs = append(errs, errors.New("the headers handler no longer wraps the response writer for deferred operations"))
-		} else if f, ok := internals.deferringWriter.Elem().FieldByName("headerOps"); !ok || f.Type != reflect.TypeFor[*headers.HeaderOps]() {
-			errs = append(errs, fmt.Errorf("the headers handler's deferring writer %s has no field headerOps *headers.HeaderOps", internals.deferringWriter))
+		} else if f, ok := deferringWriter.Elem().FieldByName("headerOps"); !ok || f.Type != reflect.TypeFor[*headers.HeaderOps]() {
+			errs = append(errs, fmt.Errorf("the headers handler's deferring writer %s has no field headerOps *headers.HeaderOps", deferringWriter))
 		}
 		for _, name := range []string{"primaryHandlerChain", "errorHandlerChain"} {
 			if f, ok := reflect.TypeFor[caddyhttp.Server]().FieldByName(name); !ok || f.Type != reflect.TypeFor[caddyhttp.Handler]() {
@@ -95,15 +96,25 @@ func (nopWriter) WriteHeader(int)             {}
 // operations it will apply, read through its headerOps field; ok is
 // false for any other writer. ops is invalid when the writer has none.
 func deferredOps(w http.ResponseWriter) (ops reflect.Value, ok bool) {
-	if internals.deferringWriter == nil || reflect.TypeOf(w) != internals.deferringWriter {
+	if deferringWriter == nil || reflect.TypeOf(w) != deferringWriter {
 		return reflect.Value{}, false
 	}
 	v := reflect.ValueOf(w).Elem().FieldByName("headerOps")
+	if !v.IsValid() || v.Type() != reflect.TypeFor[*headers.HeaderOps]() {
+		// Caddy changed the writer (checkCaddyInternals refuses such a
+		// config): take it for one that touches everything.
+		return reflect.ValueOf(&failClosedOps).Elem(), true
+	}
 	if v.IsNil() {
 		return reflect.Value{}, true
 	}
 	return v.Elem(), true
 }
+
+// failClosedOps stands for the operations of a deferring writer that
+// cannot be read: a wildcard set and delete, which deferredTouches takes
+// for touching every header.
+var failClosedOps = headers.HeaderOps{Set: http.Header{"*": {""}}, Delete: []string{"*"}}
 
 // wrapServerChain replaces the compiled handler chain of srv that field
 // names (primaryHandlerChain or errorHandlerChain) with what wrap makes

@@ -17,7 +17,7 @@ func TestCaddyInternalsChecked(t *testing.T) {
 	if err := checkCaddyInternals(); err != nil {
 		t.Fatal(err)
 	}
-	if internals.deferringWriter == nil {
+	if deferringWriter == nil {
 		t.Fatal("the headers handler's deferring writer was not found")
 	}
 }
