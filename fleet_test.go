@@ -14,7 +14,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -443,17 +442,8 @@ func TestStoreFleet(t *testing.T) {
 }
 
 func storeCallNoFail(admin, method, path, body string) (int, error) {
-	req, err := http.NewRequest(method, admin+path, strings.NewReader(body))
-	if err != nil {
-		return 0, err
-	}
-	res, err := adminClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer res.Body.Close()
-	_, _ = io.Copy(io.Discard, res.Body)
-	return res.StatusCode, nil
+	st, _, err := testkit.TryAdmin(admin, method, path, "", body)
+	return st, err
 }
 
 // agree waits (bounded) until every server exports the same accounts.

@@ -1,12 +1,10 @@
 package atomspherecors
 
 import (
+	"atomspherecors/internal/testkit"
 	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -209,15 +207,7 @@ func readAccessLog(t *testing.T, file string, n int) map[string]map[string]any {
 	var entries map[string]map[string]any
 	for attempt := 0; attempt < 100; attempt++ {
 		entries = map[string]map[string]any{}
-		data, _ := os.ReadFile(file)
-		for line := range bytes.SplitSeq(data, []byte("\n")) {
-			if len(bytes.TrimSpace(line)) == 0 {
-				continue
-			}
-			var e map[string]any
-			if err := json.Unmarshal(line, &e); err != nil {
-				t.Fatalf("access log line %q: %v", line, err)
-			}
+		for _, e := range testkit.ReadJSONLog(t, file) {
 			req, _ := e["request"].(map[string]any)
 			uri, _ := req["uri"].(string)
 			if _, q, ok := strings.Cut(uri, "?"); ok {

@@ -7,12 +7,10 @@ package atomspherecors
 // admin routes' ETag. Ports: admin 127.0.0.1:2940, HTTP 127.0.0.1:9810.
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -509,22 +507,8 @@ func TestPageRoutes(t *testing.T) {
 	})
 }
 
-// readLog reads a JSON log file, one entry a line.
+// readLog reads a JSON log file, one entry a line (testkit.ReadJSONLog).
 func readLog(t *testing.T, path string) []map[string]any {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var out []map[string]any
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var e map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &e); err == nil {
-			out = append(out, e)
-		}
-	}
-	return out
+	return testkit.ReadJSONLog(t, path)
 }

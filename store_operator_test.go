@@ -597,23 +597,11 @@ const (
 	storeHTTP  = "http://127.0.0.1:9699"
 )
 
+// storeCall sends one request to a store's admin route (no
+// Content-Type) and returns the status and the body.
 func storeCall(t testing.TB, admin, method, path, body string) (int, string) {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, admin+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := adminClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(b)
+	return testkit.Admin(t, admin, method, path, "", body)
 }
 
 func TestStoreAdminRoutesInProcess(t *testing.T) {

@@ -2,7 +2,6 @@ package atomspherecors
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -166,36 +165,13 @@ var next200 caddyhttp.Handler = caddyhttp.HandlerFunc(func(w http.ResponseWriter
 // adminClient opens a new connection for every call: Caddy replaces its
 // admin server on each config change, and an edit (PUT, POST) must never
 // be sent twice by a transport retry.
-var adminClient = &http.Client{
-	Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
-	Timeout:   30 * time.Second,
-}
+var adminClient = testkit.AdminClient
 
 // adminCall sends one request to the admin API at base with a JSON body
 // (nil for none) and returns the status and the response body.
 func adminCall(t testing.TB, base, method, path string, body []byte) (int, string) {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequest(method, base+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	res, err := adminClient.Do(req)
-	if err != nil {
-		t.Fatalf("admin %s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	out, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("admin %s %s: reading body: %v", method, path, err)
-	}
-	return res.StatusCode, string(out)
+	return testkit.Admin(t, base, method, path, "application/json", string(body))
 }
 
 // caddyBinary builds Caddy with this module (testdata/caddy) once per
