@@ -92,11 +92,18 @@ func (nopWriter) Header() http.Header         { return http.Header{} }
 func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (nopWriter) WriteHeader(int)             {}
 
+// isDeferringWriter reports whether w is a header handler's deferring
+// writer. It is asked of every writer of every request's chain: small
+// enough to be inlined, it costs a comparison.
+func isDeferringWriter(w http.ResponseWriter) bool {
+	return reflect.TypeOf(w) == deferringWriter && deferringWriter != nil
+}
+
 // deferredOps returns, for a header handler's deferring writer, the
 // operations it will apply, read through its headerOps field; ok is
 // false for any other writer. ops is invalid when the writer has none.
 func deferredOps(w http.ResponseWriter) (ops reflect.Value, ok bool) {
-	if deferringWriter == nil || reflect.TypeOf(w) != deferringWriter {
+	if !isDeferringWriter(w) {
 		return reflect.Value{}, false
 	}
 	v := reflect.ValueOf(w).Elem().FieldByName("headerOps")

@@ -44,6 +44,9 @@ func deferredCORSWriter(w http.ResponseWriter) http.ResponseWriter {
 // the module's Vary: Origin.
 func deferredWriters(w http.ResponseWriter) (cors http.ResponseWriter, vary bool) {
 	for w := range writerChain(w) {
+		if !isDeferringWriter(w) {
+			continue // nearly every writer: no call below
+		}
 		if ops, ok := deferredOps(w); ok {
 			t := deferredTouches(ops)
 			if t&touchesCORS != 0 {
