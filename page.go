@@ -112,6 +112,10 @@ func (p *Page) Provision(ctx caddy.Context) error {
 	if err := p.check(); err != nil {
 		return err
 	}
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if err := checkClientCerts(p.Account, srv); err != nil {
+		return err
+	}
 	if p.MaxRules == 0 {
 		p.MaxRules = defaultMaxRules
 	}

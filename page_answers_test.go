@@ -17,6 +17,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 
 	"atomspherecors/internal/rulestore"
 	"atomspherecors/internal/testkit"
@@ -299,9 +301,25 @@ func TestPageStorageFaultsToTenants(t *testing.T) {
 	if preflightAllowed(t, "acct-a", "https://a.example", "GET") {
 		t.Error("the page shows no rules for a refused record, yet the API still allows its old origin")
 	}
-	res, body = pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", res.Header.Get("ETag")), `[{"origin":"https://fixed.example","methods":["GET"]}]`)
+	shownTag := res.Header.Get("ETag")
+	res, body = pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", shownTag), `[{"origin":"https://fixed.example","methods":["GET"]}]`)
 	if res.StatusCode != 200 || !preflightAllowed(t, "acct-a", "https://fixed.example", "GET") {
 		t.Errorf("a save over a refused record with the ETag the page showed: %d %s, want 200 and served", res.StatusCode, body)
+	}
+	// A save of no rules over a refused record writes the record too: the
+	// refused record allows no origin already, but stays refused else.
+	if err := os.WriteFile(filepath.Join(storeDir, "accounts", "acct-a"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, _ = pageCall(t, "GET", pageBase+"/rules", "acct-a", nil, "")
+	if res, body := pageCall(t, "PUT", pageBase+"/rules", "acct-a", withHeaders(jsonCT, "If-Match", res.Header.Get("ETag")), `[]`); res.StatusCode != 200 {
+		t.Fatalf("a save of no rules over a refused record: %d %s", res.StatusCode, body)
+	}
+	if rec, err := os.ReadFile(filepath.Join(storeDir, "accounts", "acct-a")); err != nil || string(rec) == "garbage" {
+		t.Errorf("the record after a save of no rules: %q %v, want it written again", rec, err)
+	}
+	if _, body := pageCall(t, "GET", pageBase+"/rules", "acct-a", nil, ""); strings.Contains(body, "warning") {
+		t.Errorf("GET after the repair: %s, want no warning", body)
 	}
 }
 
@@ -327,15 +345,51 @@ func TestPageAccountPlaceholder(t *testing.T) {
 		"{http.request.header.X-Client-IP}", "{http.request.header.True-Client-IP}", "{http.request.header.CF-Connecting-IP}",
 		"{http.request.header.Via}", "{http.request.header.X-Original-URL}", "{http.request.header.Range}",
 		"{http.vars.trusted_proxy}", "{http.vars.root}",
+		"{http.request.header.X-Original-Host}", "{http.request.header.X-Forwarded-Server}", "{http.request.header.X-Original-URI}",
+		"{http.request.header.X-Forwarded-Scheme}", "{http.request.header.X-Cluster-Client-IP}", "{http.request.header.X-HTTP-Method}",
+		"{http.request.header.Transfer-Encoding}", "{http.request.header.Access-Control-Request-Method}",
 	} {
 		p := &Page{Store: &StoreConfig{Name: "pt"}, Account: ph}
 		if err := p.check(); err == nil || !strings.Contains(err.Error(), "is not who is signed in") && !strings.Contains(err.Error(), "never resolves") {
 			t.Errorf("account %s: %v, want refused", ph, err)
 		}
 	}
-	// White space around the placeholder would be part of every ID.
+	// White space around the placeholder would be part of every ID, and
+	// no ID has a /.
 	if err := (&Page{Store: &StoreConfig{Name: "pt"}, Account: "{http.auth.user.id} "}).check(); err == nil || !strings.Contains(err.Error(), "white space") {
 		t.Errorf("an account with a trailing space: %v, want refused", err)
+	}
+	if err := (&Page{Store: &StoreConfig{Name: "pt"}, Account: "{http.auth.user.id}/x"}).check(); err == nil || !strings.Contains(err.Error(), "a / outside its placeholders") {
+		t.Errorf("an account with a /: %v, want refused", err)
+	}
+	// A client certificate names an account only where every TLS
+	// connection policy verifies it: with mode request or require (the
+	// default without a trust pool) a client's self-signed certificate
+	// names any account.
+	const cert = "{http.request.tls.client.subject}"
+	for _, tc := range []struct {
+		desc string
+		srv  *caddyhttp.Server
+		ok   bool
+	}{
+		{"no server", nil, false},
+		{"no TLS", &caddyhttp.Server{}, false},
+		{"no client_auth", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{}}}, false},
+		{"mode require", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{ClientAuthentication: &caddytls.ClientAuthentication{Mode: "require"}}}}, false},
+		{"mode request", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{ClientAuthentication: &caddytls.ClientAuthentication{Mode: "request"}}}}, false},
+		{"no mode, no trust", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{ClientAuthentication: &caddytls.ClientAuthentication{}}}}, false},
+		{"one policy of two unverified", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{
+			{ClientAuthentication: &caddytls.ClientAuthentication{Mode: "require_and_verify"}}, {}}}, false},
+		{"require_and_verify", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{ClientAuthentication: &caddytls.ClientAuthentication{Mode: "require_and_verify"}}}}, true},
+		{"verify_if_given", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{ClientAuthentication: &caddytls.ClientAuthentication{Mode: "verify_if_given"}}}}, true},
+		{"no mode, a trusted CA", &caddyhttp.Server{TLSConnPolicies: caddytls.ConnectionPolicies{{ClientAuthentication: &caddytls.ClientAuthentication{TrustedCACerts: []string{"x"}}}}}, true},
+	} {
+		if err := checkClientCerts(cert, tc.srv); (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want accepted %v", tc.desc, err, tc.ok)
+		}
+	}
+	if err := checkClientCerts("{http.auth.user.id}", nil); err != nil {
+		t.Errorf("no certificate placeholder: %v", err)
 	}
 	p := &Page{Store: &StoreConfig{Name: "pt"}, Account: "{HTTP.AUTH.USER.ID}"}
 	if err := p.check(); err == nil || !strings.Contains(err.Error(), "case-sensitive, write {http.auth.user.id}") {

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"atomspherecors/internal/origin"
 	"atomspherecors/internal/policy"
@@ -101,6 +104,18 @@ var neverIdentityHeaders = map[string]string{
 	"upgrade": "it is about the connection", "te": "it is about the connection", "priority": "the client's browser sets it",
 	"early-data": "it is about the connection", "cache-control": "the client chooses it", "pragma": "the client chooses it",
 	"dnt": "the client's browser sets it", "range": "the client chooses it",
+	"x-original-host": "the client chooses the Host", "x-host": "the client chooses the Host",
+	"x-forwarded-server": "it is what a proxy says of the request", "x-original-uri": "the client chooses the URL",
+	"x-forwarded-path": "the client chooses the URL", "x-envoy-original-path": "the client chooses the URL",
+	"x-forwarded-scheme": "it is what a proxy says of the request", "x-scheme": "it is what a proxy says of the request",
+	"x-url-scheme": "it is what a proxy says of the request", "front-end-https": "it is what a proxy says of the request",
+	"x-original-forwarded-for": "it is the client's address", "x-cluster-client-ip": "it is the client's address",
+	"fastly-client-ip": "it is the client's address", "x-proxyuser-ip": "it is the client's address",
+	"forwarded-for": "it is the client's address", "x-forwarded": "it is the client's address",
+	"x-http-method": "the client chooses the method", "x-method-override": "the client chooses the method",
+	"transfer-encoding": "it is about the connection", "keep-alive": "it is about the connection",
+	"trailer": "it is about the connection", "expect": "the client chooses it", "max-forwards": "the client chooses it",
+	"access-control-request-method": "the client's browser sets it", "access-control-request-headers": "the client's browser sets it",
 }
 
 // checkAccountTemplate refuses an account template with no placeholder
@@ -112,6 +127,9 @@ func checkAccountTemplate(tmpl string) error {
 	}
 	if strings.TrimSpace(tmpl) != tmpl {
 		return fmt.Errorf("account %s has white space around it, which would become part of every account ID", q(tmpl))
+	}
+	if literal := placeholderRE.ReplaceAllString(tmpl, ""); strings.Contains(literal, "/") {
+		return fmt.Errorf("account %s has a / outside its placeholders: no account ID has one, so every request would be refused", q(tmpl))
 	}
 	for _, n := range names {
 		if i := strings.IndexFunc(n, func(r rune) bool {
@@ -154,6 +172,47 @@ func checkAccountTemplate(tmpl string) error {
 	return nil
 }
 
+// placeholderRE matches the placeholders of a template, for what is
+// written around them.
+var placeholderRE = regexp.MustCompile(`\{[^{}]*\}`)
+
+// checkClientCerts refuses an account template that names the client's
+// certificate ({http.request.tls.client.*}) on a server whose TLS
+// connection policies do not all verify client certificates: with
+// client_auth mode request or require (the default without a trust
+// pool), Caddy takes any certificate the client makes, so its subject
+// names whatever account the client likes.
+func checkClientCerts(tmpl string, srv *caddyhttp.Server) error {
+	var name string
+	for _, n := range accountPlaceholders(tmpl) {
+		if strings.HasPrefix(n, "http.request.tls.client.") {
+			name = n
+		}
+	}
+	if name == "" {
+		return nil
+	}
+	if srv == nil || len(srv.TLSConnPolicies) == 0 {
+		return fmt.Errorf("account %s: the placeholder {%s} names a client certificate, but the server does not authenticate clients by certificate (client_auth with mode require_and_verify and a trust_pool)", q(tmpl), name)
+	}
+	for i, pol := range srv.TLSConnPolicies {
+		ca := pol.ClientAuthentication
+		verifies := ca != nil && (ca.Mode == "require_and_verify" || ca.Mode == "verify_if_given" ||
+			ca.Mode == "" && (len(ca.TrustedCACerts) > 0 || len(ca.TrustedCACertPEMFiles) > 0 || len(ca.TrustedLeafCerts) > 0 || ca.CARaw != nil))
+		if !verifies {
+			mode := "none"
+			if ca != nil {
+				mode = ca.Mode
+				if mode == "" {
+					mode = "require (the default without a trust_pool)"
+				}
+			}
+			return fmt.Errorf("account %s: the placeholder {%s} names a client certificate, but TLS connection policy %d of the server does not verify client certificates (client_auth mode %s), so a client's own certificate names any account: use mode require_and_verify with a trust_pool", q(tmpl), name, i, mode)
+		}
+	}
+	return nil
+}
+
 // trustedBy says, for the page's startup log, what the page relies on to
 // set a placeholder of its account template.
 func trustedBy(name string) string {
@@ -164,7 +223,7 @@ func trustedBy(name string) string {
 	case strings.HasPrefix(lower, "http.request.header."):
 		return "the handler in front of the page that sets this request header for a signed-in user (forward_auth's copy_headers, request_header): without it, or if clients' own values of the header reach the page, any client writes any account"
 	case strings.HasPrefix(lower, "http.request.tls.client."):
-		return "the client certificate verified by the site's TLS client authentication"
+		return "the client certificate, verified by the server's client_auth (checked at load: every TLS connection policy verifies)"
 	}
 	return "the vars or map handler in front of the page that sets this variable: it must set it from a verified identity ({http.auth.user.id}, a header forward_auth copies), never from the request (query, cookie, path), or any client writes any account"
 }

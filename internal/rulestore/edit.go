@@ -153,7 +153,13 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 			stored, why = compileRecord(c.ID, b, policy.NewMethodCache())
 		}
 		changes[i].before = servedRules(stored)
-		if err := c.Check(stored); err != nil {
+		err = c.Check(stored)
+		if why != "" && errors.Is(err, ErrUnchanged) {
+			// A refused record allows no origin: a write of no rules is
+			// unchanged to the check, but must replace the record.
+			err = nil
+		}
+		if err != nil {
 			var pe ErrPrecondition
 			switch {
 			case !errors.Is(err, ErrUnchanged) && !errors.As(err, &pe):
@@ -182,9 +188,20 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 // once it polls: this server serves it so from then on, and it returns
 // no rules and ErrRecordRefused, so that a save (whose If-Match is then
 // the version of no rules) repairs it.
+//
+// It serves what it read only while no local write and no poll is under
+// way (it would not wait behind an import): either could apply a newer
+// version between its read and its serving, which it would then take
+// back. Otherwise it only reads, and the write or poll brings the
+// account.
 func (s *Store) ReadAccount(ctx context.Context, id string) ([]policy.Rule, error) {
-	s.writeMu.Lock() // a local commit of this account does not interleave
-	defer s.writeMu.Unlock()
+	serve := s.writeMu.TryLock()
+	if serve {
+		defer s.writeMu.Unlock()
+		if serve = s.pollMu.TryLock(); serve {
+			defer s.pollMu.Unlock()
+		}
+	}
 	st, _ := s.storage()
 	b, err := st.Load(ctx, s.keys.account(id))
 	var stored *policy.Account
@@ -195,11 +212,15 @@ func (s *Store) ReadAccount(ctx context.Context, id string) ([]policy.Rule, erro
 	default:
 		var why string
 		if stored, why = compileRecord(id, b, policy.NewMethodCache()); why != "" {
-			s.refreshRefused(id, why)
+			if serve {
+				s.refreshRefused(id, why)
+			}
 			return []policy.Rule{}, fmt.Errorf("%w: %s", ErrRecordRefused, why)
 		}
 	}
-	s.refresh(id, stored)
+	if serve {
+		s.refresh(id, stored)
+	}
 	return servedRules(stored), nil
 }
 

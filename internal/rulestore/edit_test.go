@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"atomspherecors/internal/policy"
@@ -90,5 +91,33 @@ func TestIfMatches(t *testing.T) {
 	}
 	if msg := (ErrPrecondition{account: "a", absent: true}).Error(); !strings.Contains(msg, "does not exist") {
 		t.Errorf("the 412 of an absent account says %q", msg)
+	}
+}
+
+// ReadAccount serves what it read (a server that has not polled then
+// serves the stored rules), but not while a local write or a poll is
+// under way: either could apply a newer version between its read and
+// its serving, which it would take back.
+func TestReadAccountServesWhatItReadWhenIdle(t *testing.T) {
+	_, a, b := twoStores(t)
+	ctx := context.Background()
+	rule := policy.Rule{Origin: "https://read.example", Methods: []string{"GET"}}
+	put(t, a, "acct", rule)
+	for _, busy := range []*sync.Mutex{&b.writeMu, &b.pollMu} {
+		busy.Lock()
+		rules, err := b.ReadAccount(ctx, "acct")
+		busy.Unlock()
+		if err != nil || len(rules) != 1 || rules[0].Origin != "https://read.example" {
+			t.Fatalf("ReadAccount while busy: %v, %v; want the stored rules", rules, err)
+		}
+		if allows(b, "acct", "https://read.example") {
+			t.Fatal("served what was read while a write or a poll was under way")
+		}
+	}
+	if _, err := b.ReadAccount(ctx, "acct"); err != nil {
+		t.Fatal(err)
+	}
+	if !allows(b, "acct", "https://read.example") {
+		t.Error("an idle server does not serve what ReadAccount read")
 	}
 }

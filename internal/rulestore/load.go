@@ -29,6 +29,8 @@ import (
 // otherwise, every account when this server is too far behind (or has
 // never read the store).
 func (s *Store) poll(ctx context.Context) error {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
 	st, logger := s.storage()
 	s.mu.Lock()
 	gen0, last, epoch, fromStore := s.gen, s.seq, s.epoch, s.source != "none"

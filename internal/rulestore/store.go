@@ -139,6 +139,7 @@ type Store struct {
 	ignoredKeys  []string
 
 	writeMu sync.Mutex // one local writer at a time (the storage lock orders servers)
+	pollMu  sync.Mutex // held by a poll, so that ReadAccount serves nothing older than it read
 	snapMu  sync.Mutex // one snapshot written at a time
 	baseWG  sync.WaitGroup
 
