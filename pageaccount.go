@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -24,21 +23,35 @@ import (
 // accountPlaceholders lists the placeholders of an account template:
 // each {name}, skipping the \{ and \} escapes Caddy's replacer knows.
 func accountPlaceholders(tmpl string) []string {
-	var out []string
+	names, _ := splitTemplate(tmpl)
+	return names
+}
+
+// splitTemplate is accountPlaceholders, and the text written around the
+// placeholders.
+func splitTemplate(tmpl string) (names []string, literal string) {
+	var lit strings.Builder
 	for i := 0; i < len(tmpl); i++ {
 		switch tmpl[i] {
 		case '\\':
-			i++
+			lit.WriteByte(tmpl[i])
+			if i+1 < len(tmpl) {
+				i++
+				lit.WriteByte(tmpl[i])
+			}
 		case '{':
 			end := strings.IndexByte(tmpl[i+1:], '}')
 			if end < 0 {
-				return out
+				lit.WriteString(tmpl[i:])
+				return names, lit.String()
 			}
-			out = append(out, tmpl[i+1:i+1+end])
+			names = append(names, tmpl[i+1:i+1+end])
 			i += end + 1
+		default:
+			lit.WriteByte(tmpl[i])
 		}
 	}
-	return out
+	return names, lit.String()
 }
 
 // neverIdentity is the prefixes of placeholders whose value the client
@@ -121,14 +134,14 @@ var neverIdentityHeaders = map[string]string{
 // checkAccountTemplate refuses an account template with no placeholder
 // or with one that is never an identity.
 func checkAccountTemplate(tmpl string) error {
-	names := accountPlaceholders(tmpl)
+	names, literal := splitTemplate(tmpl)
 	if len(names) == 0 {
 		return fmt.Errorf("account %s has no placeholder: every user would edit that one account; use a placeholder such as {http.auth.user.id}", q(tmpl))
 	}
 	if strings.TrimSpace(tmpl) != tmpl {
 		return fmt.Errorf("account %s has white space around it, which would become part of every account ID", q(tmpl))
 	}
-	if literal := placeholderRE.ReplaceAllString(tmpl, ""); strings.Contains(literal, "/") {
+	if strings.Contains(literal, "/") {
 		return fmt.Errorf("account %s has a / outside its placeholders: no account ID has one, so every request would be refused", q(tmpl))
 	}
 	for _, n := range names {
@@ -138,15 +151,8 @@ func checkAccountTemplate(tmpl string) error {
 			return fmt.Errorf("account %s: the placeholder {%s} never resolves: a placeholder's name has letters, digits, '.', '_' and '-' only", q(tmpl), n)
 		}
 		lower := strings.ToLower(n)
-		if h, ok := strings.CutPrefix(lower, "http.request.header."); ok {
-			if why, never := neverIdentityHeaders[h]; never {
-				return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, why)
-			}
-		}
-		for _, ni := range neverIdentity {
-			if strings.HasPrefix(lower, ni.prefix) {
-				return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, ni.why)
-			}
+		if why := neverIdentityWhy(lower); why != "" {
+			return fmt.Errorf("account %s: the placeholder {%s} is not who is signed in (%s): use one that an authentication handler sets, such as {http.auth.user.id}", q(tmpl), n, why)
 		}
 		known := false
 		for _, ns := range identityPlaceholders {
@@ -172,9 +178,21 @@ func checkAccountTemplate(tmpl string) error {
 	return nil
 }
 
-// placeholderRE matches the placeholders of a template, for what is
-// written around them.
-var placeholderRE = regexp.MustCompile(`\{[^{}]*\}`)
+// neverIdentityWhy says why a placeholder, its name lower-cased, is
+// never who is signed in; "" when it may be.
+func neverIdentityWhy(lower string) string {
+	if h, ok := strings.CutPrefix(lower, "http.request.header."); ok {
+		if why, never := neverIdentityHeaders[h]; never {
+			return why
+		}
+	}
+	for _, ni := range neverIdentity {
+		if strings.HasPrefix(lower, ni.prefix) {
+			return ni.why
+		}
+	}
+	return ""
+}
 
 // checkClientCerts refuses an account template that names the client's
 // certificate ({http.request.tls.client.*}) on a server whose TLS

@@ -142,15 +142,9 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 		if c.Check == nil {
 			continue
 		}
-		var stored *policy.Account
-		why := "" // why the record is refused; "" when absent, or readable and accepted
-		b, err := st.Load(ctx, s.keys.account(c.ID))
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
+		stored, why, err := s.loadRecord(ctx, st, c.ID)
+		if err != nil {
 			return err
-		default:
-			stored, why = compileRecord(c.ID, b, policy.NewMethodCache())
 		}
 		changes[i].before = servedRules(stored)
 		err = c.Check(stored)
@@ -180,8 +174,7 @@ func (s *Store) checkChanges(ctx context.Context, st certmagic.Storage, changes 
 // against them and lists its history, and must not show rules older
 // than the history it reads from the storage (a server that has not
 // polled yet). It returns the account's rules as served (none without a
-// record). When the storage cannot be read, or the record is refused,
-// When the storage cannot be read, it returns the account as this
+// record). When the storage cannot be read, it returns the account as this
 // server serves it and the error. A record the storage holds but that
 // is refused (it does not decode, names another account, or has a rule
 // a config would refuse) allows no origin, as every server serves it
@@ -203,25 +196,35 @@ func (s *Store) ReadAccount(ctx context.Context, id string) ([]policy.Rule, erro
 		}
 	}
 	st, _ := s.storage()
-	b, err := st.Load(ctx, s.keys.account(id))
-	var stored *policy.Account
+	stored, why, err := s.loadRecord(ctx, st, id)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return servedRules(s.servedAccount(id)), err
-	default:
-		var why string
-		if stored, why = compileRecord(id, b, policy.NewMethodCache()); why != "" {
-			if serve {
-				s.refreshRefused(id, why)
-			}
-			return []policy.Rule{}, fmt.Errorf("%w: %s", ErrRecordRefused, why)
+	case why != "":
+		if serve {
+			s.refreshRefused(id, why)
 		}
+		return []policy.Rule{}, fmt.Errorf("%w: %s", ErrRecordRefused, why)
 	}
 	if serve {
 		s.refresh(id, stored)
 	}
 	return servedRules(stored), nil
+}
+
+// loadRecord reads and compiles one account's record: nil without a
+// record; why says why a record the storage holds is refused; err is a
+// storage that could not be read.
+func (s *Store) loadRecord(ctx context.Context, st certmagic.Storage, id string) (stored *policy.Account, why string, err error) {
+	b, err := st.Load(ctx, s.keys.account(id))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, "", nil
+	case err != nil:
+		return nil, "", err
+	}
+	stored, why = compileRecord(id, b, policy.NewMethodCache())
+	return stored, why, nil
 }
 
 // ErrRecordRefused is an account whose record the storage holds but that
@@ -232,11 +235,10 @@ var ErrRecordRefused = errors.New("the account's record is refused")
 // server does once it reads it: allowing no origin, listed as refused.
 func (s *Store) refreshRefused(id, why string) {
 	s.refresh(id, nil)
+	logger := s.logger()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.refused) < 1000 {
-		s.refused[id] = why
-	}
+	s.noteRefused(logger, map[string]string{id: why})
 }
 
 // servedAccount is the account as this server serves it, nil when it
@@ -249,8 +251,9 @@ func (s *Store) servedAccount(id string) *policy.Account {
 }
 
 // refresh serves one account as the storage holds it (nil: no record),
-// read under the storage lock; polls that started before it do not
-// overwrite it, as for a commit's own changes.
+// read under the storage lock or while no local write or poll is under
+// way; polls that started before it do not overwrite it, as for a
+// commit's own changes.
 func (s *Store) refresh(id string, stored *policy.Account) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
